@@ -1,0 +1,176 @@
+"""Dataset specs: the one description of a dataset that drives parsing, cleaning, checks and training.
+
+A spec is a YAML file (ml_platform/specs/*.yaml). A new CSV dataset needs a spec, not code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating", "drop"}
+DERIVE_RULES = {"years_between", "per_year"}
+TASKS = {"regression", "classification"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the spec and the field."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    parse: str
+    required: bool = False
+    unit: str | None = None
+    units: tuple[str, ...] = ()
+    range: tuple[float, float] | None = None
+    format: str | None = None
+    strip: str | None = None
+
+    def output_names(self) -> list[str]:
+        """Columns this source column becomes in the cleaned table."""
+        if self.parse == "drop":
+            return []
+        if self.parse == "rating":
+            return [f"{self.name}_{u}" for u in self.units]
+        return [self.name]
+
+
+@dataclass(frozen=True)
+class DerivedSpec:
+    name: str
+    rule: str
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: str
+    target: str
+    key: str | None
+    label_range: tuple[float, float]
+    columns: tuple[ColumnSpec, ...]
+    derived: tuple[DerivedSpec, ...] = ()
+    max_null_rate: dict[str, float] = field(default_factory=dict)
+    max_quarantine_share: float = 0.25
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Columns a batch file must have in its header; the others may be absent and become null."""
+        req = [self.target] + ([self.key] if self.key else [])
+        return req + [c.name for c in self.columns if c.required and c.name not in req]
+
+    @property
+    def cleaned_columns(self) -> list[str]:
+        out = [n for c in self.columns for n in c.output_names()]
+        return out + [d.name for d in self.derived]
+
+
+def _fail(src: str, msg: str) -> SpecError:
+    return SpecError(f"spec {src}: {msg}")
+
+
+def _column(src: str, i: int, raw: dict) -> ColumnSpec:
+    where = f"columns[{i}]"
+    if not isinstance(raw, dict) or "name" not in raw or "parse" not in raw:
+        raise _fail(src, f"{where} needs 'name' and 'parse', got {raw!r}")
+    parse = raw["parse"]
+    if parse not in PARSE_RULES:
+        raise _fail(src, f"{where} ({raw['name']}): unknown parse rule {parse!r}; one of {sorted(PARSE_RULES)}")
+    if parse == "unit" and not raw.get("unit"):
+        raise _fail(src, f"{where} ({raw['name']}): parse 'unit' needs 'unit'")
+    if parse == "rating" and len(raw.get("units") or []) != 2:
+        raise _fail(src, f"{where} ({raw['name']}): parse 'rating' needs two 'units', e.g. [hp, rpm]")
+    rng = raw.get("range")
+    return ColumnSpec(
+        name=str(raw["name"]),
+        parse=parse,
+        required=bool(raw.get("required", False)),
+        unit=raw.get("unit"),
+        units=tuple(raw.get("units") or ()),
+        range=(float(rng[0]), float(rng[1])) if rng else None,
+        format=raw.get("format"),
+        strip=raw.get("strip"),
+    )
+
+
+def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
+    """Build and validate a spec from parsed YAML; every error names `src` and the field."""
+    if not isinstance(data, dict):
+        raise _fail(src, "top level must be a mapping")
+    for k in ("name", "task", "target", "columns"):
+        if k not in data:
+            raise _fail(src, f"missing '{k}'")
+    if data["task"] not in TASKS:
+        raise _fail(src, f"task must be one of {sorted(TASKS)}, got {data['task']!r}")
+    columns = tuple(_column(src, i, c) for i, c in enumerate(data["columns"]))
+    names = [c.name for c in columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail(src, f"duplicate columns {dupes}")
+    for k in ("target", "key"):
+        if data.get(k) is not None and data[k] not in names:
+            raise _fail(src, f"{k} {data[k]!r} is not among the columns")
+    known = {n for c in columns for n in c.output_names()}
+    derived = []
+    for i, d in enumerate(data.get("derived") or []):
+        if d.get("rule") not in DERIVE_RULES:
+            raise _fail(src, f"derived[{i}]: unknown rule {d.get('rule')!r}; one of {sorted(DERIVE_RULES)}")
+        missing = [x for x in d.get("from", []) if x not in known]
+        if missing or len(d.get("from", [])) != 2:
+            raise _fail(src, f"derived[{i}] ({d.get('name')}): needs two known inputs, unknown: {missing}")
+        derived.append(DerivedSpec(d["name"], d["rule"], tuple(d["from"])))
+        known.add(d["name"])
+    checks = data.get("checks") or {}
+    bad_null = [c for c in (checks.get("max_null_rate") or {}) if c not in known]
+    if bad_null:
+        raise _fail(src, f"checks.max_null_rate names unknown columns {bad_null}")
+    lr = data.get("label_range") or [float("-inf"), float("inf")]
+    return DatasetSpec(
+        name=str(data["name"]),
+        task=data["task"],
+        target=data["target"],
+        key=data.get("key"),
+        label_range=(float(lr[0]), float(lr[1])),
+        columns=columns,
+        derived=tuple(derived),
+        max_null_rate={k: float(v) for k, v in (checks.get("max_null_rate") or {}).items()},
+        max_quarantine_share=float(checks.get("max_quarantine_share", 0.25)),
+        algorithms=dict(data.get("algorithms") or {}),
+    )
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"spec {path}: cannot read: {e}") from e
+    return parse_spec(data, str(path))
+
+
+def builtin_specs() -> dict[str, DatasetSpec]:
+    """The specs shipped in ml_platform/specs, by dataset name."""
+    out = {}
+    for entry in sorted(resources.files("ml_platform.specs").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            spec = parse_spec(yaml.safe_load(entry.read_text()), f"ml_platform/specs/{entry.name}")
+            out[spec.name] = spec
+    return out
