@@ -24,7 +24,7 @@ from typing import BinaryIO
 class FileInfo:
     name: str
     size: int
-    mtime_ns: int
+    mtime_ns: int  # when the file arrived in its folder
 
 
 class Store:
@@ -93,7 +93,8 @@ class LocalStore(Store):
             try:
                 if e.is_file(follow_symlinks=False):
                     st = e.stat(follow_symlinks=False)
-                    out.append(FileInfo(e.name, st.st_size, st.st_mtime_ns))
+                    # arrival = max(mtime, ctime): a rename updates ctime, so a file moved in keeps counting as new
+                    out.append(FileInfo(e.name, st.st_size, max(st.st_mtime_ns, st.st_ctime_ns)))
             except OSError:
                 continue  # vanished or unreadable between listing and stat: next tick sees it again
         return out

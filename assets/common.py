@@ -1,0 +1,37 @@
+"""What the asset layers share: partitions per dataset and turning ml_platform check outcomes into Dagster's."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    DynamicPartitionsDefinition,
+    MetadataValue,
+)
+
+from ml_platform.checks import Outcome
+from ml_platform.spec import DatasetSpec
+
+
+def batch_partitions(spec: DatasetSpec) -> DynamicPartitionsDefinition:
+    """One partition per landed batch file, added by the dataset's new_batch_sensor."""
+    return DynamicPartitionsDefinition(name=f"{spec.name}_batches")
+
+
+def asset_key(spec: DatasetSpec, layer: str) -> AssetKey:
+    return AssetKey([spec.name, layer])
+
+
+def check_specs(key: AssetKey, table: dict[str, bool]) -> list[AssetCheckSpec]:
+    return [AssetCheckSpec(name, asset=key, blocking=blocking) for name, blocking in table.items()]
+
+
+def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResult]:
+    return [AssetCheckResult(
+        asset_key=key, check_name=o.name, passed=o.passed,
+        severity=AssetCheckSeverity.ERROR if o.blocking else AssetCheckSeverity.WARN,
+        description=o.description,
+        metadata={k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in o.metadata.items()},
+    ) for o in outcomes]

@@ -1,0 +1,45 @@
+"""The composition root: the only module that reads the environment and assembles Definitions.
+
+ML_PLATFORM_ENV    local (default) | cluster
+ML_PLATFORM_HOME   state folder for `make run` (default: .local beside this file)
+ML_PLATFORM_DATA   the store root: landing, quarantine, bronze, silver (default: $ML_PLATFORM_HOME/data)
+ML_PLATFORM_JARS   where `make jars` put the JVM jars (default: .jars beside this file)
+SPARK_MASTER_URL   spark://host:port, for ML_PLATFORM_ENV=cluster
+ML_PLATFORM_SENSOR_INTERVAL  seconds between landing-zone sensor ticks (default 15)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, Definitions
+
+from assets import build_dataset_assets
+from ml_platform.spec import builtin_specs
+from resources import Settings, resources_for
+from sensors import build_new_batch_sensor
+
+HERE = Path(__file__).resolve().parent
+ENV = os.environ.get("ML_PLATFORM_ENV", "local")
+HOME = Path(os.environ.get("ML_PLATFORM_HOME", HERE / ".local"))
+SETTINGS = Settings(
+    data_root=os.environ.get("ML_PLATFORM_DATA", str(HOME / "data")),
+    jars_dir=os.environ.get("ML_PLATFORM_JARS", str(HERE / ".jars")),
+    spark_master_url=os.environ.get("SPARK_MASTER_URL"),
+    shuffle_partitions=int(os.environ.get("ML_PLATFORM_SHUFFLE_PARTITIONS", "8")),
+)
+SENSOR_INTERVAL = int(os.environ.get("ML_PLATFORM_SENSOR_INTERVAL", "15"))
+SPECS = builtin_specs()
+
+defs = Definitions(
+    assets=[a for spec in SPECS.values() for a in build_dataset_assets(spec)],
+    sensors=[
+        *[build_new_batch_sensor(spec, interval_seconds=SENSOR_INTERVAL) for spec in SPECS.values()],
+        AutomationConditionSensorDefinition(
+            "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=SENSOR_INTERVAL,
+            description="Evaluates every asset's automation condition: downstream layers follow new batches."),
+    ],
+    resources=resources_for(ENV, SETTINGS),
+)

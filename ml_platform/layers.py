@@ -1,0 +1,124 @@
+"""The bronze and silver layers as store-level operations: what the Dagster assets call, minus Dagster."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from ml_platform.cleaning import REASON, classify, cleaned_rows, quarantined_rows
+from ml_platform.ingest import CORRUPT, RejectedFile, check_header, content_hash, read_csv
+from ml_platform.landing import partition_key
+from ml_platform.spec import DatasetSpec
+from ml_platform.storage import Store
+
+
+def landing_dir(spec: DatasetSpec) -> str:
+    return f"landing/{spec.name}"
+
+
+def bronze_dir(spec: DatasetSpec, key: str) -> str:
+    return f"bronze/{spec.name}/batch={key}"
+
+
+def silver_root(spec: DatasetSpec) -> str:
+    return f"silver/{spec.name}"
+
+
+def silver_dir(spec: DatasetSpec, key: str) -> str:
+    return f"{silver_root(spec)}/batch={key}"
+
+
+def quarantine_rows_dir(spec: DatasetSpec, key: str) -> str:
+    return f"quarantine/{spec.name}/rows/batch={key}"
+
+
+def batch_record_path(spec: DatasetSpec, key: str) -> str:
+    return f"bronze/{spec.name}/_batches/{key}.json"
+
+
+def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
+    names = [f.name for f in store.list_files(landing_dir(spec)) if partition_key(f.name) == key]
+    if not names:
+        raise RejectedFile(f"no file in {landing_dir(spec)}/ has partition key {key!r}")
+    if len(names) > 1:
+        raise RejectedFile(f"several landed files map to partition key {key!r}: {sorted(names)}")
+    return names[0]
+
+
+def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict:
+    """Landed CSV -> bronze Parquet for one batch. Same content landed again adds nothing."""
+    name = find_landed_file(store, spec, key)
+    rel = f"{landing_dir(spec)}/{name}"
+    size = next(f.size for f in store.list_files(landing_dir(spec)) if f.name == name)
+    header = check_header(store.read_head(rel), spec, size)
+    digest = content_hash(store, rel)
+    record = {"partition": key, "file": name, "bytes": size, "sha256": digest, "missing_columns": header.missing,
+              "extra_columns": header.extra, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
+    first = store.create_exclusive(f"bronze/{spec.name}/_hashes/{digest}", key)
+    if first is not None and first != key:
+        store.delete_tree(bronze_dir(spec, key))
+        record.update(rows=0, malformed_rows=0, duplicate_of=first)
+    else:
+        read_csv(spark, store.uri(rel), header, spec).write.mode("overwrite").parquet(store.uri(bronze_dir(spec, key)))
+        stats = spark.read.parquet(store.uri(bronze_dir(spec, key))).agg(
+            F.count(F.lit(1)).alias("rows"), F.count(CORRUPT).alias("malformed")).first()
+        record.update(rows=int(stats["rows"]), malformed_rows=int(stats["malformed"]), duplicate_of=None)
+    store.write_json(batch_record_path(spec, key), record)
+    return record
+
+
+def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict:
+    """Bronze -> silver (cleaned, typed, deduplicated) and quarantined rows with reasons, for one batch."""
+    record = store.read_json(batch_record_path(spec, key))
+    if record is None:
+        raise RejectedFile(f"batch {key!r} has no bronze record: materialize {spec.name}/raw_batches for it first")
+    summary = {"partition": key, "rows_in": record["rows"], "duplicate_of": record.get("duplicate_of")}
+    if record.get("duplicate_of"):
+        for d in (silver_dir(spec, key), quarantine_rows_dir(spec, key)):
+            store.delete_tree(d)
+        return summary | {"cleaned": 0, "quarantined": 0, "duplicates_removed": 0}
+    classified = classify(spark.read.parquet(store.uri(bronze_dir(spec, key))), spec)
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        quarantined_rows(classified).write.mode("overwrite").parquet(store.uri(quarantine_rows_dir(spec, key)))
+        cleaned_rows(classified, spec).write.mode("overwrite").parquet(store.uri(silver_dir(spec, key)))
+    finally:
+        classified.unpersist()
+    reasons = spark.read.parquet(store.uri(quarantine_rows_dir(spec, key))).groupBy(REASON).count().collect()
+    reasons = sorted(((r[REASON], int(r["count"])) for r in reasons), key=lambda r: -r[1])
+    out = summary | profile(spark.read.parquet(store.uri(silver_dir(spec, key))), spec)
+    out["quarantined"] = sum(c for _, c in reasons)
+    out["top_reasons"] = dict(reasons[:5])
+    out["duplicates_removed"] = out["rows_in"] - out["quarantined"] - out["cleaned"]
+    return out
+
+
+def profile(silver, spec: DatasetSpec) -> dict:
+    """Counts, null rates, label range and schema of a cleaned table, in one pass."""
+    cols = spec.cleaned_columns
+    aggs = [F.count(F.lit(1)).alias("__n"), F.min(spec.target).alias("__min"), F.max(spec.target).alias("__max"),
+            F.avg(spec.target).alias("__mean")] + [F.count(F.col(f"`{c}`")).alias(f"__nn_{c}") for c in cols]
+    row = silver.agg(*aggs).first()
+    n = int(row["__n"])
+    null_rate = {c: (1 - row[f"__nn_{c}"] / n) if n else 0.0 for c in cols}
+    return {
+        "cleaned": n,
+        "target_min": row["__min"], "target_max": row["__max"], "target_mean": row["__mean"],
+        "null_rate": null_rate,
+        "all_null_columns": [c for c in cols if n and row[f"__nn_{c}"] == 0],
+        "schema": {f.name: f.dataType.simpleString() for f in silver.schema.fields},
+    }
+
+
+def quarantine_file(store: Store, spec: DatasetSpec, name: str, reason: str) -> str:
+    """Move a rejected landed file to quarantine/<dataset>/files/, beside <name>.reason.json. Returns its new path;
+    a name already in quarantine gets a timestamp suffix so nothing is overwritten."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+    dest = f"quarantine/{spec.name}/files/{name}"
+    if store.exists(dest):
+        dest = f"{dest}.{stamp}"
+    store.move(f"{landing_dir(spec)}/{name}", dest)
+    store.write_json(f"{dest}.reason.json", {"file": name, "reason": reason, "rejected_at": stamp})
+    return dest

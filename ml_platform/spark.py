@@ -1,0 +1,45 @@
+"""Spark configuration shared by every backend: loopback binding, local jars, small-machine defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def local_jars(jars_dir: str | Path | None) -> list[str]:
+    """Absolute paths of the jars `make jars` copied (Spark's Kafka connector); spark.jars, never Ivy."""
+    if not jars_dir:
+        return []
+    d = Path(jars_dir) / "spark"
+    return sorted(str(p.resolve()) for p in d.glob("*.jar"))
+
+
+def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions: int = 8,
+                 driver_memory: str = "4g", ui: bool = False, extra: dict[str, str] | None = None) -> dict:
+    conf = {
+        "spark.master": master,
+        "spark.app.name": app_name,
+        "spark.driver.host": LOOPBACK,
+        "spark.driver.bindAddress": LOOPBACK,
+        "spark.driver.memory": driver_memory,
+        "spark.ui.enabled": str(ui).lower(),
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        # executors (local threads or a standalone worker) run this interpreter, so versions always match
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(extra or {})
+    return conf
+
+
+def prepare_environment() -> None:
+    """Before the JVM starts: bind to loopback and keep Spark's own logging quiet."""
+    os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
