@@ -110,7 +110,8 @@ def classify(df: DataFrame, spec: DatasetSpec) -> DataFrame:
     reason = F.concat_ws("; ", *_value_reasons(spec))
     reason = F.when(reason != "", reason)
     if has_corrupt:  # a malformed row's values are shifted or missing: one reason says it all
-        reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed CSV row (wrong number of fields)")).otherwise(reason)
+        malformed = F.lit("malformed CSV row (wrong number of fields)")
+        reason = F.when(F.col(CORRUPT).isNotNull(), malformed).otherwise(reason)
     return renamed.withColumn(REASON, reason)
 
 

@@ -53,7 +53,8 @@ def batch_text_chunks(cfg: SimConfig, batch: int) -> Iterator[tuple[str, str, in
         frame[is_test].to_csv(test_buf, index=False, header=header, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         n_broken = int(rng.binomial(n, cfg.broken_share))
         if n_broken:
-            sample = frame[~is_test].sample(n=min(n_broken, int((~is_test).sum())), random_state=int(rng.integers(1 << 31)))
+            train = frame[~is_test]
+            sample = train.sample(n=min(n_broken, len(train)), random_state=int(rng.integers(1 << 31)))
             train_buf.write("\n".join(gen.broken_lines(rng, sample)) + "\n")
         yield train_buf.getvalue(), test_buf.getvalue(), len(frame)
 

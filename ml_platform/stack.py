@@ -1,0 +1,363 @@
+"""`make run`: the single-machine version of the production stack, started and stopped as one command.
+
+Kafka (KRaft, from the Maven jars), an MLflow tracking server, the Dagster webserver and daemon, and the
+simulator. All state lives under one folder (ML_PLATFORM_HOME, default .local/), so a second run resumes.
+Services are started in their own process groups and stopped by pid, children included.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    cmd: list[str]
+    port: int | None
+    url: str
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(wanted: dict[str, int], pid_dir: Path) -> None:
+    """Fail before starting anything if a port is taken, saying by whom when it is our own leftover."""
+    problems = []
+    for what, port in wanted.items():
+        if not port_free(port):
+            msg = f"port {port} ({what}) is already in use on {LOOPBACK}"
+            leftovers = [p.stem for p in pid_dir.glob("*.pid") if _alive(_read_pid(p))] if pid_dir.exists() else []
+            if leftovers:
+                msg += f"; an earlier `make run` still has {leftovers} running: stop it with `ml-platform down`"
+            else:
+                msg += "; stop whatever holds it, or pick another port (see `ml-platform up --help`)"
+            problems.append(msg)
+    if problems:
+        raise StackError("\n".join(problems))
+
+
+def _read_pid(p: Path) -> int | None:
+    try:
+        return int(p.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid, from /proc (children that started their own sessions included)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def stop_pid(pid: int, grace: float = 15.0) -> None:
+    """SIGTERM a process and every descendant, then SIGKILL whatever is left after `grace` seconds."""
+    tree = [pid] + descendants(pid)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for p in tree + descendants(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def http_ok(url: str, contains: str | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200 and (contains is None or contains in r.read().decode("utf-8", "replace"))
+    except OSError:
+        return False
+
+
+def kafka_ok(bootstrap: str) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def dagster_daemon_ok(port: int) -> bool:
+    query = '{"query": "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"}'
+    req = urllib.request.Request(f"http://{LOOPBACK}:{port}/graphql", data=query.encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            statuses = json.load(r)["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    wanted = {s["daemonType"]: s["healthy"] for s in statuses if s["required"]}
+    return bool(wanted) and wanted.get("SENSOR") is True and all(wanted.values())
+
+
+def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"listeners=PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://{LOOPBACK}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"controller.quorum.voters=1@{LOOPBACK}:{controller_port}",
+        f"log.dirs={data_dir}",
+        "num.partitions=2",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+    ]) + "\n"
+
+
+def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> list[str]:
+    """Write the broker config and format its storage once (KRaft); return the broker command."""
+    if not any((jars / "kafka").glob("kafka_2.13-*.jar")):
+        raise StackError(f"no Kafka broker jars in {jars / 'kafka'}: run `make jars`")
+    kdir = home / "kafka"
+    kdir.mkdir(parents=True, exist_ok=True)
+    props = kdir / "server.properties"
+    props.write_text(kafka_properties(kdir / "data", port, controller_port))
+    java = [os.environ.get("JAVA", "java"), "-Xmx512m", "-cp", str(jars / "kafka" / "*")]
+    if not (kdir / "data" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                             capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
+    return java + ["kafka.Kafka", str(props)]
+
+
+def dagster_home(home: Path) -> Path:
+    """DAGSTER_HOME with a queued run coordinator: at most two Spark runs at once on this 2-core machine."""
+    d = home / "dagster_home"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
+        "  config:\n    max_concurrent_runs: 2\ntelemetry:\n  enabled: false\n")
+    return d
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    repo: Path
+    jars: Path
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    mlflow_port: int = 5000
+    dagster_port: int = 3000
+    datasets: tuple[str, ...] = ("used_cars",)
+    every: float = 90.0
+    rows_per_batch: int = 5000
+    sensor_interval: int = 15
+    startup_timeout: float = 180.0
+
+
+def build_services(cfg: StackConfig) -> list[Service]:
+    bin_dir = Path(sys.executable).parent
+    home = cfg.home.resolve()
+    data = home / "data"
+    bootstrap = f"{LOOPBACK}:{cfg.kafka_port}"
+    mlflow_uri = f"http://{LOOPBACK}:{cfg.mlflow_port}"
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
+                    "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
+                    "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DAGSTER_HOME": str(dagster_home(home)),
+                    "SPARK_LOCAL_IP": LOOPBACK}
+    services = [
+        Service("kafka", prepare_kafka(home, cfg.jars, cfg.kafka_port, cfg.kafka_controller_port), cfg.kafka_port,
+                f"kafka://{bootstrap}", lambda: kafka_ok(bootstrap)),
+        Service("mlflow", [str(bin_dir / "mlflow"), "server", "--host", LOOPBACK, "--port", str(cfg.mlflow_port),
+                           "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                           "--artifacts-destination", str(home / "mlflow" / "artifacts")],
+                cfg.mlflow_port, mlflow_uri, lambda: http_ok(f"{mlflow_uri}/health")),
+        Service("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-h", LOOPBACK, "-p", str(cfg.dagster_port),
+                                      "-w", str(cfg.repo / "workspace.yaml")],
+                cfg.dagster_port, f"http://{LOOPBACK}:{cfg.dagster_port}",
+                lambda: http_ok(f"http://{LOOPBACK}:{cfg.dagster_port}/server_info"), platform_env),
+        Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(cfg.repo / "workspace.yaml")],
+                None, "(sensors, automation, run queue)", lambda: dagster_daemon_ok(cfg.dagster_port), platform_env),
+    ]
+    for ds in cfg.datasets:
+        services.append(Service(
+            f"simulator-{ds}",
+            [str(bin_dir / "ml-platform"), "simulate", ds, "--landing", str(data / "landing" / ds),
+             "--test-dir", str(data / "test_stream" / ds), "--batches", "100000", "--every", str(cfg.every),
+             "--rows-per-batch", str(cfg.rows_per_batch), "--quiet"],
+            None, f"a batch every {cfg.every:g}s into {data / 'landing' / ds}", lambda: True, platform_env))
+    return services
+
+
+class Stack:
+    def __init__(self, cfg: StackConfig, out=sys.stdout):
+        self.cfg, self.out = cfg, out
+        self.pid_dir = cfg.home / "pids"
+        self.log_dir = cfg.home / "logs"
+        self.running: list[Service] = []
+
+    def say(self, msg: str) -> None:
+        print(msg, file=self.out, flush=True)
+
+    def start(self) -> None:
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        check_ports({"Kafka broker": self.cfg.kafka_port, "Kafka controller": self.cfg.kafka_controller_port,
+                     "MLflow": self.cfg.mlflow_port, "Dagster webserver": self.cfg.dagster_port}, self.pid_dir)
+        for svc in build_services(self.cfg):
+            self._launch(svc)
+            self._wait_healthy(svc)
+        self.say(self.table())
+
+    def _launch(self, svc: Service) -> None:
+        log = open(self.log_dir / f"{svc.name}.log", "ab")
+        self.say(f"starting {svc.name} (log: {self.log_dir / (svc.name + '.log')})")
+        svc.proc = subprocess.Popen(svc.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=os.environ | svc.env, cwd=self.cfg.repo, start_new_session=True)
+        (self.pid_dir / f"{svc.name}.pid").write_text(str(svc.proc.pid))
+        self.running.append(svc)
+
+    def _wait_healthy(self, svc: Service) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while time.monotonic() < deadline:
+            if svc.proc.poll() is not None:
+                raise StackError(f"{svc.name} exited with code {svc.proc.returncode} while starting:\n"
+                                 + self.tail(svc.name))
+            if svc.healthy():
+                self.say(f"  {svc.name} is healthy")
+                return
+            time.sleep(1.0)
+        raise StackError(f"{svc.name} was not healthy after {self.cfg.startup_timeout:.0f}s:\n" + self.tail(svc.name))
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def table(self) -> str:
+        rows = [f"  {s.name:<22} {s.url}" for s in self.running]
+        return "\n".join(["", "ml-platform stack is up:", *rows,
+                          f"  state folder           {self.cfg.home.resolve()}", "Ctrl-C stops everything.", ""])
+
+    def watch(self) -> int:
+        """Block until Ctrl-C or a service dies; returns the exit code."""
+        while True:
+            for svc in self.running:
+                if svc.proc.poll() is not None:
+                    self.say(f"{svc.name} exited unexpectedly (code {svc.proc.returncode}):\n{self.tail(svc.name)}")
+                    return 1
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        for svc in reversed(self.running):
+            self.say(f"stopping {svc.name} (pid {svc.proc.pid})")
+            stop_pid(svc.proc.pid)
+            (self.pid_dir / f"{svc.name}.pid").unlink(missing_ok=True)
+        self.running.clear()
+
+
+def down(home: Path, out=sys.stdout) -> int:
+    """Stop whatever an earlier, interrupted `make run` left behind, by the pids it recorded."""
+    stopped = 0
+    for p in sorted((home / "pids").glob("*.pid")) if (home / "pids").exists() else []:
+        pid = _read_pid(p)
+        if _alive(pid):
+            print(f"stopping {p.stem} (pid {pid})", file=out)
+            stop_pid(pid)
+            stopped += 1
+        p.unlink(missing_ok=True)
+    print(f"stopped {stopped} service(s)", file=out)
+    return 0
+
+
+def up(cfg: StackConfig) -> int:
+    stack = Stack(cfg)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        return stack.watch()
+    except StackError as e:
+        stack.say(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        stack.say("\ninterrupted")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the clean-up
+        stack.stop()
