@@ -32,7 +32,7 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
     key = asset_key(spec, "cleaned_features")
 
     @asset(key=key, deps=[asset_key(spec, "raw_batches")], partitions_def=batch_partitions(spec),
-           group_name=spec.name, check_specs=check_specs(key, CLEANED_CHECKS), kinds={"spark", "parquet"},
+           group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "parquet"},
            automation_condition=FOLLOW_UPSTREAM,
            description=f"Cleaned {spec.name} rows: units, sentinels, signs, booleans and dates parsed, features "
                        f"derived, one row per key. Rows that fail are quarantined with their reason.")

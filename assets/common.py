@@ -24,8 +24,12 @@ def asset_key(spec: DatasetSpec, layer: str) -> AssetKey:
     return AssetKey([spec.name, layer])
 
 
-def check_specs(key: AssetKey, table: dict[str, bool]) -> list[AssetCheckSpec]:
-    return [AssetCheckSpec(name, asset=key, blocking=blocking) for name, blocking in table.items()]
+def check_specs(spec: DatasetSpec, key: AssetKey, table: dict[str, bool]) -> list[AssetCheckSpec]:
+    """Checks are partitioned like their asset, so a failed check blocks only its own batch downstream
+    (partitioned checks are a Dagster preview feature in 1.13; unpartitioned ones never count as passed
+    for a partitioned dependency, and automation would stall)."""
+    parts = batch_partitions(spec)
+    return [AssetCheckSpec(name, asset=key, blocking=blocking, partitions_def=parts) for name, blocking in table.items()]
 
 
 def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResult]:

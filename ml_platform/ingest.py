@@ -86,12 +86,12 @@ def read_csv(spark, path: str, header: HeaderCheck, spec: DatasetSpec):
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    schema = T.StructType([T.StructField(f"_c{i}", T.StringType()) for i in range(len(header.columns))]
+    schema = T.StructType([T.StructField(h, T.StringType()) for h in header.columns]
                           + [T.StructField(CORRUPT, T.StringType())])
     df = (spark.read.option("header", True).option("multiLine", True).option("escape", '"')
           .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
           .option("encoding", "UTF-8").schema(schema).csv(path))
-    pos = {name: i for i, name in enumerate(header.columns)}
-    cols = [(F.col(f"_c{pos[c]}") if c in pos else F.lit(None).cast("string")).alias(c) for c in spec.column_names]
+    present = set(header.columns)
+    cols = [(F.col(f"`{c}`") if c in present else F.lit(None).cast("string")).alias(c) for c in spec.column_names]
     return df.select(*cols, F.col(CORRUPT))
 

@@ -27,7 +27,8 @@ SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def is_temporary(name: str) -> bool:
-    return name.startswith((".", "_", "~")) or name.endswith(TEMP_SUFFIXES)
+    """Hidden or partial-upload names; a name with '..' is never 'temporary': it is rejected instead."""
+    return ".." not in name and (name.startswith((".", "_", "~")) or name.endswith(TEMP_SUFFIXES))
 
 
 def partition_key(name: str) -> str:

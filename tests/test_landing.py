@@ -1,0 +1,112 @@
+"""The landing-zone decision (pure): what is new, what waits, what is rejected and why."""
+
+import pytest
+
+from ml_platform.ingest import RejectedFile, check_header
+from ml_platform.landing import Cursor, partition_key, plan_landing
+from ml_platform.storage import FileInfo
+
+NOW = 1_000_000 * 10**9
+OLD = NOW - 60 * 10**9
+
+
+@pytest.fixture
+def header(specs):
+    return (",".join(specs["used_cars"].column_names) + "\n").encode()
+
+
+def plan(specs, files, heads, known=(), cursor=Cursor(), **kw):
+    def read_head(name):
+        h = heads[name]
+        if isinstance(h, Exception):
+            raise h
+        return h
+    return plan_landing(specs["used_cars"], cursor, files, set(known), NOW, read_head, **kw)
+
+
+def test_new_settled_files_become_partitions_in_arrival_order(specs, header):
+    row = header + b"x" * 10 + b"\n"
+    files = [FileInfo("b.csv", len(row), OLD + 2), FileInfo("a.csv", len(row), OLD + 1)]
+    p = plan(specs, files, {"a.csv": row, "b.csv": row})
+    assert [k for k, _ in p.new] == ["a", "b"]
+    assert p.cursor == Cursor(OLD + 2, "b.csv")
+    again = plan(specs, files, {}, cursor=p.cursor)  # nothing is read twice
+    assert again.new == [] and again.rejected == []
+
+
+def test_files_being_written_wait(specs, header):
+    files = [FileInfo("young.csv", 10, NOW - 10**9), FileInfo(".batch.csv.tmp", 10, OLD),
+             FileInfo("x.csv._COPYING_", 10, OLD), FileInfo("up.csv.part", 10, OLD)]
+    p = plan(specs, files, {})
+    assert p.new == [] and p.rejected == []
+    assert sorted(p.waiting) == sorted(f.name for f in files)
+    assert p.cursor == Cursor()  # the cursor never passes a file that may still change
+
+
+@pytest.mark.parametrize("name, head, reason", [
+    ("..evil.csv", None, "contains '..'"),
+    ("a..b.csv", None, "contains '..'"),
+    ("notes.txt", None, "not a .csv file"),
+    ("empty.csv", b"", "empty file"),
+    ("bin.csv", b"\x89PNG\r\n\x1a\n\x00\x00", "binary content"),
+    ("semi.csv", b"vin;price;year;listing_id\n1;2;3;4\n", "wrong delimiter: the header is semicolon-separated"),
+    ("notarget.csv", b"vin,year,listing_id\n1,2,3\n", "missing target column ['price']"),
+    ("latin1.csv", b"vin,price\n\xe9t\xe9 caf\xe9,1\n" + b"x" * 100, "not UTF-8"),
+])
+def test_bad_files_are_rejected_with_reason(specs, name, head, reason):
+    head = head if head is not None else b"a,b\n1,2\n"
+    p = plan(specs, [FileInfo(name, len(head), OLD)], {name: head})
+    assert p.new == []
+    assert len(p.rejected) == 1 and reason in p.rejected[0][1]
+
+
+def test_header_only_and_unreadable(specs, header):
+    p = plan(specs, [FileInfo("h.csv", len(header), OLD), FileInfo("locked.csv", 99, OLD + 1)],
+             {"h.csv": header, "locked.csv": PermissionError(13, "Permission denied")})
+    reasons = dict((f.name, r) for f, r in p.rejected)
+    assert "header only" in reasons["h.csv"]
+    assert reasons["locked.csv"] == "unreadable: Permission denied"
+
+
+def test_already_ingested_name_is_rejected_not_reingested(specs, header):
+    row = header + b"1\n"
+    p = plan(specs, [FileInfo("batch-1.csv", len(row), OLD)], {"batch-1.csv": row}, known={"batch-1"})
+    assert p.new == [] and "already ingested" in p.rejected[0][1]
+
+
+def test_backlog_drains_max_new_per_tick(specs, header):
+    row = header + b"1\n"
+    files = [FileInfo(f"f{i:03d}.csv", len(row), OLD + i) for i in range(7)]
+    heads = {f.name: row for f in files}
+    first = plan(specs, files, heads, max_new=3)
+    assert len(first.new) == 3 and first.backlog == 4
+    second = plan(specs, files, heads, cursor=first.cursor, max_new=3)
+    assert [k for k, _ in second.new] == ["f003", "f004", "f005"]
+
+
+def test_partition_keys_are_safe_and_distinct():
+    assert partition_key("batch-00001.csv") == "batch-00001"
+    odd = ["bätch 1.csv", "batch_1.csv", "batch 1.csv", "ñandú.csv", "日本.csv"]
+    keys = [partition_key(n) for n in odd]
+    assert len(set(keys)) == len(keys)
+    for k in keys:
+        assert k and all(c.isascii() and (c.isalnum() or c in "._-") for c in k)
+
+
+def test_unicode_and_space_names_land(specs, header):
+    row = header + b"1\n"
+    p = plan(specs, [FileInfo("lot 7 – März.csv", len(row), OLD)], {"lot 7 – März.csv": row})
+    assert len(p.new) == 1 and p.new[0][0].startswith("lot_7_")
+
+
+def test_header_check_reports_missing_and_extra(specs, header):
+    cols = [c for c in specs["used_cars"].column_names if c != "bed"] + ["surprise"]
+    h = check_header((",".join(cols) + "\n1\n").encode(), specs["used_cars"], 10**6)
+    assert h.missing == ["bed"] and h.extra == ["surprise"]
+    with pytest.raises(RejectedFile, match="duplicate header"):
+        check_header(b"price,price,listing_id,year\n1,2,3,4\n", specs["used_cars"], 100)
+
+
+def test_cursor_survives_garbage():
+    assert Cursor.parse("not json") == Cursor()
+    assert Cursor.parse(Cursor(5, "x").dump()) == Cursor(5, "x")
