@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, Definitions
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    in_process_executor,
+)
 
 from assets import build_dataset_assets
 from ml_platform.spec import builtin_specs
@@ -42,4 +48,7 @@ defs = Definitions(
             description="Evaluates every asset's automation condition: downstream layers follow new batches."),
     ],
     resources=resources_for(ENV, SETTINGS),
+    # one process and one Spark JVM per run: Spark parallelises inside a step, and a second Python process per
+    # step only adds start-up time on a small machine
+    executor=in_process_executor,
 )

@@ -29,7 +29,8 @@ def check_specs(spec: DatasetSpec, key: AssetKey, table: dict[str, bool]) -> lis
     (partitioned checks are a Dagster preview feature in 1.13; unpartitioned ones never count as passed
     for a partitioned dependency, and automation would stall)."""
     parts = batch_partitions(spec)
-    return [AssetCheckSpec(name, asset=key, blocking=blocking, partitions_def=parts) for name, blocking in table.items()]
+    return [AssetCheckSpec(name, asset=key, blocking=blocking, partitions_def=parts)
+            for name, blocking in table.items()]
 
 
 def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResult]:

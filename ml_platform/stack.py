@@ -51,18 +51,16 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
 
 def check_ports(wanted: dict[str, int], pid_dir: Path) -> None:
     """Fail before starting anything if a port is taken, saying by whom when it is our own leftover."""
-    problems = []
-    for what, port in wanted.items():
-        if not port_free(port):
-            msg = f"port {port} ({what}) is already in use on {LOOPBACK}"
-            leftovers = [p.stem for p in pid_dir.glob("*.pid") if _alive(_read_pid(p))] if pid_dir.exists() else []
-            if leftovers:
-                msg += f"; an earlier `make run` still has {leftovers} running: stop it with `ml-platform down`"
-            else:
-                msg += "; stop whatever holds it, or pick another port (see `ml-platform up --help`)"
-            problems.append(msg)
-    if problems:
-        raise StackError("\n".join(problems))
+    taken = [f"port {port} ({what}) is already in use on {LOOPBACK}" for what, port in wanted.items()
+             if not port_free(port)]
+    if not taken:
+        return
+    leftovers = [p.stem for p in pid_dir.glob("*.pid") if _alive(_read_pid(p))] if pid_dir.exists() else []
+    if leftovers:
+        hint = f"an earlier `make run` still has {sorted(leftovers)} running: stop it with `ml-platform down`"
+    else:
+        hint = "stop whatever holds it, or choose other ports (`ml-platform up --help`)"
+    raise StackError("\n".join(taken + [hint]))
 
 
 def _read_pid(p: Path) -> int | None:
@@ -275,6 +273,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         check_ports({"Kafka broker": self.cfg.kafka_port, "Kafka controller": self.cfg.kafka_controller_port,
                      "MLflow": self.cfg.mlflow_port, "Dagster webserver": self.cfg.dagster_port}, self.pid_dir)
+        (self.pid_dir / "supervisor.pid").write_text(str(os.getpid()))
         for svc in build_services(self.cfg):
             self._launch(svc)
             self._wait_healthy(svc)
@@ -326,12 +325,14 @@ class Stack:
             stop_pid(svc.proc.pid)
             (self.pid_dir / f"{svc.name}.pid").unlink(missing_ok=True)
         self.running.clear()
+        (self.pid_dir / "supervisor.pid").unlink(missing_ok=True)
 
 
 def down(home: Path, out=sys.stdout) -> int:
     """Stop whatever an earlier, interrupted `make run` left behind, by the pids it recorded."""
     stopped = 0
-    for p in sorted((home / "pids").glob("*.pid")) if (home / "pids").exists() else []:
+    pid_files = sorted((home / "pids").glob("*.pid"), key=lambda p: p.stem != "supervisor")  # supervisor first
+    for p in pid_files:
         pid = _read_pid(p)
         if _alive(pid):
             print(f"stopping {p.stem} (pid {pid})", file=out)
@@ -359,5 +360,6 @@ def up(cfg: StackConfig) -> int:
         stack.say("\ninterrupted")
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the clean-up
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or kill must not abandon the clean-up
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()

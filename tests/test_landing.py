@@ -15,7 +15,10 @@ def header(specs):
     return (",".join(specs["used_cars"].column_names) + "\n").encode()
 
 
-def plan(specs, files, heads, known=(), cursor=Cursor(), **kw):
+START = Cursor()
+
+
+def plan(specs, files, heads, known=(), cursor=START, **kw):
     def read_head(name):
         h = heads[name]
         if isinstance(h, Exception):

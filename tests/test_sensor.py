@@ -1,0 +1,60 @@
+"""new_batch_sensor through Dagster: partitions and run requests for new files, quarantine for bad ones."""
+
+import json
+
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+
+from resources import LocalStorage
+from sensors import build_new_batch_sensor
+
+
+def _tick(spec, store, instance, cursor=None):
+    sensor = build_new_batch_sensor(spec, settle_seconds=0)
+    resources = {"storage": LocalStorage(root=str(store.root))}
+    ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    return sensor(ctx)
+
+
+def test_new_files_become_partitions_and_runs(specs, store, landing, used_cars_csv):
+    spec = specs["used_cars"]
+    landing("batch-00001.csv", used_cars_csv)
+    landing("lot 2 – März.csv", used_cars_csv)
+    landing(".batch-00003.csv.tmp", used_cars_csv[:500])  # still being written
+    with DagsterInstance.ephemeral() as instance:
+        result = _tick(spec, store, instance)
+        assert isinstance(result, SensorResult)
+        keys = [r.partition_key for r in result.run_requests]
+        assert keys[0] == "batch-00001" and keys[1].startswith("lot_2_") and len(keys) == 2
+        assert result.dynamic_partitions_requests[0].partition_keys == keys
+        assert {r.run_key for r in result.run_requests} == {f"used_cars:{k}" for k in keys}
+        instance.add_dynamic_partitions("used_cars_batches", keys)
+        again = _tick(spec, store, instance, cursor=result.cursor)
+        assert isinstance(again.skip_reason, SkipReason)
+        assert "1 still being written" in again.skip_reason.skip_message
+
+
+def test_rejected_files_are_quarantined_with_reason_and_reported(specs, store, landing, used_cars_csv):
+    spec = specs["used_cars"]
+    landing("empty.csv", b"")
+    landing("garbage.csv", bytes(range(256)) * 4)
+    landing("semi.csv", used_cars_csv.replace(",", ";", 200))
+    landing("weird..name.csv", used_cars_csv)
+    landing("good.csv", used_cars_csv)
+    with DagsterInstance.ephemeral() as instance:
+        result = _tick(spec, store, instance)
+    assert [r.partition_key for r in result.run_requests] == ["good"]
+    observed = {e.metadata["rejected_file"].value: e.metadata["reason"].value for e in result.asset_events}
+    assert set(observed) == {"empty.csv", "garbage.csv", "semi.csv", "weird..name.csv"}
+    qdir = store.path("quarantine/used_cars/files")
+    for name, reason in observed.items():
+        assert (qdir / name).exists(), name
+        assert json.loads((qdir / f"{name}.reason.json").read_text())["reason"] == reason
+    assert "empty file" in observed["empty.csv"] and "binary" in observed["garbage.csv"]
+    assert "semicolon" in observed["semi.csv"]
+    assert sorted(p.name for p in store.path("landing/used_cars").iterdir()) == ["good.csv"]
+
+
+def test_sensor_survives_a_missing_landing_zone(specs, store):
+    with DagsterInstance.ephemeral() as instance:
+        result = _tick(specs["fraud"], store, instance)
+    assert isinstance(result.skip_reason, SkipReason)
