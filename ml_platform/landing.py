@@ -5,7 +5,8 @@
 - A file counts as arrived at max(mtime, ctime), so a file moved in with an old mtime is still new.
 - A file younger than `settle_seconds`, or with a temporary name, may still be written: it waits.
 - The cursor is the (arrival, name) of the last file handled; files at or before it were handled already.
-  The set of known partitions is the second guard, so a reset cursor never ingests a file twice.
+  The set of known partitions is the second guard, so a reset cursor never ingests or quarantines a file
+  twice. A corrected file must land under a new name: a known name is skipped (and said so).
 - At most `max_new` files are handled per tick, so a backlog of thousands drains over a few ticks.
 """
 
@@ -69,6 +70,7 @@ class LandingPlan:
     new: list[tuple[str, FileInfo]] = field(default_factory=list)  # (partition key, file)
     rejected: list[tuple[FileInfo, str]] = field(default_factory=list)  # (file, reason)
     waiting: list[str] = field(default_factory=list)
+    already_ingested: list[str] = field(default_factory=list)  # known partitions: skipped, never re-ingested
     backlog: int = 0  # settled files left for later ticks by max_new
 
 
@@ -98,9 +100,10 @@ def plan_landing(spec: DatasetSpec, cursor: Cursor, listing: list[FileInfo], kno
             continue
         plan.cursor = Cursor(f.mtime_ns, f.name)
         key = partition_key(f.name)
+        if key in known_keys:  # handled before (the cursor was reset, or the same name landed again)
+            plan.already_ingested.append(f.name)
+            continue
         reason = rejection_for_name(f.name)
-        if reason is None and key in known_keys:
-            reason = f"a batch with key {key!r} was already ingested; land corrections under a new file name"
         if reason is None and key in keys_this_tick:
             reason = f"its key {key!r} collides with {keys_this_tick[key]!r}"
         if reason is None:

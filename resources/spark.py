@@ -46,7 +46,7 @@ class StandaloneSparkResource(SparkResource):
     """A Spark standalone cluster (`spark://host:port`). Workers must see the same storage paths."""
 
     master_url: str
-    executor_memory: str = "2g"
+    executor_memory: str = "1g"
     cores_max: int | None = None
 
     def master(self) -> str:

@@ -44,6 +44,9 @@ def build_new_batch_sensor(spec: DatasetSpec, interval_seconds: int = 15, settle
             context.log.warning(f"rejected {f.name!r}: {reason} -> {where}")
             events.append(AssetObservation(asset_key=raw_key, metadata={
                 "rejected_file": f.name, "reason": reason, "quarantined_to": where}))
+        if plan.already_ingested:
+            context.log.info(f"skipped {len(plan.already_ingested)} file(s) already ingested under the same name: "
+                             f"{plan.already_ingested[:5]}; land corrections under a new name")
         cursor = plan.cursor.dump()
         if not plan.new:
             why = f"no new settled files in {landing}/"

@@ -71,10 +71,12 @@ def test_header_only_and_unreadable(specs, header):
     assert reasons["locked.csv"] == "unreadable: Permission denied"
 
 
-def test_already_ingested_name_is_rejected_not_reingested(specs, header):
+def test_a_lost_cursor_neither_reingests_nor_quarantines(specs, header):
     row = header + b"1\n"
-    p = plan(specs, [FileInfo("batch-1.csv", len(row), OLD)], {"batch-1.csv": row}, known={"batch-1"})
-    assert p.new == [] and "already ingested" in p.rejected[0][1]
+    files = [FileInfo(f"batch-{i}.csv", len(row), OLD + i) for i in range(3)]
+    p = plan(specs, files, {f.name: row for f in files}, known={"batch-0", "batch-1"})
+    assert [k for k, _ in p.new] == ["batch-2"] and p.rejected == []
+    assert p.already_ingested == ["batch-0.csv", "batch-1.csv"]
 
 
 def test_backlog_drains_max_new_per_tick(specs, header):
