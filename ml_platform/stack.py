@@ -71,15 +71,21 @@ def _read_pid(p: Path) -> int | None:
 
 
 def _alive(pid: int | None) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def descendants(pid: int) -> list[int]:
@@ -110,16 +116,14 @@ def stop_pid(pid: int, grace: float = 15.0) -> None:
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        _reap(pid)
         time.sleep(0.2)
     for p in tree + descendants(pid):
         try:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    _reap(pid)
 
 
 def http_ok(url: str, contains: str | None = None) -> bool:
