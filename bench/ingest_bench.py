@@ -33,27 +33,14 @@ def make_csv(rows: int) -> Path:
     return path
 
 
-def spark_session():
-    from pyspark.sql import SparkSession
-
-    from ml_platform.spark import prepare_environment, session_conf
-
-    prepare_environment()
-    b = SparkSession.builder
-    for k, v in session_conf("local[2]", "bench", [], shuffle_partitions=8, driver_memory="8g").items():
-        b = b.config(k, v)
-    s = b.getOrCreate()
-    s.sparkContext.setLogLevel("ERROR")
-    return s
-
-
 def bench_throughput(csv: Path, rounds: int) -> dict:
     from ml_platform.ingest import check_header, read_csv
     from ml_platform.layers import clean_stored_batch, ingest_batch
+    from ml_platform.spark import local_session
     from ml_platform.spec import builtin_specs
     from ml_platform.storage import LocalStore
 
-    spark, spec = spark_session(), builtin_specs()["used_cars"]
+    spark, spec = local_session("bench", shuffle_partitions=8, driver_memory="8g"), builtin_specs()["used_cars"]
 
     def plain(tmp: Path) -> None:
         (spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(str(csv))

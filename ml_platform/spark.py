@@ -43,3 +43,16 @@ def prepare_environment() -> None:
     """Before the JVM starts: bind to loopback and keep Spark's own logging quiet."""
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, driver_memory: str = "2g"):
+    """A plain local SparkSession with the platform's settings (tests, benchmarks, notebooks)."""
+    from pyspark.sql import SparkSession
+
+    prepare_environment()
+    builder = SparkSession.builder
+    for k, v in session_conf(f"local[{threads}]", app_name, [], shuffle_partitions, driver_memory).items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session

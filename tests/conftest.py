@@ -12,16 +12,9 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def spark():
-    from pyspark.sql import SparkSession
+    from ml_platform.spark import local_session
 
-    from ml_platform.spark import prepare_environment, session_conf
-
-    prepare_environment()
-    builder = SparkSession.builder
-    for k, v in session_conf("local[2]", "ml-platform-tests", [], shuffle_partitions=2, driver_memory="2g").items():
-        builder = builder.config(k, v)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
+    session = local_session("ml-platform-tests")
     yield session
     session.stop()
 
