@@ -202,12 +202,17 @@ def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> li
 
 
 def dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME with a queued run coordinator: at most two Spark runs at once on this 2-core machine."""
+    """DAGSTER_HOME with a queued run coordinator (at most two Spark runs at once on a 2-core machine) and run
+    monitoring for runs stuck starting. On Ctrl-C, running runs get SIGTERM and are marked failed
+    (interrupted); queued runs stay queued and resume at the next `make run`."""
     d = home / "dagster_home"
     d.mkdir(parents=True, exist_ok=True)
     (d / "dagster.yaml").write_text(
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
-        "  config:\n    max_concurrent_runs: 2\ntelemetry:\n  enabled: false\n")
+        "  config:\n    max_concurrent_runs: 2\n"
+        "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  poll_interval_seconds: 30\n"
+        "  max_resume_run_attempts: 0\n"
+        "telemetry:\n  enabled: false\n")
     return d
 
 
