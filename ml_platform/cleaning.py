@@ -15,53 +15,72 @@ from ml_platform.spec import ColumnSpec, DatasetSpec
 
 REASON = "_reject_reason"
 MISSING_TOKENS = ["", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
-NUM = r"([-+]?[0-9][0-9,]*(?:\.[0-9]+)?|[-+]?\.[0-9]+)"  # keeps the sign: longitudes in the US are negative
 TRUE_TOKENS = ["TRUE", "T", "YES", "Y", "1"]
 FALSE_TOKENS = ["FALSE", "F", "NO", "N", "0"]
 
 
-def _raw(name: str) -> Column:
+def _text(name: str) -> Column:
     """Trimmed source text, with the source's 'unknown' tokens as null."""
     v = F.trim(F.col(f"`{name}`"))
     return F.when(v.isin(MISSING_TOKENS), F.lit(None)).otherwise(v)
 
 
-def _to_number(text: Column) -> Column:
-    """Signed number from text like '-1,234.5'; null if not a finite number."""
-    d = F.regexp_replace(text, ",", "").try_cast("double")
-    return F.when(F.isnan(d) | (F.abs(d) == float("inf")), F.lit(None)).otherwise(d)
+def _t(name: str) -> Column:
+    return F.col(f"`__t_{name}`")
 
 
-def _in_range(value: Column, rng: tuple[float, float] | None) -> Column:
-    if rng is None:
-        return value
-    return F.when(value.between(rng[0], rng[1]), value)
+def _v(name: str) -> Column:
+    return F.col(f"`__v_{name}`")
+
+
+def _number(text: Column) -> Column:
+    """Signed number from text like '-1,234.5' (may be NaN or infinite: see _finite). String functions, not
+    regular expressions: a regex costs a UTF-16 copy and a matcher per value, several times the whole parse."""
+    return F.translate(text, ",", "").try_cast("double")
+
+
+def _before_suffix(text: Column, suffix: str) -> Column:
+    """'35.1 in' -> '35.1' when the text ends with the unit (any case); null otherwise."""
+    n = len(suffix)
+    return F.when(F.lower(text).endswith(suffix.lower()), F.rtrim(F.left(text, F.length(text) - n)))
+
+
+def _rating_part(text: Column, part: int) -> Column:
+    """'177 hp @ 5,750 RPM' -> '177' (part 1) or '5,750' (part 2); null unless it has '@' and ends in RPM."""
+    piece = F.substring_index(F.trim(F.split_part(text, F.lit("@"), F.lit(part))), " ", 1)
+    return F.when(text.contains("@") & F.upper(text).endswith("RPM"), piece)
 
 
 def parse_column(c: ColumnSpec) -> list[tuple[str, Column]]:
-    """(output name, typed expression) pairs for one source column."""
-    raw = _raw(c.name)
+    """(output name, expression over the trimmed text column __t_<name>) for one source column."""
+    raw = _t(c.name)
     if c.strip:
-        raw = F.regexp_replace(raw, "[" + c.strip.replace("\\", "\\\\") + "]", "")
+        raw = F.translate(raw, c.strip, "")
     if c.parse == "drop":
         return []
     if c.parse in ("string", "category"):
         return [(c.name, raw)]
     if c.parse == "number":
-        return [(c.name, _in_range(_to_number(raw), c.range))]
+        return [(c.name, _number(raw))]
     if c.parse == "unit":  # '35.1 in', '12.7 gal', '5 seats'
-        num = F.regexp_extract(raw, rf"(?i)^{NUM}\s*{c.unit}\.?$", 1)
-        return [(c.name, _in_range(_to_number(F.nullif(num, F.lit(""))), c.range))]
+        return [(c.name, _number(_before_suffix(raw, c.unit)))]
     if c.parse == "rating":  # '177 hp @ 5,750 RPM', '200 lb-ft @ 1,750 RPM'
-        pattern = rf"(?i)^{NUM}\s*[a-z][a-z-]*\s*@\s*{NUM}\s*rpm$"
-        return [(f"{c.name}_{u}", _to_number(F.nullif(F.regexp_extract(raw, pattern, i + 1), F.lit(""))))
-                for i, u in enumerate(c.units)]
+        return [(f"{c.name}_{u}", _number(_rating_part(raw, i + 1))) for i, u in enumerate(c.units)]
     if c.parse == "bool":
         up = F.upper(raw)
         return [(c.name, F.when(up.isin(TRUE_TOKENS), True).when(up.isin(FALSE_TOKENS), False))]
     if c.parse == "date":
         return [(c.name, F.try_to_date(raw, c.format or "yyyy-MM-dd"))]
     raise ValueError(f"column {c.name}: unknown parse rule {c.parse!r}")
+
+
+def _finite(name: str, rng: tuple[float, float] | None) -> Column:
+    """A parsed number, or null when it is NaN, infinite or outside the spec's range."""
+    v = _v(name)
+    ok = ~F.isnan(v) & (F.abs(v) != float("inf"))
+    if rng is not None:
+        ok = ok & v.between(rng[0], rng[1])
+    return F.when(ok, v)
 
 
 def _derive(rule: str, a: Column, b: Column) -> Column:
@@ -78,10 +97,10 @@ def _value_reasons(spec: DatasetSpec) -> list[Column]:
         if c.required and c.name != spec.target:
             out.append(F.when(F.col(c.name).isNull(),
                               F.concat(F.lit(f"{c.name}: missing or invalid value '"),
-                                       F.coalesce(F.col(f"`__raw_{c.name}`"), F.lit("")), F.lit("'"))))
+                                       F.coalesce(_t(c.name), F.lit("")), F.lit("'"))))
     lo, hi = spec.label_range
     t = F.col(spec.target)
-    raw_t = F.coalesce(F.col(f"`__raw_{spec.target}`"), F.lit(""))
+    raw_t = F.coalesce(_t(spec.target), F.lit(""))
     out.append(F.when(t.isNull(), F.concat(F.lit(f"{spec.target}: missing or not a number '"), raw_t, F.lit("'"))))
     out.append(F.when(~t.between(lo, hi), F.concat(F.lit(f"{spec.target}: "), raw_t,
                                                      F.lit(f" outside [{lo:g}, {hi:g}]"))))
@@ -91,28 +110,35 @@ def _value_reasons(spec: DatasetSpec) -> list[Column]:
 
 
 def classify(df: DataFrame, spec: DatasetSpec) -> DataFrame:
-    """Typed cleaned columns plus `_reject_reason` (null for good rows) and the raw checked values.
+    """Typed cleaned columns plus `_reject_reason` (null for good rows), and the source columns as `__src_*`.
 
-    The raw source columns are kept alongside so that quarantined rows can be written as they arrived.
+    Built as stacked projections (text -> parsed -> checked) so that each value is trimmed and parsed once: a
+    single projection repeating those expressions generates more than the JVM's 64 KB per method and Spark
+    falls back to interpreted evaluation, ten times slower. Callers select what they need and Spark prunes
+    the rest: the quarantine pass only evaluates the checked columns.
     """
     has_corrupt = CORRUPT in df.columns
-    parsed = [(name, expr) for c in spec.columns for name, expr in parse_column(c)]
-    checked = {c.name for c in spec.columns if c.required} | {spec.target}
-    renamed = df.select(
+    text = df.select(
         *[F.col(f"`{c}`").alias(c if c == CORRUPT else f"__src_{c}") for c in df.columns],
-        *[_raw(c).alias(f"__raw_{c}") for c in sorted(checked)],
-        *[expr.alias(name) for name, expr in parsed],
+        *[_text(c.name).alias(f"__t_{c.name}") for c in spec.columns if c.parse != "drop"],
+    )
+    parsed = [(c, name, expr) for c in spec.columns for name, expr in parse_column(c)]
+    numeric = {name for c, name, _ in parsed if c.parse in ("number", "unit", "rating")}
+    values = text.select("*", *[expr.alias(f"__v_{name}") for _, name, expr in parsed])
+    typed = values.select(
+        *[F.col(f"`{c}`") for c in values.columns if not c.startswith("__v_")],
+        *[(_finite(name, c.range) if name in numeric else _v(name)).alias(name) for c, name, _ in parsed],
     )
     for d in spec.derived:
-        renamed = renamed.withColumn(d.name, _derive(d.rule, F.col(d.inputs[0]), F.col(d.inputs[1])))
+        typed = typed.withColumn(d.name, _derive(d.rule, F.col(d.inputs[0]), F.col(d.inputs[1])))
     if spec.task == "classification":
-        renamed = renamed.withColumn(spec.target, F.col(spec.target).cast("double"))
+        typed = typed.withColumn(spec.target, F.col(spec.target).cast("double"))
     reason = F.concat_ws("; ", *_value_reasons(spec))
     reason = F.when(reason != "", reason)
     if has_corrupt:  # a malformed row's values are shifted or missing: one reason says it all
         malformed = F.lit("malformed CSV row (wrong number of fields)")
         reason = F.when(F.col(CORRUPT).isNotNull(), malformed).otherwise(reason)
-    return renamed.withColumn(REASON, reason)
+    return typed.withColumn(REASON, reason)
 
 
 def cleaned_rows(classified: DataFrame, spec: DatasetSpec) -> DataFrame:

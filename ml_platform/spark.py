@@ -26,6 +26,7 @@ def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions
         "spark.driver.bindAddress": LOOPBACK,
         "spark.driver.memory": driver_memory,
         "spark.ui.enabled": str(ui).lower(),
+        "spark.ui.showConsoleProgress": "false",  # progress bars only clutter captured run logs
         "spark.sql.shuffle.partitions": str(shuffle_partitions),
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
