@@ -15,6 +15,7 @@ import yaml
 PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating", "drop"}
 DERIVE_RULES = {"years_between", "per_year"}
 TASKS = {"regression", "classification"}
+FEATURE_PARSES = {"number", "unit", "bool", "category", "rating"}
 
 
 class SpecError(ValueError):
@@ -49,6 +50,22 @@ class DerivedSpec:
 
 
 @dataclass(frozen=True)
+class TrainingSpec:
+    """How a dataset is trained and promoted. Every field has a default, so a spec may leave the block out."""
+
+    window: int | None = None          # the last N accepted batches; None = all of them
+    holdout: float = 0.2               # share of rows (by a hash of the key) kept out of training
+    folds: int = 3
+    seed: int = 7
+    log_target: bool = False           # fit on log1p(target); metrics are reported on both scales
+    exclude: tuple[str, ...] = ()      # cleaned columns never used as features
+    max_categories: int = 32           # levels kept per categorical; the rest become '__other__'
+    margin: float = 0.01               # challenger must beat the champion by this (relative RMSE / absolute PR-AUC)
+    thresholds: dict[str, float] = field(default_factory=dict)  # min_r2, max_rmse, min_pr_auc, min_roc_auc
+    parallelism: int = 2               # base models trained at once, and CV param maps in parallel
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     task: str
@@ -60,6 +77,7 @@ class DatasetSpec:
     max_null_rate: dict[str, float] = field(default_factory=dict)
     max_quarantine_share: float = 0.25
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
 
     @property
     def column_names(self) -> list[str]:
@@ -81,6 +99,20 @@ class DatasetSpec:
     def cleaned_columns(self) -> list[str]:
         out = [n for c in self.columns for n in c.output_names()]
         return out + [d.name for d in self.derived]
+
+    def feature_columns(self) -> tuple[list[str], list[str]]:
+        """(numeric, categorical) cleaned columns the models use: every parsed column but the target, the key,
+        free strings, dates and what `training.exclude` names. Booleans count as numeric (0/1)."""
+        skip = {self.target, self.key, *self.training.exclude}
+        numeric, categorical = [], []
+        for c in self.columns:
+            if c.parse not in FEATURE_PARSES:
+                continue
+            for name in c.output_names():
+                if name not in skip:
+                    (categorical if c.parse == "category" else numeric).append(name)
+        numeric += [d.name for d in self.derived if d.name not in skip]
+        return numeric, categorical
 
 
 def _fail(src: str, msg: str) -> SpecError:
@@ -142,6 +174,7 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
     bad_null = [c for c in (checks.get("max_null_rate") or {}) if c not in known]
     if bad_null:
         raise _fail(src, f"checks.max_null_rate names unknown columns {bad_null}")
+    training = _training(src, data.get("training") or {}, known)
     lr = data.get("label_range") or [float("-inf"), float("inf")]
     return DatasetSpec(
         name=str(data["name"]),
@@ -154,7 +187,27 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         max_null_rate={k: float(v) for k, v in (checks.get("max_null_rate") or {}).items()},
         max_quarantine_share=float(checks.get("max_quarantine_share", 0.25)),
         algorithms=dict(data.get("algorithms") or {}),
+        training=training,
     )
+
+
+def _training(src: str, raw: dict, known: set[str]) -> TrainingSpec:
+    if not isinstance(raw, dict):
+        raise _fail(src, "training must be a mapping")
+    unknown = sorted(set(raw) - set(TrainingSpec.__dataclass_fields__))
+    if unknown:
+        raise _fail(src, f"training has unknown fields {unknown}")
+    bad = [c for c in raw.get("exclude") or [] if c not in known]
+    if bad:
+        raise _fail(src, f"training.exclude names unknown columns {bad}")
+    t = TrainingSpec(**{k: tuple(v) if k == "exclude" else v for k, v in raw.items()})
+    if not 0 < t.holdout < 1:
+        raise _fail(src, f"training.holdout must be in (0, 1), got {t.holdout}")
+    if t.folds < 2:
+        raise _fail(src, f"training.folds must be at least 2, got {t.folds}")
+    if t.window is not None and t.window < 1:
+        raise _fail(src, f"training.window must be a positive number of batches or absent, got {t.window}")
+    return t
 
 
 def load_spec(path: str | Path) -> DatasetSpec:

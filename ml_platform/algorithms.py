@@ -1,0 +1,116 @@
+"""The algorithms a spec may name, and their search spaces: a grid and/or N random draws from declared distributions.
+
+Each algorithm says which feature vector it reads: trees take indexed categoricals (`features_tree`, nominal
+metadata, so splits are categorical), linear models take one-hot encoded, standardized features
+(`features_scaled`). Spec parameter names are the estimator's own Param names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.ml import classification as C
+from pyspark.ml import regression as R
+
+from ml_platform.spec import DatasetSpec, SpecError
+from ml_platform.war import WeightedAverageRegressor
+
+TREE_FEATURES = "features_tree"
+LINEAR_FEATURES = "features_scaled"
+LABEL, WEIGHT, FOLD, ROW_ID = "__label", "__weight", "__fold", "__row_id"
+MAX_BINS = 64  # above training.max_categories + 2 (the '__other__' and unseen levels)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    task: str
+    make: Any                 # (featuresCol, seed) -> an unfitted estimator
+    features: str
+    weights: bool = True      # accepts weightCol (class weights for imbalance)
+    score: str = "probability"  # classification: which output column carries the positive-class score
+
+
+def _tree(cls, **kw):
+    return lambda features, seed: cls(featuresCol=features, labelCol=LABEL, seed=seed, maxBins=MAX_BINS, **kw)
+
+
+def _plain(cls, **kw):
+    return lambda features, seed: cls(featuresCol=features, labelCol=LABEL, **kw)
+
+
+REGISTRY: dict[tuple[str, str], Algorithm] = {
+    (a.task, a.name): a for a in [
+        Algorithm("gbt", "regression", _tree(R.GBTRegressor), TREE_FEATURES, weights=False),
+        Algorithm("random_forest", "regression", _tree(R.RandomForestRegressor), TREE_FEATURES, weights=False),
+        Algorithm("linear", "regression", _plain(R.LinearRegression, maxIter=100), LINEAR_FEATURES, weights=False),
+        Algorithm("weighted_average", "regression", _plain(WeightedAverageRegressor), LINEAR_FEATURES,
+                  weights=False),
+        Algorithm("logistic", "classification", _plain(C.LogisticRegression, maxIter=100), LINEAR_FEATURES),
+        Algorithm("linear_svc", "classification", _plain(C.LinearSVC, maxIter=100), LINEAR_FEATURES,
+                  score="rawPrediction"),
+        Algorithm("random_forest", "classification", _tree(C.RandomForestClassifier), TREE_FEATURES),
+        Algorithm("gbt", "classification", _tree(C.GBTClassifier), TREE_FEATURES),
+        Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes), "features_nonneg"),
+    ]
+}
+
+
+def algorithm(spec: DatasetSpec, name: str) -> Algorithm:
+    try:
+        return REGISTRY[(spec.task, name)]
+    except KeyError:
+        known = sorted(n for t, n in REGISTRY if t == spec.task)
+        raise SpecError(f"spec {spec.name}: algorithm {name!r} is not available for {spec.task}; "
+                        f"one of {known}") from None
+
+
+def _draw(rng: random.Random, dist: dict) -> Any:
+    (kind, args), = dist.items()
+    if kind == "uniform":
+        return rng.uniform(*args)
+    if kind == "log_uniform":
+        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+    if kind == "int_uniform":
+        return rng.randint(int(args[0]), int(args[1]))
+    if kind == "choice":
+        return rng.choice(list(args))
+    raise ValueError(f"unknown distribution {kind!r}; one of uniform, log_uniform, int_uniform, choice")
+
+
+def search_space(spec: DatasetSpec, name: str) -> list[dict[str, Any]]:
+    """The parameter settings cross-validation tries: the grid's product, then `random.n` draws (seeded by the
+    spec's training seed, so a rerun tries the same settings). Grid values fix the rest of each random draw."""
+    entry = spec.algorithms.get(name) or {}
+    grid = entry.get("grid") or {}
+    combos = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())] if grid else []
+    rnd = dict(entry.get("random") or {})
+    n = int(rnd.pop("n", 0))
+    rng = random.Random(f"{spec.training.seed}:{spec.name}:{name}")
+    base = combos[0] if combos else {}
+    try:
+        draws = [base | {p: _draw(rng, d) for p, d in rnd.items()} for _ in range(n)]
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"spec {spec.name}: algorithms.{name}.random: {e}") from None
+    return combos + draws or [{}]
+
+
+def param_maps(estimator, settings: list[dict[str, Any]], where: str) -> list[dict]:
+    """Spec settings -> ParamMaps, naming the algorithm and parameter when one does not exist."""
+    out = []
+    for s in settings:
+        pm = {}
+        for k, v in s.items():
+            if not estimator.hasParam(k):
+                raise SpecError(f"{where}: {type(estimator).__name__} has no parameter {k!r}")
+            p = estimator.getParam(k)
+            try:
+                pm[p] = p.typeConverter(v)
+            except TypeError as e:
+                raise SpecError(f"{where}: {k}={v!r}: {e}") from None
+        out.append(pm)
+    return out

@@ -1,0 +1,143 @@
+"""Base models: k-fold cross-validated search over the spec's grid and random draws, out-of-fold scores for
+stacking, a refit on the whole train split with the best parameters, and holdout metrics.
+
+Folds come from the training set's fold column (CrossValidator's foldCol), so every model sees the same folds and
+the out-of-fold scores of different models line up row by row.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from pyspark.ml import PipelineModel
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, RegressionEvaluator
+from pyspark.ml.tuning import CrossValidator
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ml_platform.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, param_maps, search_space
+from ml_platform.metrics import classification_metrics, curves, primary, regression_metrics, score_column
+from ml_platform.spec import DatasetSpec
+from ml_platform.storage import Store
+from ml_platform.training import TrainingError, feature_pipeline_dir, version_dir
+
+
+def model_dir(spec: DatasetSpec, version: str, name: str) -> str:
+    return f"{version_dir(spec, version)}/models/{name}"
+
+
+def featurized(spark, store: Store, spec: DatasetSpec, version: str) -> tuple[DataFrame, DataFrame]:
+    """Train and holdout with the fitted feature pipeline applied; train is cached, since every fold of every
+    parameter map of every model reads it."""
+    fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
+    base = version_dir(spec, version)
+    train = fp.transform(spark.read.parquet(store.uri(f"{base}/train"))).persist()
+    train.count()
+    holdout = fp.transform(spark.read.parquet(store.uri(f"{base}/holdout")))
+    return train, holdout
+
+
+def _root_cause(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    lines = [ln for ln in text if ln.strip() and not ln.startswith("\tat ")]
+    cause = [ln for ln in lines if "Exception:" in ln or "Error:" in ln]
+    return (cause[-1] if cause else lines[0] if lines else type(e).__name__)[:400]
+
+
+def evaluate(spec: DatasetSpec, scored: DataFrame, score: str, threshold: float | None = None) -> dict:
+    """Holdout metrics of a scored frame. Regression on a log target: on the log scale and the original one."""
+    if spec.task == "classification":
+        return classification_metrics(scored, LABEL, score, threshold if threshold is not None else 0.5)
+    if spec.training.log_target:
+        out = regression_metrics(scored.withColumn("__orig", F.expm1(F.col(score))), spec.target, "__orig")
+        log = regression_metrics(scored, LABEL, score)
+        return out | {f"log_{k}": v for k, v in log.items() if k != "non_finite"}
+    return regression_metrics(scored, spec.target, score)
+
+
+def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, train: DataFrame,
+                    holdout: DataFrame) -> dict:
+    where = f"{spec.name}/model_{name}"
+    alg = algorithm(spec, name)
+    est = alg.make(alg.features, spec.training.seed)
+    if spec.task == "classification" and alg.weights:
+        est.set(est.getParam("weightCol"), WEIGHT)
+    settings = search_space(spec, name)
+    maps = param_maps(est, settings, f"spec {spec.name}: algorithms.{name}")
+    kind = "prediction" if spec.task == "regression" else alg.score
+    metric, larger = primary(spec.task)
+    ev = (RegressionEvaluator(labelCol=LABEL, predictionCol="prediction", metricName="rmse")
+          if spec.task == "regression" else
+          BinaryClassificationEvaluator(labelCol=LABEL, rawPredictionCol=kind, metricName="areaUnderPR"))
+    folds = spec.training.folds
+    cv = CrossValidator(estimator=est, estimatorParamMaps=maps, evaluator=ev, numFolds=folds, foldCol=FOLD,
+                        collectSubModels=True, parallelism=spec.training.parallelism, seed=spec.training.seed)
+    t0 = time.perf_counter()
+    try:
+        cvm = cv.fit(train)
+    except Exception as e:  # noqa: BLE001 - any estimator failure becomes a clear error on this model's asset
+        raise TrainingError(f"{where}: training failed: {_root_cause(e)}") from e
+    train_seconds = time.perf_counter() - t0
+    avg, std = list(cvm.avgMetrics), list(cvm.stdMetrics)
+    best = max(range(len(avg)), key=lambda i: avg[i] if larger else -avg[i])
+    t1 = time.perf_counter()
+    # out-of-fold: each row scored by the best setting's model that did not see it
+    parts = [cvm.subModels[k][best].transform(train.where(F.col(FOLD) == k))
+             .select(ROW_ID, LABEL, score_column(kind).alias("score")) for k in range(folds)]
+    oof = parts[0]
+    for p in parts[1:]:
+        oof = oof.unionByName(p)
+    out = model_dir(spec, version, name)
+    oof.write.mode("overwrite").parquet(store.uri(f"{out}/oof"))
+    oof = train.sparkSession.read.parquet(store.uri(f"{out}/oof"))
+    threshold = curves(oof, LABEL, "score")["threshold"] if spec.task == "classification" else None
+    scored = cvm.bestModel.transform(holdout).withColumn("__score", score_column(kind))
+    hold = evaluate(spec, scored, "__score", threshold)
+    validation_seconds = time.perf_counter() - t1
+    if hold["non_finite"]:
+        raise TrainingError(f"{where}: did not converge: {hold['non_finite']} non-finite holdout predictions "
+                            f"with {settings[best]}")
+    PipelineModel(stages=[cvm.bestModel]).write().overwrite().save(store.uri(f"{out}/model"))
+    result = {
+        "algorithm": name, "version": version, "features": alg.features, "score": kind,
+        "search_space": settings, "best_params": settings[best], "param_maps": len(maps), "folds": folds,
+        "cv_metric": metric,
+        "cv_mean": avg[best], "cv_std": std[best], "cv_all": avg, "holdout": hold, "threshold": threshold,
+        "train_seconds": round(train_seconds, 2), "validation_seconds": round(validation_seconds, 2),
+        "model": store.uri(f"{out}/model"), "oof": store.uri(f"{out}/oof"), "ok": True,
+    }
+    store.write_json(f"{out}/result.json", result)
+    return result
+
+
+def train_models(spark, store: Store, spec: DatasetSpec, version: str, names: list[str],
+                 concurrent: int) -> dict[str, dict | Exception]:
+    """Train several algorithms on one cached training set, `concurrent` at a time (threads sharing the Spark
+    session; Spark runs their jobs side by side). A failure is returned in place of its result, never raised, so
+    the other models still finish."""
+    for name in names:
+        algorithm(spec, name)  # unknown names fail before any work starts
+    train, holdout = featurized(spark, store, spec, version)
+    try:
+        def one(name):
+            try:
+                return train_algorithm(store, spec, version, name, train, holdout)
+            except Exception as e:  # noqa: BLE001
+                store.write_json(f"{model_dir(spec, version, name)}/result.json",
+                                 {"algorithm": name, "ok": False, "error": str(e)})
+                return e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
+        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
+            return dict(zip(names, pool.map(one, names), strict=True))
+    finally:
+        train.unpersist()
+
+
+def model_results(store: Store, spec: DatasetSpec, version: str) -> dict[str, dict]:
+    """The successful base models of a version, by algorithm."""
+    out = {}
+    for name in spec.algorithms:
+        r = store.read_json(f"{model_dir(spec, version, name)}/result.json")
+        if r and r.get("ok"):
+            out[name] = r
+    return out

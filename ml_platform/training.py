@@ -1,0 +1,156 @@
+"""The gold layer's training set: accepted cleaned batches in the window, one row per key, a deterministic
+train/holdout split and fold column, a label and class weights. Written once per version, read by every model.
+
+Layout under the store (`<v>` is a version: the Dagster run that built the training set):
+  gold/<dataset>/current.json                       the version every later layer works on
+  gold/<dataset>/<v>/train, holdout                 Parquet
+  gold/<dataset>/<v>/feature_pipeline               the fitted PipelineModel
+  gold/<dataset>/<v>/models/<algorithm>/            model, oof (out-of-fold scores), result.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from ml_platform.algorithms import FOLD, LABEL, ROW_ID, WEIGHT
+from ml_platform.layers import batch_record_path, silver_dir, silver_root
+from ml_platform.spec import DatasetSpec
+from ml_platform.storage import Store
+
+BATCH = "__batch"
+ALL_COLUMNS_KEY = "__all_columns"
+
+
+class TrainingError(ValueError):
+    """Training data or a model that cannot be used; the message says what and where."""
+
+
+def accepted_marker(spec: DatasetSpec, key: str) -> str:
+    return f"{silver_root(spec)}/_accepted/{key}.json"
+
+
+def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict) -> None:
+    """Cleaning records whether a batch passed its blocking checks; only accepted batches are trained on."""
+    if accepted:
+        store.write_json(accepted_marker(spec, key), {"partition": key, "cleaned": summary.get("cleaned")})
+    else:
+        store.delete_tree(accepted_marker(spec, key))
+
+
+def accepted_batches(store: Store, spec: DatasetSpec) -> list[dict]:
+    """Accepted batches with their bronze records, oldest ingestion first."""
+    out = []
+    for f in store.list_files(f"{silver_root(spec)}/_accepted"):
+        key = f.name.removesuffix(".json")
+        record = store.read_json(batch_record_path(spec, key))
+        if record is not None and not record.get("duplicate_of") and store.exists(silver_dir(spec, key)):
+            out.append(record)
+    return sorted(out, key=lambda r: (r["ingested_at"], r["partition"]))
+
+
+def version_dir(spec: DatasetSpec, version: str) -> str:
+    return f"gold/{spec.name}/{version}"
+
+
+def feature_pipeline_dir(spec: DatasetSpec, version: str) -> str:
+    return f"{version_dir(spec, version)}/feature_pipeline"
+
+
+def current_pointer(spec: DatasetSpec) -> str:
+    return f"gold/{spec.name}/current.json"
+
+
+def current_version(store: Store, spec: DatasetSpec) -> dict:
+    cur = store.read_json(current_pointer(spec))
+    if cur is None:
+        raise TrainingError(f"{spec.name}: no training set yet; materialize {spec.name}/training_set first")
+    return cur
+
+
+def _row_hash(df: DataFrame, spec: DatasetSpec, salt: int):
+    cols = [F.col(spec.key)] if spec.key else [F.col(f"`{c}`") for c in spec.cleaned_columns if c in df.columns]
+    return F.xxhash64(F.lit(salt), *cols)
+
+
+def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
+    """Union the window's accepted batches, split them and write train/holdout; point current.json at them."""
+    t = spec.training
+    batches = accepted_batches(store, spec)
+    if t.window:
+        batches = batches[-t.window:]
+    if not batches:
+        raise TrainingError(f"{spec.name}: no accepted cleaned batch to train on (a batch is accepted when its "
+                            f"blocking checks pass)")
+    order = {b["partition"]: i for i, b in enumerate(batches)}
+    parts = [spark.read.parquet(store.uri(silver_dir(spec, b["partition"]))).withColumn(BATCH, F.lit(b["partition"]))
+             for b in batches]
+    df = parts[0]
+    for p in parts[1:]:
+        df = df.unionByName(p, allowMissingColumns=True)
+    df = df.where(F.col(spec.target).isNotNull())
+    if spec.key:
+        # a listing seen again in a later batch replaces the earlier row (its price may have changed)
+        rank = F.create_map(*[x for k, i in order.items() for x in (F.lit(k), F.lit(i))])[F.col(BATCH)]
+        w = Window.partitionBy(spec.key).orderBy(rank.desc())
+        df = df.withColumn("__rn", F.row_number().over(w)).where("__rn = 1").drop("__rn")
+    h = _row_hash(df, spec, t.seed)
+    target = F.col(spec.target).cast("double")
+    df = (df.withColumn("__holdout", F.pmod(h, F.lit(1000)) < int(round(t.holdout * 1000)))
+            .withColumn(FOLD, F.pmod(F.xxhash64(F.lit(t.seed + 1), h), F.lit(t.folds)).cast("int"))
+            .withColumn(LABEL, F.log1p(target) if t.log_target else target)
+            .withColumn(ROW_ID, F.monotonically_increasing_id()))
+    stats = _target_stats(df, spec)
+    weights = _class_weights(stats, spec)
+    df = df.withColumn(WEIGHT, F.when(F.col(LABEL) == 1, weights[1]).otherwise(weights[0]) if weights else F.lit(1.0))
+    base = version_dir(spec, version)
+    df.where(~F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(store.uri(f"{base}/train"))
+    df.where(F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(store.uri(f"{base}/holdout"))
+    n_train = spark.read.parquet(store.uri(f"{base}/train")).count()
+    n_holdout = spark.read.parquet(store.uri(f"{base}/holdout")).count()
+    if n_train < t.folds * 2 or n_holdout == 0:
+        raise TrainingError(f"{spec.name}: {n_train} train and {n_holdout} holdout rows are too few for "
+                            f"{t.folds}-fold cross-validation")
+    summary = {
+        "version": version,
+        "batches": [b["partition"] for b in batches],
+        "first_ingested_at": batches[0]["ingested_at"], "last_ingested_at": batches[-1]["ingested_at"],
+        "data_hash": hashlib.sha256(json.dumps(sorted(b["sha256"] for b in batches)).encode()).hexdigest()[:16],
+        "rows": n_train + n_holdout, "train_rows": n_train, "holdout_rows": n_holdout,
+        "target": stats, "class_weights": weights, "train": store.uri(f"{base}/train"),
+        "holdout": store.uri(f"{base}/holdout"),
+    }
+    store.write_json(f"{base}/training_set.json", summary)
+    store.write_json(current_pointer(spec), summary)
+    return summary
+
+
+def _target_stats(df: DataFrame, spec: DatasetSpec) -> dict:
+    y = F.col(spec.target).cast("double")
+    row = df.agg(F.count(y).alias("n"), F.avg(y).alias("mean"), F.stddev_pop(y).alias("std"), F.min(y).alias("min"),
+                 F.max(y).alias("max"), F.countDistinct(y).alias("distinct"),
+                 F.sum(F.when(~F.col("__holdout") & (y == 1), 1).otherwise(0)).alias("train_positives"),
+                 F.sum(F.when(~F.col("__holdout"), 1).otherwise(0)).alias("train_n")).first().asDict()
+    out = {k: (float(v) if v is not None else None) for k, v in row.items()}
+    if spec.task == "classification":
+        if out["distinct"] < 2:
+            raise TrainingError(f"{spec.name}: the training window holds a single class ({spec.target}="
+                                f"{out['min']}); a classifier needs both")
+        if not 0 < out["train_positives"] < out["train_n"]:
+            raise TrainingError(f"{spec.name}: the train split holds a single class "
+                                f"({int(out['train_positives'])} positives of {int(out['train_n'])})")
+    elif not (out["std"] or 0) > 0:
+        raise TrainingError(f"{spec.name}: the target {spec.target} is constant ({out['mean']}) in the training "
+                            f"window; there is nothing to learn")
+    return out
+
+
+def _class_weights(stats: dict, spec: DatasetSpec) -> dict[int, float] | None:
+    """Balanced weights n / (2 n_class): a 0.17% positive class counts as much as the rest together."""
+    if spec.task != "classification":
+        return None
+    n, pos = stats["train_n"], stats["train_positives"]
+    return {0: n / (2 * (n - pos)), 1: n / (2 * pos)}
