@@ -17,6 +17,7 @@ from ml_platform.checks import CLEANED_CHECKS, cleaned_checks
 from ml_platform.ingest import RejectedFile
 from ml_platform.layers import clean_stored_batch, quarantine_rows_dir, silver_dir
 from ml_platform.spec import DatasetSpec
+from ml_platform.training import mark_accepted
 from resources import SparkResource, StorageResource
 
 # follow each new raw partition, but never past a failed blocking check on it
@@ -56,6 +57,10 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
                 "path": MetadataValue.path(store.uri(silver_dir(spec, context.partition_key))),
                 "quarantine_path": MetadataValue.path(store.uri(quarantine_rows_dir(spec, context.partition_key))),
             }
-        return MaterializeResult(metadata=metadata, check_results=check_results(key, cleaned_checks(spec, s)))
+        outcomes = cleaned_checks(spec, s)
+        # training reads only batches whose blocking checks passed
+        mark_accepted(store, spec, context.partition_key, not s["duplicate_of"] and all(
+            o.passed for o in outcomes if o.blocking), s)
+        return MaterializeResult(metadata=metadata, check_results=check_results(key, outcomes))
 
     return cleaned_features

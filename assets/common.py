@@ -40,3 +40,8 @@ def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResu
         description=o.description,
         metadata={k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in o.metadata.items()},
     ) for o in outcomes]
+
+
+def run_tags(context) -> dict[str, str]:
+    """What links an MLflow run or model version back to Dagster."""
+    return {"dagster_run_id": context.run_id, "dagster_job": context.job_name}

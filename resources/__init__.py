@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resources.registry import MlflowRegistry, ModelRegistryResource
 from resources.spark import LocalSparkResource, SparkResource, StandaloneSparkResource
 from resources.storage import LocalStorage, StorageResource
 
@@ -16,6 +17,8 @@ class Settings:
     jars_dir: str | None = None
     spark_master_url: str | None = None
     shuffle_partitions: int = 8
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    mlflow_ui_url: str | None = "http://127.0.0.1:5000"
 
 
 def resources_for(env: str, settings: Settings) -> dict:
@@ -28,8 +31,9 @@ def resources_for(env: str, settings: Settings) -> dict:
         spark = StandaloneSparkResource(master_url=settings.spark_master_url, **common)
     else:
         spark = LocalSparkResource(**common)
-    return {"spark": spark, "storage": LocalStorage(root=settings.data_root)}
+    return {"spark": spark, "storage": LocalStorage(root=settings.data_root),
+            "registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url)}
 
 
-__all__ = ["LocalSparkResource", "LocalStorage", "Settings", "SparkResource", "StandaloneSparkResource",
-           "StorageResource", "resources_for"]
+__all__ = ["LocalSparkResource", "LocalStorage", "MlflowRegistry", "ModelRegistryResource", "Settings",
+           "SparkResource", "StandaloneSparkResource", "StorageResource", "resources_for"]

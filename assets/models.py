@@ -1,0 +1,69 @@
+"""<dataset>/model_<algorithm>: one asset per algorithm in the spec, trained together by one multi-asset so the
+base models share one cached training set and run side by side on one SparkSession."""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+
+from assets.common import asset_key, run_tags
+from assets.training import FOLLOW
+from ml_platform.algorithms import algorithm
+from ml_platform.models import train_models
+from ml_platform.release import mlflow_parent
+from ml_platform.spec import DatasetSpec
+from ml_platform.training import TrainingError, current_version
+from resources import ModelRegistryResource, SparkResource, StorageResource
+
+
+def _metadata(r: dict, link: str) -> dict:
+    hold = {k: round(v, 6) if isinstance(v, float) else v for k, v in r["holdout"].items()}
+    return {
+        **{f"holdout_{k}": v for k, v in hold.items() if isinstance(v, int | float)},
+        f"cv_{r['cv_metric']}_mean": r["cv_mean"], f"cv_{r['cv_metric']}_std": r["cv_std"],
+        "best_params": MetadataValue.json(r["best_params"]), "param_maps_tried": r["param_maps"],
+        "train_seconds": r["train_seconds"], "validation_seconds": r["validation_seconds"],
+        "version": r["version"], "mlflow_run": MetadataValue.url(link), "path": MetadataValue.path(r["model"]),
+    }
+
+
+def build_models(spec: DatasetSpec) -> AssetsDefinition:
+    names = list(spec.algorithms)
+    for n in names:
+        algorithm(spec, n)  # an unknown algorithm fails at load time, naming the spec
+    specs = [AssetSpec(asset_key(spec, f"model_{n}"), deps=[asset_key(spec, "feature_pipeline")],
+                       group_name=spec.name, kinds={"spark"}, automation_condition=FOLLOW, skippable=True,
+                       description=f"{n} for {spec.name}: k-fold cross-validated search, out-of-fold scores for "
+                                   f"stacking, refit on all of train.")
+             for n in names]
+
+    @multi_asset(name=f"{spec.name}__models", specs=specs, can_subset=True)
+    def models(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
+               registry: ModelRegistryResource):
+        store = storage.store()
+        try:
+            version = current_version(store, spec)["version"]
+        except TrainingError as e:
+            raise Failure(description=str(e)) from None
+        selected = [n for n in names if asset_key(spec, f"model_{n}") in context.selected_asset_keys]
+        tracker, parent, tags = registry.tracker(), mlflow_parent(store, spec, version), run_tags(context)
+        results = train_models(spark.get_session(), store, spec, version, selected, spec.training.parallelism)
+        failed = {}
+        for n, r in results.items():
+            if isinstance(r, Exception):
+                failed[n] = str(r)
+                tracker.log_failed_model(parent, spec.name, n, str(r), tags)
+                continue
+            run = tracker.log_model_run(parent, spec.name, r, tags)
+            yield MaterializeResult(asset_key=asset_key(spec, f"model_{n}"),
+                                    metadata=_metadata(r, tracker.run_link(run)))
+        if failed:
+            # the models that trained are materialized above; these are not, and the stack waits for them
+            raise Failure(description="; ".join(failed.values()), metadata={"failed": MetadataValue.json(failed)})
+
+    return models

@@ -1,0 +1,32 @@
+"""<dataset>/serving_deployment: the promotion gate. The scorer serves whatever the `champion` alias points at."""
+
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, asset
+
+from assets.common import asset_key
+from assets.training import FOLLOW
+from ml_platform.release import promotion_gate
+from ml_platform.training import TrainingError
+from resources import ModelRegistryResource, SparkResource, StorageResource
+
+
+def build_serving_deployment(spec) -> AssetsDefinition:
+    @asset(key=asset_key(spec, "serving_deployment"), deps=[asset_key(spec, "stacked_model")], group_name=spec.name,
+           kinds={"mlflow"}, automation_condition=FOLLOW,
+           description=f"Which {spec.name} model is served: the challenger becomes champion only if it beats the "
+                       f"champion on the same holdout by the spec's margin (or there is none). Roll back with "
+                       f"`ml-platform rollback {spec.name}`.")
+    def serving_deployment(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
+                           registry: ModelRegistryResource):
+        try:
+            g = promotion_gate(spark.get_session(), storage.store(), registry.tracker(), spec)
+        except TrainingError as e:
+            raise Failure(description=str(e)) from None
+        context.log.info(g["decision"])
+        return MaterializeResult(metadata={
+            "decision": g["decision"], "promoted": g["promoted"], "metric": g["metric"], "margin": g["margin"],
+            "champion_before": g["champion_before"] or "none", "champion_after": g["champion_after"] or "none",
+            "challenger": g["challenger"], "challenger_score": g.get("challenger_score", float("nan")),
+            "champion_score": g.get("champion_score", float("nan")),
+        })
+
+    return serving_deployment

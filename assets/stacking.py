@@ -1,0 +1,58 @@
+"""<dataset>/stacked_model: the meta-model over the base models, as one deployable PipelineModel registered in
+MLflow as `challenger`. Its blocking checks guard serving_deployment."""
+
+import base64
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.common import asset_key, run_tags
+from assets.training import FOLLOW
+from ml_platform.release import stack_and_register
+from ml_platform.training import TrainingError
+from resources import ModelRegistryResource, SparkResource, StorageResource
+
+
+def _image(png: bytes) -> str:
+    return f"![plot](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def build_stacked_model(spec) -> AssetsDefinition:
+    key = asset_key(spec, "stacked_model")
+    names = ["finite_predictions", *spec.training.thresholds, "beats_base_models"]
+    checks = [AssetCheckSpec(n, asset=key, blocking=n != "beats_base_models") for n in names]
+
+    @asset(key=key, deps=[asset_key(spec, f"model_{n}") for n in spec.algorithms], group_name=spec.name,
+           kinds={"spark", "mlflow"}, automation_condition=FOLLOW, check_specs=checks,
+           description=f"The {spec.name} stack: a {'linear' if spec.task == 'regression' else 'logistic'} "
+                       f"meta-model on the base models' out-of-fold scores, registered in MLflow as challenger.")
+    def stacked_model(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
+                      registry: ModelRegistryResource):
+        try:
+            s = stack_and_register(spark.get_session(), storage.store(), registry.tracker(), spec, run_tags(context))
+        except TrainingError as e:
+            raise Failure(description=str(e)) from None
+        metadata = {
+            "leaderboard": MetadataValue.md(s["leaderboard"]),
+            **{f"holdout_{k}": v for k, v in s["holdout"].items() if isinstance(v, int | float)},
+            "meta_coefficients": MetadataValue.json(s["meta_coefficients"]),
+            "registered_model": spec.name, "model_version": s["model_version"],
+            "mlflow_run": MetadataValue.url(s["mlflow_run"]), "version": s["version"],
+            "batches": MetadataValue.json(s["training"]["batches"]), "data_hash": s["training"]["data_hash"],
+            **{name.removesuffix(".png"): MetadataValue.md(_image(png)) for name, png in s["plots"].items()},
+        }
+        return MaterializeResult(metadata=metadata, check_results=[
+            AssetCheckResult(asset_key=key, check_name=n, passed=ok, description=d,
+                             severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN)
+            for n, ok, blocking, d in s["checks"]])
+
+    return stacked_model

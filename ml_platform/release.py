@@ -1,0 +1,130 @@
+"""From trained base models to a served champion: stack, check, register as `challenger`, and the promotion gate.
+
+Nothing that failed its checks becomes champion: the stack's check outcome is a tag on its registered version,
+and the gate refuses a challenger whose tag is not `passed`, whatever ran before it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pyspark.ml import PipelineModel
+from pyspark.sql import functions as F
+
+from ml_platform.algorithms import LABEL
+from ml_platform.metrics import better, curves, primary, score_column
+from ml_platform.models import model_results
+from ml_platform.plots import classification_plots, regression_plots
+from ml_platform.registry import CHALLENGER, CHAMPION, Tracker
+from ml_platform.spec import DatasetSpec
+from ml_platform.stacking import evaluate_pipeline, fit_stack, leaderboard
+from ml_platform.storage import Store
+from ml_platform.training import TrainingError, current_version, version_dir
+
+CHECKS_TAG = "checks"
+
+
+def stack_checks(spec: DatasetSpec, holdout: dict, base: dict[str, dict]) -> list[tuple[str, bool, bool, str]]:
+    """(name, passed, blocking, description): metric thresholds from the spec and finite predictions block;
+    beating every base model is reported but does not block."""
+    out = [("finite_predictions", holdout["non_finite"] == 0, True,
+            f"{holdout['non_finite']} non-finite holdout predictions")]
+    for name, limit in spec.training.thresholds.items():
+        kind, metric = name.split("_", 1)
+        value = holdout.get(metric)
+        ok = value is not None and math.isfinite(value) and (value >= limit if kind == "min" else value <= limit)
+        out.append((f"{name}", ok, True, f"holdout {metric} = {value:.4g}, {kind} {limit}"))
+    metric, larger = primary(spec.task)
+    worse = [n for n, r in base.items()
+             if not (holdout[metric] > r["holdout"][metric] if larger else holdout[metric] < r["holdout"][metric])]
+    out.append(("beats_base_models", not worse, False,
+                f"stack {metric} {holdout[metric]:.4g}; not beaten: {worse}" if worse
+                else f"stack {metric} {holdout[metric]:.4g} beats all {len(base)} base models"))
+    return out
+
+
+def diagnostics(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str) -> dict[str, bytes]:
+    scored = stacked.transform(spark.read.parquet(holdout_uri))
+    if spec.task == "regression":
+        return regression_plots(scored, spec.target, "prediction", f"{spec.name} stack")
+    scored = scored.withColumn("__p", score_column("probability"))
+    return classification_plots(curves(scored, LABEL, "__p"), f"{spec.name} stack")
+
+
+def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str):
+    """A few cleaned rows as the signature's input example, and the stack's prediction for them."""
+    cols = [c for c in spec.cleaned_columns if c not in (spec.target,)]
+    rows = spark.read.parquet(holdout_uri).limit(5)
+    pred = stacked.transform(rows).select("prediction").toPandas()
+    example = rows.select(*[F.col(f"`{c}`") for c in cols]).toPandas()
+    for c in example.columns:  # MLflow schemas have no date type; the scorer sends ISO strings anyway
+        if example[c].dtype == object and example[c].map(lambda v: hasattr(v, "isoformat")).any():
+            example[c] = example[c].astype(str)
+    return example, pred
+
+
+def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec, tags: dict[str, str]) -> dict:
+    """Fit the stack on the current version's base models, log the leaderboard and plots to the parent MLflow
+    run, register the PipelineModel as a new version of `<dataset>` with alias `challenger`."""
+    cur = current_version(store, spec)
+    version = cur["version"]
+    results = model_results(store, spec, version)
+    stack = fit_stack(spark, store, spec, version, results)
+    board, rows = leaderboard(spec, results, stack)
+    checks = stack_checks(spec, stack["holdout"], results)
+    passed = all(ok for _, ok, blocking, _ in checks if blocking)
+    stacked = PipelineModel.load(stack["path"])
+    holdout_uri = store.uri(f"{version_dir(spec, version)}/holdout")
+    plots = diagnostics(spark, spec, stacked, holdout_uri)
+    parent = mlflow_parent(store, spec, version)
+    for name, png in plots.items():
+        tracker.log_artifact_bytes(parent, name, png)
+    tracker.log_artifact_bytes(parent, "leaderboard.md", board)
+    example, pred = _examples(spark, spec, stacked, holdout_uri)
+    mv = tracker.register_stack(parent, spec.name, stacked, example, pred, stack["holdout"], tags | {
+        "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
+        CHECKS_TAG: "passed" if passed else "failed"})
+    return stack | {"leaderboard": board, "rows": rows, "checks": checks, "plots": plots, "model_version": mv,
+                    "mlflow_run": tracker.run_link(parent), "training": cur}
+
+
+def mlflow_parent(store: Store, spec: DatasetSpec, version: str) -> str:
+    rec = store.read_json(f"{version_dir(spec, version)}/mlflow.json")
+    if not rec:
+        raise TrainingError(f"{spec.name}: version {version} has no MLflow parent run; rebuild the training set")
+    return rec["parent_run_id"]
+
+
+def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec) -> dict:
+    """Score the challenger and the champion on the same (current) holdout; promote the challenger only if its
+    checks passed and it beats the champion by the spec's margin, or if there is no champion."""
+    metric, _ = primary(spec.task)
+    margin = spec.training.margin
+    challenger = tracker.version_for(spec.name, CHALLENGER)
+    champion = tracker.version_for(spec.name, CHAMPION)
+    if challenger is None:
+        raise TrainingError(f"{spec.name}: no registered challenger; materialize {spec.name}/stacked_model first")
+    out = {"metric": metric, "margin": margin, "challenger": challenger, "champion_before": champion}
+    if tracker.version_tags(spec.name, challenger).get(CHECKS_TAG) != "passed":
+        return out | {"decision": "rejected: challenger failed its checks", "champion_after": champion,
+                      "promoted": False}
+    if champion == challenger:
+        return out | {"decision": "unchanged: the challenger already is champion", "champion_after": champion,
+                      "promoted": False}
+    holdout_uri = store.uri(f"{version_dir(spec, current_version(store, spec)['version'])}/holdout")
+    ch_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, challenger), holdout_uri)[metric]
+    out["challenger_score"] = ch_score
+    if champion is None:
+        decision, promote = "promoted: no champion yet", True
+    else:
+        cp_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, champion), holdout_uri)[metric]
+        out["champion_score"] = cp_score
+        promote = better(spec.task, ch_score, cp_score, margin)
+        decision = (f"promoted: {metric} {ch_score:.4g} vs champion {cp_score:.4g} (margin {margin})" if promote
+                    else f"kept champion: {metric} {ch_score:.4g} vs {cp_score:.4g} is not better by {margin}")
+    if promote:
+        tracker.promote(spec.name, challenger)
+    tracker.tag_version(spec.name, challenger, {"decision": decision, "challenger_score": ch_score,
+                                                "champion_score": out.get("champion_score", "")})
+    return out | {"decision": decision, "promoted": promote,
+                  "champion_after": challenger if promote else champion}

@@ -1,0 +1,120 @@
+"""Training set, out-of-fold scores and the stack on tiny data; bad training inputs fail clearly."""
+
+import dataclasses
+
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.ml.regression import LinearRegression
+from pyspark.sql import functions as F
+
+from ml_platform.algorithms import FOLD, LABEL, ROW_ID
+from ml_platform.features import FeatureError, build_feature_pipeline
+from ml_platform.models import featurized, train_models
+from ml_platform.spec import ColumnSpec, SpecError, parse_spec
+from ml_platform.stacking import fit_stack
+from ml_platform.storage import LocalStore
+from ml_platform.training import TrainingError, build_training_set
+from tests.training_data import land_batches, small
+
+
+@pytest.fixture(scope="module")
+def trained(spark, specs, tmp_path_factory):
+    spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01, 0.3]}},
+                                                 "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}})
+    store = LocalStore(tmp_path_factory.mktemp("stack") / "data")
+    land_batches(spark, store, spec, [1, 2])
+    ts = build_training_set(spark, store, spec, "v1")
+    build_feature_pipeline(spark, store, spec, "v1")
+    results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2)
+    return spec, store, ts, results
+
+
+def test_training_set_split_is_deterministic_and_disjoint(spark, trained):
+    spec, store, ts, _ = trained
+    train = spark.read.parquet(ts["train"])
+    holdout = spark.read.parquet(ts["holdout"])
+    assert ts["batches"] == ["batch-00001", "batch-00002"] and ts["train_rows"] + ts["holdout_rows"] == ts["rows"]
+    assert train.join(holdout, "listing_id").count() == 0
+    assert 0.1 < ts["holdout_rows"] / ts["rows"] < 0.3
+    assert {r[FOLD] for r in train.select(FOLD).distinct().collect()} == {0, 1, 2}
+    again = build_training_set(spark, store, spec, "v2")
+    ids = lambda p: sorted(r[0] for r in spark.read.parquet(p).select("listing_id").collect())  # noqa: E731
+    assert ids(again["holdout"]) == ids(ts["holdout"])
+
+
+def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, trained):
+    spec, store, ts, results = trained
+    r = results["linear"]
+    oof = spark.read.parquet(r["oof"])
+    train, _ = featurized(spark, store, spec, "v1")
+    assert oof.count() == train.count() == oof.select(ROW_ID).distinct().count()
+    # refit the best setting without fold 1 and score fold 1 by hand: the stored scores must match
+    best = LinearRegression(featuresCol="features_scaled", labelCol=LABEL, maxIter=100, **r["best_params"])
+    model = best.fit(train.where(F.col(FOLD) != 1))
+    mine = model.transform(train.where(F.col(FOLD) == 1)).select(ROW_ID, F.col("prediction").alias("mine"))
+    both = mine.join(oof, ROW_ID).select(F.max(F.abs(F.col("mine") - F.col("score"))).alias("d"), F.count("*"))
+    row = both.first()
+    assert row[1] == mine.count() and row["d"] < 1e-6
+    # and they are not the refit model's in-sample predictions
+    final = PipelineModel.load(r["model"]).stages[0]
+    insample = final.transform(train.where(F.col(FOLD) == 1)).select(ROW_ID, F.col("prediction").alias("p"))
+    assert insample.join(oof, ROW_ID).where(F.abs(F.col("p") - F.col("score")) > 1e-6).count() > 0
+    train.unpersist()
+
+
+def test_stack_is_one_pipeline_that_composes_its_base_models(spark, trained):
+    spec, store, ts, results = trained
+    stack = fit_stack(spark, store, spec, "v1", results)
+    model = PipelineModel.load(stack["path"])
+    out = model.transform(spark.read.parquet(ts["holdout"]))
+    coef, b = stack["meta_coefficients"], stack["meta_intercept"]
+    manual = F.lit(b) + sum(F.lit(coef[n]) * F.expm1(F.col(f"__prediction_{n}")) for n in sorted(coef))
+    assert out.select(F.max(F.abs(manual - F.col("prediction")))).first()[0] < 1e-6 * 50_000
+    assert stack["holdout"]["non_finite"] == 0 and stack["holdout"]["r2"] > 0.3
+    assert set(stack["base_models"]) == {"linear", "random_forest"}
+
+
+def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):
+    spec, store, _, _ = trained
+    bad = small(spec, algorithms={"gbt": {"grid": {"maxDepth": [40]}}, "linear": {"grid": {"regParam": [0.1]}}})
+    res = train_models(spark, store, bad, "v1", ["gbt", "linear"], 2)
+    assert isinstance(res["gbt"], TrainingError) and "used_cars/model_gbt" in str(res["gbt"])
+    assert "maxDepth" in str(res["gbt"]) or "depth" in str(res["gbt"]).lower()
+    assert isinstance(res["linear"], dict) and res["linear"]["ok"]
+
+
+def test_bad_training_inputs_fail_clearly(spark, trained, specs, tmp_path):
+    spec, store, _, _ = trained
+    # constant target
+    const = dataclasses.replace(spec, target="year", key="listing_id")
+    silver = spark.read.parquet(store.uri("silver/used_cars/batch=batch-00001"))
+    year_store = LocalStore(tmp_path / "const")
+    silver.withColumn("year", F.lit(2015.0)).write.parquet(year_store.uri("silver/used_cars/batch=b1"))
+    year_store.write_json("silver/used_cars/_accepted/b1.json", {})
+    year_store.write_json("bronze/used_cars/_batches/b1.json", {"partition": "b1", "ingested_at": "x", "sha256": "0"})
+    with pytest.raises(TrainingError, match="constant"):
+        build_training_set(spark, year_store, const, "v1")
+    # an all-null feature not excluded by the spec
+    nulls = small(spec, exclude=tuple(c for c in spec.training.exclude if c != "combine_fuel_economy"))
+    with pytest.raises(FeatureError, match="combine_fuel_economy.*entirely null"):
+        build_feature_pipeline(spark, store, nulls, "v1")
+    # a feature the spec names but the data lacks
+    extra = dataclasses.replace(spec, columns=spec.columns + (ColumnSpec("turbo_psi", "number"),))
+    with pytest.raises(FeatureError, match="turbo_psi"):
+        build_feature_pipeline(spark, store, extra, "v1")
+    # exclude naming an unknown column is caught when the spec loads
+    with pytest.raises(SpecError, match="training.exclude"):
+        parse_spec({"name": "x", "task": "regression", "target": "y", "columns": [{"name": "y", "parse": "number"}],
+                    "training": {"exclude": ["nope"]}})
+
+
+def test_single_class_window_fails_clearly(spark, specs, tmp_path):
+    spec = small(specs["fraud"])
+    store = LocalStore(tmp_path / "data")
+    rows = [tuple([float(i)] + [0.1] * 28 + [10.0, 0.0]) for i in range(40)]
+    cols = ["Time"] + [f"V{i}" for i in range(1, 29)] + ["Amount", "Class"]
+    spark.createDataFrame(rows, cols).write.parquet(store.uri("silver/fraud/batch=b1"))
+    store.write_json("silver/fraud/_accepted/b1.json", {})
+    store.write_json("bronze/fraud/_batches/b1.json", {"partition": "b1", "ingested_at": "x", "sha256": "0"})
+    with pytest.raises(TrainingError, match="single class"):
+        build_training_set(spark, store, spec, "v1")

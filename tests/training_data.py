@@ -1,0 +1,38 @@
+"""Tiny training data for the training tests: a spec with small search spaces, and a store holding accepted
+cleaned batches of it."""
+
+import dataclasses
+
+from ml_platform.landing import partition_key
+from ml_platform.layers import clean_stored_batch, ingest_batch, landing_dir
+from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.training import mark_accepted
+
+SMALL = {
+    "gbt": {"grid": {"maxDepth": [3], "maxIter": [4]}},
+    "random_forest": {"grid": {"numTrees": [8], "maxDepth": [4]}},
+    "linear": {"grid": {"regParam": [0.01, 0.1]}},
+    "weighted_average": {"grid": {"regParam": [0.1]}, "random": {"n": 1, "interactions": {"choice": [True]}}},
+    "logistic": {"grid": {"regParam": [0.01]}},
+    "linear_svc": {"grid": {"regParam": [0.01]}},
+}
+
+
+def small(spec, algorithms=None, **training):
+    algs = algorithms or {k: SMALL[k] for k in spec.algorithms if k in SMALL}
+    return dataclasses.replace(spec, algorithms=algs,
+                               training=dataclasses.replace(spec.training, parallelism=2, **training))
+
+
+def land_batches(spark, store, spec, batches, rows=250, seed=11):
+    """Simulate, ingest, clean and accept `batches`; returns their partition keys."""
+    land = store.path(landing_dir(spec))
+    land.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for b in batches:
+        p = write_batch(SimConfig(spec.name, rows_per_batch=rows, broken_share=0.01, seed=seed), b, land, None)
+        k = partition_key(p.name)
+        ingest_batch(spark, store, spec, k)
+        mark_accepted(store, spec, k, True, clean_stored_batch(spark, store, spec, k))
+        keys.append(k)
+    return keys
