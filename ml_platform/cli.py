@@ -1,4 +1,4 @@
-"""The `ml-platform` command: simulate data, run the local stack."""
+"""The `ml-platform` command: simulate data, run the local stack, roll a served model back."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def _simulate(a) -> int:
                        on_batch=lambda p: print(f"landed {p}", flush=True) if a.every else None)
     if not a.every:
         print(f"wrote {len(written)} batch(es) to {a.landing}")
+    return 0
+
+
+def _rollback(a) -> int:
+    from ml_platform.registry import Tracker
+
+    try:
+        old, new = Tracker(a.tracking_uri).rollback(a.dataset)
+    except ValueError as e:
+        print(f"rollback refused: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.dataset}: champion moved from version {old} back to version {new} "
+          f"(version {old} is now previous_champion; roll back again to undo)")
     return 0
 
 
@@ -66,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("down", help="stop services an interrupted `make run` left running")
     d.add_argument("--home", default=home)
     d.set_defaults(func=lambda a: __import__("ml_platform.stack", fromlist=["down"]).down(Path(a.home)))
+
+    r = sub.add_parser("rollback", help="point a dataset's `champion` alias back at `previous_champion`")
+    r.add_argument("dataset")
+    r.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    r.set_defaults(func=_rollback)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -79,7 +79,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     except Exception as e:  # noqa: BLE001 - any estimator failure becomes a clear error on this model's asset
         raise TrainingError(f"{where}: training failed: {_root_cause(e)}") from e
     train_seconds = time.perf_counter() - t0
-    avg, std = list(cvm.avgMetrics), list(cvm.stdMetrics)
+    avg, std = [float(x) for x in cvm.avgMetrics], [float(x) for x in cvm.stdMetrics]
     best = max(range(len(avg)), key=lambda i: avg[i] if larger else -avg[i])
     t1 = time.perf_counter()
     # out-of-fold: each row scored by the best setting's model that did not see it

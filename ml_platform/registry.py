@@ -110,13 +110,13 @@ class Tracker:
             pass  # exists
         source = f"{self.client.get_run(parent_id).info.artifact_uri}/model"
         mv = self.client.create_model_version(dataset, source=source, run_id=parent_id, tags=tags)
-        self.client.set_registered_model_alias(dataset, CHALLENGER, mv.version)
+        self.client.set_registered_model_alias(dataset, CHALLENGER, str(mv.version))
         self.client.set_terminated(parent_id, "FINISHED")
-        return mv.version
+        return str(mv.version)
 
     def version_for(self, dataset: str, alias: str) -> str | None:
         try:
-            return self.client.get_model_version_by_alias(dataset, alias).version
+            return str(self.client.get_model_version_by_alias(dataset, alias).version)
         except MlflowException:
             return None
 

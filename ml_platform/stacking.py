@@ -24,7 +24,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from ml_platform.algorithms import LABEL, ROW_ID, WEIGHT
-from ml_platform.metrics import curves, primary, score_column
+from ml_platform.metrics import curves, primary, regression_metrics, score_column
 from ml_platform.models import evaluate
 from ml_platform.spec import DatasetSpec
 from ml_platform.storage import Store
@@ -129,10 +129,8 @@ def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_ur
                       threshold: float | None = None) -> dict:
     """Score a deployable model on a holdout and compute the same metrics as for base models (original scale)."""
     scored = model.transform(spark.read.parquet(holdout_uri))
-    if spec.task == "regression":
-        # the stack predicts the target itself; evaluate() expects log-scale scores when the target is logged
-        score = F.log1p(F.col("prediction")) if spec.training.log_target else F.col("prediction")
-        return evaluate(spec, scored.withColumn("__score", score), "__score")
+    if spec.task == "regression":  # the stack predicts the target itself, on its original scale
+        return regression_metrics(scored, spec.target, "prediction")
     return evaluate(spec, scored.withColumn("__score", score_column("probability")), "__score", threshold)
 
 

@@ -1,0 +1,149 @@
+"""The automatic flow on tiny data, with the daemon's own logic: new batches -> automation conditions -> one
+retrain from training_set to serving_deployment, a champion in MLflow; promotion and rollback."""
+
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions, evaluate_automation_conditions, materialize
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import SQLTransformer
+
+from assets import build_dataset_assets
+from ml_platform.cli import main as cli
+from ml_platform.landing import partition_key
+from ml_platform.layers import landing_dir
+from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS
+from ml_platform.release import promotion_gate
+from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.storage import LocalStore
+from ml_platform.training import current_version, version_dir
+from resources import LocalSparkResource, LocalStorage, MlflowRegistry
+from tests.training_data import small
+
+CHAIN = ["training_set", "feature_pipeline", "model_linear", "model_random_forest", "stacked_model",
+         "serving_deployment"]
+
+
+@pytest.fixture(scope="module")
+def platform(spark, specs, tmp_path_factory):
+    spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01, 0.3]}},
+                                                 "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}})
+    root = tmp_path_factory.mktemp("platform")
+    store = LocalStore(root / "data")
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    resources = {"spark": LocalSparkResource(threads="2", shuffle_partitions=2),
+                 "storage": LocalStorage(root=str(store.root)), "registry": registry}
+    instance = DagsterInstance.ephemeral()
+    yield spec, store, build_dataset_assets(spec), resources, instance, registry.tracker()
+    instance.dispose()
+
+
+def _land(spec, store, instance, assets, resources, batches):
+    land = store.path(landing_dir(spec))
+    land.mkdir(parents=True, exist_ok=True)
+    for b in batches:
+        key = partition_key(write_batch(SimConfig(spec.name, rows_per_batch=250, seed=5), b, land, None).name)
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        assert materialize(assets[:2], partition_key=key, instance=instance, resources=resources).success
+
+
+def _defs(assets, resources):
+    return Definitions(assets=assets, resources=resources)
+
+
+def _requested(result, spec):
+    return {k.path[-1]: result.get_num_requested(k) for k in (AssetKey([spec.name, c]) for c in CHAIN)}
+
+
+def _run_requested(result, spec, assets, resources, instance):
+    keys = [AssetKey([spec.name, c]) for c, n in _requested(result, spec).items() if n]
+    return materialize(assets, selection=keys, instance=instance, resources=resources)
+
+
+def _meta(result, key):
+    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+    return {k: v.value for k, v in mats[-1].materialization.metadata.items()}
+
+
+def test_new_batches_retrain_once_and_promote_a_champion(platform):
+    spec, store, assets, resources, instance, tracker = platform
+    tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance)
+    assert tick.total_requested == 0  # nothing landed yet
+    _land(spec, store, instance, assets, resources, [1, 2])
+    tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=tick.cursor)
+    # the whole chain in one tick (each layer will be requested with the one before), training_set once
+    assert _requested(tick, spec) == {c: 1 for c in CHAIN}
+    run = _run_requested(tick, spec, assets, resources, instance)
+    assert run.success
+    serving = _meta(run, AssetKey([spec.name, "serving_deployment"]))
+    assert serving["promoted"] is True and serving["champion_after"] == "1" and serving["champion_before"] == "none"
+    stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
+    assert "| stacked |" in stacked["leaderboard"] and "data:image/png;base64" in stacked["predicted_vs_actual"]
+    assert tracker.version_for(spec.name, CHAMPION) == tracker.version_for(spec.name, CHALLENGER) == "1"
+    tags = tracker.version_tags(spec.name, "1")
+    assert tags["dagster_run_id"] == run.run_id and tags["batches"] == "batch-00001,batch-00002"
+    assert tags["checks"] == "passed" and len(tags["data_hash"]) == 16
+    mv = tracker.client.get_model_version(spec.name, "1")
+    nested = tracker.client.search_runs([tracker.experiment_id(spec.name)],
+                                        f"tags.mlflow.parentRunId = '{mv.run_id}'")
+    assert sorted(r.data.tags["algorithm"] for r in nested) == ["linear", "random_forest"]
+    assert all("holdout_rmse" in r.data.metrics and "best.regParam" in r.data.params or
+               r.data.tags["algorithm"] != "linear" for r in nested)
+
+    tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=tick.cursor)
+    assert tick.total_requested == 0  # handled: no second retrain for the same batches
+
+    _land(spec, store, instance, assets, resources, [3, 4])  # a burst of two batches
+    tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=tick.cursor)
+    assert _requested(tick, spec) == {c: 1 for c in CHAIN}  # two batches, one retrain
+    run = _run_requested(tick, spec, assets, resources, instance)
+    assert run.success
+    assert current_version(store, spec)["batches"] == [f"batch-0000{i}" for i in range(1, 5)]
+    serving = _meta(run, AssetKey([spec.name, "serving_deployment"]))
+    assert serving["challenger"] == "2" and serving["champion_before"] == "1"
+    assert serving["champion_after"] == ("2" if serving["promoted"] else "1")
+    assert isinstance(serving["challenger_score"], float) and isinstance(serving["champion_score"], float)
+
+
+def _register(spark, tracker, spec, store, model, checks="passed"):
+    cur = current_version(store, spec)
+    parent = tracker.start_parent(spec.name, cur, {})
+    rows = spark.read.parquet(store.uri(f"{version_dir(spec, cur['version'])}/holdout")).limit(3)
+    example = rows.select("year", "mileage").toPandas()
+    pred = model.transform(rows).select("prediction").toPandas()
+    return tracker.register_stack(parent, spec.name, model, example, pred, {"rmse": 1.0}, {"checks": checks})
+
+
+def test_promotion_needs_a_better_model_with_passed_checks_and_rollback_moves_the_alias(spark, platform):
+    spec, store, assets, resources, instance, tracker = platform
+    champion = tracker.version_for(spec.name, CHAMPION)
+    good = tracker.load(spec.name, champion)
+    constant = PipelineModel(stages=[SQLTransformer(statement="SELECT *, 20000.0D AS prediction FROM __THIS__")])
+
+    bad = _register(spark, tracker, spec, store, constant)
+    gate = promotion_gate(spark, store, tracker, spec)
+    assert gate["challenger"] == bad and not gate["promoted"] and gate["champion_after"] == champion
+    assert gate["challenger_score"] > gate["champion_score"]  # RMSE: the constant is worse
+
+    same = _register(spark, tracker, spec, store, good)  # as good as the champion, not better by the margin
+    gate = promotion_gate(spark, store, tracker, spec)
+    assert not gate["promoted"] and "not better" in gate["decision"]
+
+    failed = _register(spark, tracker, spec, store, good, checks="failed")
+    gate = promotion_gate(spark, store, tracker, spec)
+    assert gate["challenger"] == failed and not gate["promoted"] and "failed its checks" in gate["decision"]
+    assert tracker.version_for(spec.name, CHAMPION) == champion
+
+    # an earlier bad promotion, rolled back from the command line, and rolled forward again
+    tracker.promote(spec.name, bad)
+    assert tracker.version_for(spec.name, PREVIOUS) == champion
+    uri = resources["registry"].tracking_uri
+    assert cli(["rollback", spec.name, "--tracking-uri", uri]) == 0
+    assert tracker.version_for(spec.name, CHAMPION) == champion and tracker.version_for(spec.name, PREVIOUS) == bad
+    assert cli(["rollback", spec.name, "--tracking-uri", uri]) == 0
+    assert tracker.version_for(spec.name, CHAMPION) == bad
+
+    # and a challenger that is clearly better than that champion is promoted, keeping the old one for rollback
+    better = _register(spark, tracker, spec, store, good)
+    gate = promotion_gate(spark, store, tracker, spec)
+    assert gate["promoted"] and tracker.version_for(spec.name, CHAMPION) == better
+    assert tracker.version_for(spec.name, PREVIOUS) == bad
+    del same
