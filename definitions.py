@@ -5,6 +5,7 @@ ML_PLATFORM_HOME   state folder for `make run` (default: .local beside this file
 ML_PLATFORM_DATA   the store root: landing, quarantine, bronze, silver (default: $ML_PLATFORM_HOME/data)
 ML_PLATFORM_JARS   where `make jars` put the JVM jars (default: .jars beside this file)
 SPARK_MASTER_URL   spark://host:port, for ML_PLATFORM_ENV=cluster
+MLFLOW_TRACKING_URI  the MLflow tracking server (default http://127.0.0.1:5000, what `make run` starts)
 ML_PLATFORM_SENSOR_INTERVAL  seconds between landing-zone sensor ticks (default 15)
 """
 
@@ -34,6 +35,8 @@ SETTINGS = Settings(
     jars_dir=os.environ.get("ML_PLATFORM_JARS", str(HERE / ".jars")),
     spark_master_url=os.environ.get("SPARK_MASTER_URL"),
     shuffle_partitions=int(os.environ.get("ML_PLATFORM_SHUFFLE_PARTITIONS", "8")),
+    mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+    mlflow_ui_url=os.environ.get("ML_PLATFORM_MLFLOW_UI", os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")),
 )
 SENSOR_INTERVAL = int(os.environ.get("ML_PLATFORM_SENSOR_INTERVAL", "15"))
 SPECS = builtin_specs()
