@@ -7,7 +7,9 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
+    DagsterEventType,
     DynamicPartitionsDefinition,
+    Failure,
     MetadataValue,
 )
 
@@ -44,4 +46,20 @@ def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResu
 
 def run_tags(context) -> dict[str, str]:
     """What links an MLflow run or model version back to Dagster."""
-    return {"dagster_run_id": context.run_id, "dagster_job": context.job_name}
+    return {"dagster_run_id": context.run.run_id, "dagster_job": context.job_name}
+
+
+def upstream_value(context, keys: list[AssetKey], field: str) -> str:
+    """A metadata field (the training version, the model version) of the upstream materialization this step
+    builds on: the one made earlier in this same run if there is one, else the newest. A retrain started
+    meanwhile cannot switch a running chain to its own data."""
+    wanted = set(keys)
+    same_run = [e for e in context.instance.all_logs(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+                if e.asset_materialization and e.asset_materialization.asset_key in wanted]
+    events = same_run or [e for e in (context.instance.get_latest_materialization_event(k) for k in keys) if e]
+    for e in sorted(events, key=lambda e: e.timestamp, reverse=True):
+        value = e.asset_materialization.metadata.get(field)
+        if value is not None:
+            return str(value.value)
+    raise Failure(description=f"no materialization of {', '.join(k.to_user_string() for k in keys)} records a "
+                              f"{field}; materialize it first")

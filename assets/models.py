@@ -11,13 +11,12 @@ from dagster import (
     multi_asset,
 )
 
-from assets.common import asset_key, run_tags
+from assets.common import asset_key, run_tags, upstream_value
 from assets.training import FOLLOW
 from ml_platform.algorithms import algorithm
 from ml_platform.models import train_models
 from ml_platform.release import mlflow_parent
 from ml_platform.spec import DatasetSpec
-from ml_platform.training import TrainingError, current_version
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 
@@ -46,10 +45,7 @@ def build_models(spec: DatasetSpec) -> AssetsDefinition:
     def models(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
                registry: ModelRegistryResource):
         store = storage.store()
-        try:
-            version = current_version(store, spec)["version"]
-        except TrainingError as e:
-            raise Failure(description=str(e)) from None
+        version = upstream_value(context, [asset_key(spec, "feature_pipeline")], "version")
         selected = [n for n in names if asset_key(spec, f"model_{n}") in context.selected_asset_keys]
         tracker, parent, tags = registry.tracker(), mlflow_parent(store, spec, version), run_tags(context)
         results = train_models(spark.get_session(), store, spec, version, selected, spec.training.parallelism)

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, asset
 
-from assets.common import asset_key
+from assets.common import asset_key, upstream_value
 from assets.training import FOLLOW
 from ml_platform.release import promotion_gate
 from ml_platform.training import TrainingError
@@ -17,8 +17,9 @@ def build_serving_deployment(spec) -> AssetsDefinition:
                        f"`ml-platform rollback {spec.name}`.")
     def serving_deployment(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
                            registry: ModelRegistryResource):
+        challenger = upstream_value(context, [asset_key(spec, "stacked_model")], "model_version")
         try:
-            g = promotion_gate(spark.get_session(), storage.store(), registry.tracker(), spec)
+            g = promotion_gate(spark.get_session(), storage.store(), registry.tracker(), spec, challenger)
         except TrainingError as e:
             raise Failure(description=str(e)) from None
         context.log.info(g["decision"])

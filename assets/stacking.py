@@ -15,7 +15,7 @@ from dagster import (
     asset,
 )
 
-from assets.common import asset_key, run_tags
+from assets.common import asset_key, run_tags, upstream_value
 from assets.training import FOLLOW
 from ml_platform.release import stack_and_register
 from ml_platform.training import TrainingError
@@ -37,8 +37,10 @@ def build_stacked_model(spec) -> AssetsDefinition:
                        f"meta-model on the base models' out-of-fold scores, registered in MLflow as challenger.")
     def stacked_model(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
                       registry: ModelRegistryResource):
+        version = upstream_value(context, [asset_key(spec, f"model_{n}") for n in spec.algorithms], "version")
         try:
-            s = stack_and_register(spark.get_session(), storage.store(), registry.tracker(), spec, run_tags(context))
+            s = stack_and_register(spark.get_session(), storage.store(), registry.tracker(), spec, version,
+                                   run_tags(context))
         except TrainingError as e:
             raise Failure(description=str(e)) from None
         metadata = {

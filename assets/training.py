@@ -11,30 +11,43 @@ from dagster import (
     asset,
 )
 
-from assets.common import asset_key, run_tags
+from assets.common import asset_key, run_tags, upstream_value
 from ml_platform.features import FeatureError, build_feature_pipeline
 from ml_platform.spec import DatasetSpec
-from ml_platform.training import TrainingError, build_training_set, current_version, version_dir
+from ml_platform.training import TrainingError, build_training_set, version_dir
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
-# One retrain for a burst of batches: wait while any batch is still being cleaned or a retrain is running, then
-# handle every update since the last request at once. Missing cleaned partitions (rejected batches) never block.
-RETRAIN = (AutomationCondition.any_deps_updated().since_last_handled()
-           & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress())
+LATER_LAYERS = ["feature_pipeline", "stacked_model", "serving_deployment"]
+
+
+def retrain_condition(spec: DatasetSpec) -> AutomationCondition:
+    """One retrain for a burst of batches: wait while any batch is still being cleaned or any layer of a retrain
+    is still to run (in_progress() turns false once an asset has executed, while its run goes on training the
+    later layers), then handle every update since the last request at once. Missing cleaned partitions
+    (rejected batches) never block."""
+    busy = [asset_key(spec, layer) for layer in LATER_LAYERS] + [asset_key(spec, f"model_{n}")
+                                                                  for n in spec.algorithms]
+    cond = (AutomationCondition.any_deps_updated().since_last_handled()
+            & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress())
+    for key in busy:
+        cond = cond & ~AutomationCondition.asset_matches(key, AutomationCondition.in_progress())
+    return cond.with_label("retrain")
+
+
 # each later training layer follows the one before, in the same run when requested together
 FOLLOW = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
 
 
 def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
     @asset(key=asset_key(spec, "training_set"), deps=[asset_key(spec, "cleaned_features")], group_name=spec.name,
-           kinds={"spark", "parquet"}, automation_condition=RETRAIN,
+           kinds={"spark", "parquet"}, automation_condition=retrain_condition(spec),
            description=f"Every accepted cleaned {spec.name} batch in the training window, one row per key, split "
                        f"into train and holdout by a hash of the key.")
     def training_set(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
                      registry: ModelRegistryResource):
         store = storage.store()
         try:
-            s = build_training_set(spark.get_session(), store, spec, context.run_id)
+            s = build_training_set(spark.get_session(), store, spec, context.run.run_id)
         except TrainingError as e:
             raise Failure(description=str(e)) from None
         tracker = registry.tracker()
@@ -62,8 +75,8 @@ def build_feature_pipeline_asset(spec: DatasetSpec) -> AssetsDefinition:
                        f"own level, indexing for trees, one-hot and scaling for linear models.")
     def feature_pipeline(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
         store = storage.store()
+        version = upstream_value(context, [asset_key(spec, "training_set")], "version")
         try:
-            version = current_version(store, spec)["version"]
             s = build_feature_pipeline(spark.get_session(), store, spec, version)
         except (TrainingError, FeatureError) as e:
             raise Failure(description=str(e)) from None

@@ -43,11 +43,23 @@ def _plain(cls, **kw):
     return lambda features, seed: cls(featuresCol=features, labelCol=LABEL, **kw)
 
 
+def _xgboost(task: str):
+    """xgboost.spark: one barrier task per fit (num_workers=1), so it fits beside the other models on a small
+    machine; its constructor takes snake_case column names, and it predicts through a vectorized pandas UDF."""
+    def make(features, seed):
+        from xgboost.spark import SparkXGBClassifier, SparkXGBRegressor
+
+        cls = SparkXGBRegressor if task == "regression" else SparkXGBClassifier
+        return cls(features_col=features, label_col=LABEL, random_state=seed, num_workers=1, verbosity=0)
+    return make
+
+
 REGISTRY: dict[tuple[str, str], Algorithm] = {
     (a.task, a.name): a for a in [
         Algorithm("gbt", "regression", _tree(R.GBTRegressor), TREE_FEATURES, weights=False),
         Algorithm("random_forest", "regression", _tree(R.RandomForestRegressor), TREE_FEATURES, weights=False),
         Algorithm("linear", "regression", _plain(R.LinearRegression, maxIter=100), LINEAR_FEATURES, weights=False),
+        Algorithm("xgboost", "regression", _xgboost("regression"), TREE_FEATURES, weights=False),
         Algorithm("weighted_average", "regression", _plain(WeightedAverageRegressor), LINEAR_FEATURES,
                   weights=False),
         Algorithm("logistic", "classification", _plain(C.LogisticRegression, maxIter=100), LINEAR_FEATURES),
@@ -55,7 +67,10 @@ REGISTRY: dict[tuple[str, str], Algorithm] = {
                   score="rawPrediction"),
         Algorithm("random_forest", "classification", _tree(C.RandomForestClassifier), TREE_FEATURES),
         Algorithm("gbt", "classification", _tree(C.GBTClassifier), TREE_FEATURES),
-        Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes), "features_nonneg"),
+        Algorithm("xgboost", "classification", _xgboost("classification"), TREE_FEATURES),
+        # Gaussian naive Bayes takes any real features, so the scaled vector serves; the multinomial and
+        # Bernoulli models would need counts, which these datasets do not have
+        Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes, modelType="gaussian"), LINEAR_FEATURES),
     ]
 }
 

@@ -41,9 +41,16 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=self._artifact_root(dataset))
         except MlflowException:  # created meanwhile by another run
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def _artifact_root(self, dataset: str) -> str | None:
+        """A server decides where artifacts go. A bare sqlite URI would default to ./mlruns under whatever the
+        working directory is, so keep them beside the database instead."""
+        if self.uri.startswith("sqlite:///"):
+            return (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / dataset).resolve().as_uri()
+        return None
 
     def run_link(self, run_id: str) -> str:
         run = self.client.get_run(run_id)
@@ -172,6 +179,12 @@ def _m(k, v):
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return [f"pyspark=={version('pyspark')}", f"mlflow=={version('mlflow')}", f"ml-platform=={version('ml-platform')}"]
+    out = []
+    for name in ("pyspark", "mlflow", "xgboost-cpu", "ml-platform"):  # xgboost stages load only with xgboost
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    return out

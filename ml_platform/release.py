@@ -19,7 +19,7 @@ from ml_platform.registry import CHALLENGER, CHAMPION, Tracker
 from ml_platform.spec import DatasetSpec
 from ml_platform.stacking import evaluate_pipeline, fit_stack, leaderboard
 from ml_platform.storage import Store
-from ml_platform.training import TrainingError, current_version, version_dir
+from ml_platform.training import TrainingError, training_version, version_dir
 
 CHECKS_TAG = "checks"
 
@@ -63,11 +63,11 @@ def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str
     return example, pred
 
 
-def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec, tags: dict[str, str]) -> dict:
-    """Fit the stack on the current version's base models, log the leaderboard and plots to the parent MLflow
+def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec, version: str,
+                       tags: dict[str, str]) -> dict:
+    """Fit the stack on one training version's base models, log the leaderboard and plots to its parent MLflow
     run, register the PipelineModel as a new version of `<dataset>` with alias `challenger`."""
-    cur = current_version(store, spec)
-    version = cur["version"]
+    cur = training_version(store, spec, version)
     results = model_results(store, spec, version)
     stack = fit_stack(spark, store, spec, version, results)
     board, rows = leaderboard(spec, results, stack)
@@ -95,23 +95,28 @@ def mlflow_parent(store: Store, spec: DatasetSpec, version: str) -> str:
     return rec["parent_run_id"]
 
 
-def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec) -> dict:
-    """Score the challenger and the champion on the same (current) holdout; promote the challenger only if its
-    checks passed and it beats the champion by the spec's margin, or if there is no champion."""
+def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, challenger: str | None = None) -> dict:
+    """Score the challenger and the champion on the challenger's own holdout; promote the challenger only if its
+    checks passed and it beats the champion by the spec's margin, or if there is no champion. `challenger` is a
+    registered version (the stack this run built); by default the one the `challenger` alias points at."""
     metric, _ = primary(spec.task)
     margin = spec.training.margin
-    challenger = tracker.version_for(spec.name, CHALLENGER)
+    challenger = challenger or tracker.version_for(spec.name, CHALLENGER)
     champion = tracker.version_for(spec.name, CHAMPION)
     if challenger is None:
         raise TrainingError(f"{spec.name}: no registered challenger; materialize {spec.name}/stacked_model first")
     out = {"metric": metric, "margin": margin, "challenger": challenger, "champion_before": champion}
-    if tracker.version_tags(spec.name, challenger).get(CHECKS_TAG) != "passed":
+    tags = tracker.version_tags(spec.name, challenger)
+    if tags.get(CHECKS_TAG) != "passed":
         return out | {"decision": "rejected: challenger failed its checks", "champion_after": champion,
                       "promoted": False}
     if champion == challenger:
         return out | {"decision": "unchanged: the challenger already is champion", "champion_after": champion,
                       "promoted": False}
-    holdout_uri = store.uri(f"{version_dir(spec, current_version(store, spec)['version'])}/holdout")
+    if "training_version" not in tags:
+        raise TrainingError(f"{spec.name}: model version {challenger} has no training_version tag, so there is no "
+                            f"holdout to score it on")
+    holdout_uri = store.uri(f"{version_dir(spec, tags['training_version'])}/holdout")
     ch_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, challenger), holdout_uri)[metric]
     out["challenger_score"] = ch_score
     if champion is None:

@@ -71,6 +71,16 @@ def current_version(store: Store, spec: DatasetSpec) -> dict:
     return cur
 
 
+def training_version(store: Store, spec: DatasetSpec, version: str) -> dict:
+    """The summary of one training-set version. Later layers work on the version their own upstream was built
+    from, never on whatever current.json says now: a newer retrain may have moved it meanwhile."""
+    rec = store.read_json(f"{version_dir(spec, version)}/training_set.json")
+    if rec is None:
+        raise TrainingError(f"{spec.name}: training-set version {version} does not exist; rematerialize "
+                            f"{spec.name}/training_set")
+    return rec
+
+
 def _row_hash(df: DataFrame, spec: DatasetSpec, salt: int):
     cols = [F.col(spec.key)] if spec.key else [F.col(f"`{c}`") for c in spec.cleaned_columns if c in df.columns]
     return F.xxhash64(F.lit(salt), *cols)

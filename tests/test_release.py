@@ -1,6 +1,8 @@
 """The automatic flow on tiny data, with the daemon's own logic: new batches -> automation conditions -> one
 retrain from training_set to serving_deployment, a champion in MLflow; promotion and rollback."""
 
+import threading
+
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, evaluate_automation_conditions, materialize
 from pyspark.ml import PipelineModel
@@ -103,13 +105,61 @@ def test_new_batches_retrain_once_and_promote_a_champion(platform):
     assert isinstance(serving["challenger_score"], float) and isinstance(serving["champion_score"], float)
 
 
+def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(platform, monkeypatch):
+    """Run A is held inside model training (after its training_set executed). A new batch must not start a second
+    retrain meanwhile; and even a training_set forced by hand in between cannot switch run A to its data."""
+    spec, store, assets, resources, instance, tracker = platform
+    import assets.models as models_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = models_module.train_models
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(300)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models_module, "train_models", held)
+    cursor = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance).cursor
+    _land(spec, store, instance, assets, resources, [5])
+    tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=cursor)
+    assert _requested(tick, spec) == {c: 1 for c in CHAIN}
+    outcome = {}
+    run_a = threading.Thread(target=lambda: outcome.update(
+        result=_run_requested(tick, spec, assets, resources, instance)))
+    run_a.start()
+    try:
+        assert entered.wait(300)
+        _land(spec, store, instance, assets, resources, [6])
+        busy = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=tick.cursor)
+        assert _requested(busy, spec)["training_set"] == 0  # run A is still training: the retrain waits
+        key = AssetKey([spec.name, "training_set"])
+        intruder = materialize(assets, selection=[key], instance=instance, resources=resources)
+        assert current_version(store, spec)["version"] == intruder.run_id
+    finally:
+        release.set()
+        run_a.join(600)
+    result = outcome["result"]
+    assert result.success
+    stacked = _meta(result, AssetKey([spec.name, "stacked_model"]))
+    assert stacked["version"] == result.run_id  # its own training set, not the intruder's newer one
+    tags = tracker.version_tags(spec.name, stacked["model_version"])
+    assert tags["training_version"] == result.run_id and "batch-00006" not in tags["batches"]
+    serving = _meta(result, AssetKey([spec.name, "serving_deployment"]))
+    assert serving["challenger"] == stacked["model_version"]
+    after = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=busy.cursor)
+    # the hand-made training_set already took batch 6 in: handled, so no retrain for it, and the rest follows it
+    assert _requested(after, spec)["training_set"] == 0
+
+
 def _register(spark, tracker, spec, store, model, checks="passed"):
     cur = current_version(store, spec)
     parent = tracker.start_parent(spec.name, cur, {})
     rows = spark.read.parquet(store.uri(f"{version_dir(spec, cur['version'])}/holdout")).limit(3)
     example = rows.select("year", "mileage").toPandas()
     pred = model.transform(rows).select("prediction").toPandas()
-    return tracker.register_stack(parent, spec.name, model, example, pred, {"rmse": 1.0}, {"checks": checks})
+    return tracker.register_stack(parent, spec.name, model, example, pred, {"rmse": 1.0},
+                                  {"checks": checks, "training_version": cur["version"]})
 
 
 def test_promotion_needs_a_better_model_with_passed_checks_and_rollback_moves_the_alias(spark, platform):

@@ -11,8 +11,8 @@ def test_builtin_specs(specs):
     assert "description" not in cars.cleaned_columns
     assert fraud.column_names == ["Time", *[f"V{i}" for i in range(1, 29)], "Amount", "Class"]
     assert fraud.task == "classification" and fraud.key is None
-    assert {"gbt", "random_forest", "linear", "weighted_average"} <= set(cars.algorithms)
-    assert {"logistic", "linear_svc", "random_forest", "gbt"} <= set(fraud.algorithms)
+    assert {"gbt", "random_forest", "linear", "xgboost", "weighted_average"} <= set(cars.algorithms)
+    assert {"logistic", "linear_svc", "random_forest", "gbt", "xgboost", "naive_bayes"} <= set(fraud.algorithms)
     numeric, categorical = cars.feature_columns()
     assert "price" not in numeric and "listing_id" not in numeric + categorical and "make_name" in categorical
     assert "is_new" in numeric and "combine_fuel_economy" not in numeric  # booleans count; excluded ones do not

@@ -1,6 +1,7 @@
 """Training set, out-of-fold scores and the stack on tiny data; bad training inputs fail clearly."""
 
 import dataclasses
+import random
 
 import pytest
 from pyspark.ml import PipelineModel
@@ -14,13 +15,14 @@ from ml_platform.spec import ColumnSpec, SpecError, parse_spec
 from ml_platform.stacking import fit_stack
 from ml_platform.storage import LocalStore
 from ml_platform.training import TrainingError, build_training_set
-from tests.training_data import land_batches, small
+from tests.training_data import SMALL, land_batches, small
 
 
 @pytest.fixture(scope="module")
 def trained(spark, specs, tmp_path_factory):
     spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01, 0.3]}},
-                                                 "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}})
+                                                 "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}},
+                                                 "xgboost": {"grid": {"max_depth": [3], "n_estimators": [30]}}})
     store = LocalStore(tmp_path_factory.mktemp("stack") / "data")
     land_batches(spark, store, spec, [1, 2])
     ts = build_training_set(spark, store, spec, "v1")
@@ -71,7 +73,37 @@ def test_stack_is_one_pipeline_that_composes_its_base_models(spark, trained):
     manual = F.lit(b) + sum(F.lit(coef[n]) * F.expm1(F.col(f"__prediction_{n}")) for n in sorted(coef))
     assert out.select(F.max(F.abs(manual - F.col("prediction")))).first()[0] < 1e-6 * 50_000
     assert stack["holdout"]["non_finite"] == 0 and stack["holdout"]["r2"] > 0.3
-    assert set(stack["base_models"]) == {"linear", "random_forest"}
+    assert set(stack["base_models"]) == {"linear", "random_forest", "xgboost"}
+    assert results["xgboost"]["holdout"]["r2"] > 0.3 and results["xgboost"]["best_params"]["max_depth"] == 3
+
+
+def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_path):
+    """Fraud-shaped data with a findable signal: logistic, Gaussian naive Bayes and xgboost each beat chance on
+    PR-AUC, and the logistic stack over them is one pipeline that reloads and scores."""
+    spec = small(specs["fraud"], algorithms={k: SMALL[k] for k in ("logistic", "naive_bayes", "xgboost")})
+    store = LocalStore(tmp_path / "data")
+    cols = ["Time"] + [f"V{i}" for i in range(1, 29)] + ["Amount", "Class"]
+    rng = random.Random(3)
+    for b in ("b1", "b2"):
+        rows = []
+        for i in range(300):
+            y = float(rng.random() < 0.2)
+            v = [rng.gauss(1.5 * y if j < 3 else 0.0, 1.0) for j in range(28)]
+            rows.append(tuple([float(i)] + v + [rng.expovariate(0.02), y]))
+        spark.createDataFrame(rows, cols).write.parquet(store.uri(f"silver/fraud/batch={b}"))
+        store.write_json(f"silver/fraud/_accepted/{b}.json", {})
+        store.write_json(f"bronze/fraud/_batches/{b}.json", {"partition": b, "ingested_at": b, "sha256": b})
+    ts = build_training_set(spark, store, spec, "v1")
+    build_feature_pipeline(spark, store, spec, "v1")
+    results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2)
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
+    base_rate = ts["target"]["mean"]
+    for name, r in results.items():
+        assert r["holdout"]["pr_auc"] > 2 * base_rate, name
+    stack = fit_stack(spark, store, spec, "v1", results)
+    assert stack["holdout"]["pr_auc"] > 2 * base_rate and 0 < stack["threshold"] < 1
+    out = PipelineModel.load(stack["path"]).transform(spark.read.parquet(ts["holdout"]))
+    assert out.where(F.col("probability").isNull()).count() == 0
 
 
 def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):

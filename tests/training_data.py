@@ -15,6 +15,8 @@ SMALL = {
     "weighted_average": {"grid": {"regParam": [0.1]}, "random": {"n": 1, "interactions": {"choice": [True]}}},
     "logistic": {"grid": {"regParam": [0.01]}},
     "linear_svc": {"grid": {"regParam": [0.01]}},
+    "xgboost": {"grid": {"max_depth": [3], "n_estimators": [20]}},
+    "naive_bayes": {"grid": {"smoothing": [1.0]}},
 }
 
 
