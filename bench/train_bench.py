@@ -5,7 +5,7 @@
   parallel  base models trained concurrently (2 at a time) vs one by one, same data, same settings
   scaling   full retrain wall time (training_set -> serving_deployment work, minus Dagster) at several sizes
 
-  .venv/bin/python bench/train_bench.py --dataset used_cars --rows 20000 --only quality,parallel
+  .venv/bin/python bench/train_bench.py --dataset used_cars --rows 20000 --only quality,xgboost,parallel
   .venv/bin/python bench/train_bench.py --dataset used_cars --rows 20000 --only scaling --scales 0.25,0.5,1
 """
 
@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out" / "train"
 
+from ml_platform.algorithms import LABEL, TREE_FEATURES, algorithm, param_maps  # noqa: E402
 from ml_platform.features import build_feature_pipeline  # noqa: E402
 from ml_platform.landing import partition_key  # noqa: E402
 from ml_platform.layers import clean_stored_batch, ingest_batch, landing_dir  # noqa: E402
-from ml_platform.models import train_models  # noqa: E402
+from ml_platform.models import featurized, train_models  # noqa: E402
 from ml_platform.simulate import SimConfig, write_batch  # noqa: E402
 from ml_platform.spark import local_session  # noqa: E402
 from ml_platform.spec import builtin_specs  # noqa: E402
@@ -123,6 +124,41 @@ def baseline(spark, store, spec, version: str) -> dict:
             "search_seconds": time.perf_counter() - t0}
 
 
+def xgboost_vs_native(spark, store, spec, version: str, best: dict) -> dict:
+    """One fit with the best setting the search found: xgboost.spark as shipped (one barrier worker) against
+    native xgboost hist on the same feature vectors, with one thread and with both cores."""
+    import xgboost as xgb
+    from pyspark.ml.functions import vector_to_array
+
+    train, holdout = featurized(spark, store, spec, version)
+    alg = algorithm(spec, "xgboost")
+    est = alg.make(alg.features, spec.training.seed)
+    (pm,) = param_maps(est, [best], "bench")
+    t0 = time.perf_counter()
+    model = est.copy(pm).fit(train)
+    spark_s = time.perf_counter() - t0
+    scored = model.transform(holdout).select(LABEL, "prediction").toPandas()
+
+    def arrays(df):
+        pdf = df.select(vector_to_array(TREE_FEATURES).alias("x"), LABEL).toPandas()
+        return np.stack(pdf["x"].to_numpy()), pdf[LABEL].to_numpy()
+
+    x_tr, y_tr = arrays(train)
+    x_ho, y_ho = arrays(holdout)
+    out = {"params": best, "spark_fit_s": spark_s,
+           "spark_rmse_label": float(np.sqrt(np.mean((scored["prediction"] - scored[LABEL]) ** 2)))}
+    cls = xgb.XGBRegressor if spec.task == "regression" else xgb.XGBClassifier
+    for threads in (1, 2):
+        m = cls(tree_method="hist", n_jobs=threads, random_state=spec.training.seed, **best)
+        t0 = time.perf_counter()
+        m.fit(x_tr, y_tr)
+        out[f"native_{threads}t_fit_s"] = time.perf_counter() - t0
+        p = m.predict(x_ho) if spec.task == "regression" else m.predict_proba(x_ho)[:, 1]
+        out[f"native_{threads}t_rmse_label"] = float(np.sqrt(np.mean((p - y_ho) ** 2)))
+        out[f"ratio_vs_{threads}t"] = spark_s / out[f"native_{threads}t_fit_s"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="used_cars", choices=["used_cars", "fraud"])
@@ -135,7 +171,7 @@ def main() -> None:
     spec = builtin_specs()[a.dataset]
     only = set(a.only.split(","))
     report = {"dataset": a.dataset, "rows": a.rows}
-    if only & {"quality", "parallel"}:
+    if only & {"quality", "parallel", "xgboost"}:
         store = prepare(spark, spec, a.rows)
         run = full_retrain(spark, store, spec, "bench")
         board, _ = leaderboard(spec, run["results"], run["stack"])
@@ -155,6 +191,9 @@ def main() -> None:
                 "gbt_cv_search_seconds": gbt and gbt["train_seconds"],
             }
             print(json.dumps(report["quality"], indent=1), flush=True)
+        if "xgboost" in only and "xgboost" in run["results"]:
+            report["xgboost"] = xgboost_vs_native(spark, store, spec, "bench", run["results"]["xgboost"]["best_params"])
+            print(json.dumps(report["xgboost"]), flush=True)
         if "parallel" in only:
             t0 = time.perf_counter()
             train_models(spark, store, spec, "bench", list(spec.algorithms), 1)

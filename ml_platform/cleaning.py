@@ -91,13 +91,15 @@ def _derive(rule: str, a: Column, b: Column) -> Column:
     raise ValueError(f"unknown derive rule {rule!r}")
 
 
-def _value_reasons(spec: DatasetSpec) -> list[Column]:
+def _value_reasons(spec: DatasetSpec, serving: bool) -> list[Column]:
     out = []
     for c in spec.columns:
         if c.required and c.name != spec.target:
             out.append(F.when(F.col(c.name).isNull(),
                               F.concat(F.lit(f"{c.name}: missing or invalid value '"),
                                        F.coalesce(_t(c.name), F.lit("")), F.lit("'"))))
+    if serving:  # a prediction request has no label yet
+        return out
     lo, hi = spec.label_range
     t = F.col(spec.target)
     raw_t = F.coalesce(_t(spec.target), F.lit(""))
@@ -109,8 +111,9 @@ def _value_reasons(spec: DatasetSpec) -> list[Column]:
     return out
 
 
-def classify(df: DataFrame, spec: DatasetSpec) -> DataFrame:
+def classify(df: DataFrame, spec: DatasetSpec, serving: bool = False) -> DataFrame:
     """Typed cleaned columns plus `_reject_reason` (null for good rows), and the source columns as `__src_*`.
+    `serving`: the rows are prediction requests, so the target is not checked (nor expected).
 
     Built as stacked projections (text -> parsed -> checked) so that each value is trimmed and parsed once: a
     single projection repeating those expressions generates more than the JVM's 64 KB per method and Spark
@@ -133,7 +136,7 @@ def classify(df: DataFrame, spec: DatasetSpec) -> DataFrame:
         typed = typed.withColumn(d.name, _derive(d.rule, F.col(d.inputs[0]), F.col(d.inputs[1])))
     if spec.task == "classification":
         typed = typed.withColumn(spec.target, F.col(spec.target).cast("double"))
-    reason = F.concat_ws("; ", *_value_reasons(spec))
+    reason = F.concat_ws("; ", *_value_reasons(spec, serving))
     reason = F.when(reason != "", reason)
     if has_corrupt:  # a malformed row's values are shifted or missing: one reason says it all
         malformed = F.lit("malformed CSV row (wrong number of fields)")

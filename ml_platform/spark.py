@@ -46,13 +46,16 @@ def prepare_environment() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
-def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, driver_memory: str = "2g"):
-    """A plain local SparkSession with the platform's settings (tests, benchmarks, notebooks)."""
+def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, driver_memory: str = "2g",
+                  jars_dir: str | Path | None = None):
+    """A plain local SparkSession with the platform's settings (tests, benchmarks, notebooks); `jars_dir` adds
+    the Kafka connector for streaming."""
     from pyspark.sql import SparkSession
 
     prepare_environment()
     builder = SparkSession.builder
-    for k, v in session_conf(f"local[{threads}]", app_name, [], shuffle_partitions, driver_memory).items():
+    jars = local_jars(jars_dir)
+    for k, v in session_conf(f"local[{threads}]", app_name, jars, shuffle_partitions, driver_memory).items():
         builder = builder.config(k, v)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

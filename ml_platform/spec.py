@@ -66,6 +66,22 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class ServingSpec:
+    """How the streaming scorer serves a dataset and judges live quality. Every field has a default."""
+
+    window_seconds: int = 60           # live-metrics tumbling window, on the request's event_time
+    actual_within_seconds: int = 600   # an actual counts only if it arrives this soon after its request
+    watermark_seconds: int = 30        # lateness tolerated on predictions and actuals
+    max_request_bytes: int = 262144    # larger requests go to the DLQ unparsed
+    poll_seconds: float = 5.0          # how often the scorer checks where `champion` points
+    degrade_metric: str | None = None  # rmse / mae (higher is worse) or precision / recall / pr_auc_approx
+    degrade_threshold: float | None = None
+    degrade_n: int = 3                 # retrain when N of the last M windows are past the threshold
+    degrade_m: int = 5
+    min_window_count: int = 20         # windows with fewer joined predictions are not judged
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     task: str
@@ -78,6 +94,7 @@ class DatasetSpec:
     max_quarantine_share: float = 0.25
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    serving: ServingSpec = field(default_factory=ServingSpec)
 
     @property
     def column_names(self) -> list[str]:
@@ -188,7 +205,27 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         max_quarantine_share=float(checks.get("max_quarantine_share", 0.25)),
         algorithms=dict(data.get("algorithms") or {}),
         training=training,
+        serving=_serving(src, data.get("serving") or {}),
     )
+
+
+SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision", "recall", "pr_auc_approx"}}
+
+
+def _serving(src: str, raw: dict) -> ServingSpec:
+    if not isinstance(raw, dict):
+        raise _fail(src, "serving must be a mapping")
+    unknown = sorted(set(raw) - set(ServingSpec.__dataclass_fields__))
+    if unknown:
+        raise _fail(src, f"serving has unknown fields {unknown}")
+    s = ServingSpec(**raw)
+    if (s.degrade_metric is None) != (s.degrade_threshold is None):
+        raise _fail(src, "serving.degrade_metric and serving.degrade_threshold go together")
+    if s.degrade_metric and s.degrade_metric not in set().union(*SERVING_METRICS.values()):
+        raise _fail(src, f"serving.degrade_metric {s.degrade_metric!r} is not a live metric")
+    if not 1 <= s.degrade_n <= s.degrade_m:
+        raise _fail(src, f"serving.degrade_n must be in [1, degrade_m], got {s.degrade_n} of {s.degrade_m}")
+    return s
 
 
 def _training(src: str, raw: dict, known: set[str]) -> TrainingSpec:

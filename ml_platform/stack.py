@@ -180,6 +180,7 @@ def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "transaction.state.log.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
+        "message.max.bytes=4194304",  # = serving.MAX_MESSAGE_BYTES: a DLQ record may carry a 1 MB request
     ]) + "\n"
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 def spark():
     from ml_platform.spark import local_session
 
-    session = local_session("ml-platform-tests")
+    session = local_session("ml-platform-tests", jars_dir=ROOT / ".jars")
     yield session
     session.stop()
 
@@ -60,3 +60,54 @@ def used_cars_csv(tmp_path_factory) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_dagster_home(tmp_path_factory):
     os.environ.setdefault("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A real Kafka broker (KRaft, from the Maven jars) on free loopback ports; restartable on the same ports and
+    data, for the fault tests."""
+
+    def __init__(self, home: Path):
+        from ml_platform.stack import prepare_kafka
+
+        self.port, self.controller = free_port(), free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.cmd = prepare_kafka(home, ROOT / ".jars", self.port, self.controller)
+        self.log = home / "kafka.log"
+        self.proc = None
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        from ml_platform.stack import kafka_ok
+
+        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 90
+        while not kafka_ok(self.bootstrap):
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "Kafka broker did not start in 90 s"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        from ml_platform.stack import stop_pid
+
+        if self.proc is not None:
+            stop_pid(self.proc.pid)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    broker = Broker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()

@@ -1,0 +1,76 @@
+"""Plain Kafka clients (kafka-python) for what is not Spark: topic creation, the load generator, `ml-platform
+tail`, the Dagster live-metrics sensor, tests and the fault checker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from ml_platform.serving import KINDS, MAX_MESSAGE_BYTES, topic
+
+
+def ensure_topics(bootstrap: str, dataset: str, partitions: int = 2) -> list[str]:
+    """Create the dataset's five topics if they are missing; returns their names."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = [topic(dataset, k) for k in KINDS]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        missing = [n for n in names if n not in set(admin.list_topics())]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(n, partitions, 1, topic_configs={
+                    "max.message.bytes": str(MAX_MESSAGE_BYTES)}) for n in missing])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+    return names
+
+
+def producer(bootstrap: str):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap, key_serializer=lambda k: k.encode() if k else None,
+                         linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, acks="all", retries=10)
+
+
+def read_topic(bootstrap: str, name: str, timeout_s: float = 5.0) -> list[dict]:
+    """Every message of a topic from the beginning, as dicts with partition, offset, key and value (parsed JSON
+    when it is JSON, else the text), in (partition, offset) order."""
+    return list(_messages(bootstrap, name, timeout_s))
+
+
+def _messages(bootstrap: str, name: str, timeout_s: float) -> Iterator[dict]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000),
+                      fetch_max_bytes=MAX_MESSAGE_BYTES * 2, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+    try:
+        parts = [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or [])]
+        if not parts:
+            return
+        c.assign(parts)
+        c.seek_to_beginning(*parts)
+        ends = c.end_offsets(parts)
+        out = []
+        for m in c:
+            out.append({"partition": m.partition, "offset": m.offset, "key": m.key.decode() if m.key else None,
+                        "value": _decode(m.value)})
+            if all(c.position(tp) >= ends[tp] for tp in parts):
+                break
+        yield from sorted(out, key=lambda m: (m["partition"], m["offset"]))
+    finally:
+        c.close()
+
+
+def _decode(raw: bytes | None):
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,165 @@
+"""Live quality: predictions joined with the actuals that arrive later, per event-time window and model version.
+
+Streaming: both sides are deduplicated by request_id within the watermark (the prediction topic is at least
+once), joined on request_id with a time bound (the actual within `actual_within_seconds` of the request), and
+aggregated into tumbling windows on the request's event_time, emitted once the watermark passes. The same
+definition is recomputed offline from the topics' contents by `offline_metrics`, which tests and the fault
+checker compare against. `degraded` is the retrain rule.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+from ml_platform.spec import DatasetSpec
+
+BINS = 20  # probability bins behind pr_auc_approx
+
+PREDICTION = StructType([StructField("request_id", StringType()), StructField("prediction", DoubleType()),
+                         StructField("probability", DoubleType()), StructField("model_version", StringType()),
+                         StructField("event_time", StringType())])
+ACTUAL = StructType([StructField("request_id", StringType()), StructField("event_time", StringType()),
+                     StructField("actual", DoubleType())])
+
+
+def _json(rows: DataFrame, schema: StructType) -> DataFrame:
+    return rows.select(F.from_json(F.col("value").cast("string"), schema).alias("m")).select("m.*")
+
+
+def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """Streaming Kafka rows of both topics -> one row per (window, model_version) with additive sums."""
+    s = spec.serving
+    wm = f"{s.watermark_seconds} seconds"
+    p = (_json(predictions, PREDICTION).withColumn("p_ts", F.try_to_timestamp("event_time"))
+         .where(F.col("request_id").isNotNull() & F.col("p_ts").isNotNull())
+         .withWatermark("p_ts", wm).dropDuplicatesWithinWatermark(["request_id"]))
+    a = (_json(actuals, ACTUAL).withColumn("a_ts", F.try_to_timestamp("event_time"))
+         .where(F.col("request_id").isNotNull() & F.col("a_ts").isNotNull() & F.col("actual").isNotNull())
+         .select(F.col("request_id").alias("a_id"), "a_ts", "actual")
+         .withWatermark("a_ts", f"{s.watermark_seconds + s.actual_within_seconds} seconds")
+         .dropDuplicatesWithinWatermark(["a_id"]))
+    j = p.join(a, F.expr(f"request_id = a_id AND a_ts >= p_ts AND "
+                         f"a_ts <= p_ts + interval {s.actual_within_seconds} seconds"))
+    err = F.col("prediction") - F.col("actual")
+    aggs = [F.count(F.lit(1)).alias("count")]
+    if spec.task == "regression":
+        aggs += [F.sum(err * err).alias("sse"), F.sum(F.abs(err)).alias("sae")]
+    else:
+        y, yhat = F.col("actual") == 1, F.col("prediction") == 1
+        b = F.least(F.floor(F.coalesce(F.col("probability"), F.lit(0.0)) * BINS), F.lit(BINS - 1))
+        aggs += [F.sum((y & yhat).cast("long")).alias("tp"), F.sum((~y & yhat).cast("long")).alias("fp"),
+                 F.sum((y & ~yhat).cast("long")).alias("fn"), F.sum(y.cast("long")).alias("positives")]
+        aggs += [F.sum(((b == i) & y).cast("long")).alias(f"pos_{i}") for i in range(BINS)]
+        aggs += [F.sum(((b == i) & ~y).cast("long")).alias(f"neg_{i}") for i in range(BINS)]
+    return j.groupBy(F.window("p_ts", f"{s.window_seconds} seconds").alias("w"), "model_version").agg(*aggs)
+
+
+def _iso(t) -> str:
+    if isinstance(t, datetime):
+        t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return str(t)
+
+
+def pr_auc_approx(pos: list[int], neg: list[int]) -> float | None:
+    """Average precision with the threshold at each bin edge (high to low): sum over bins of recall gained times
+    the precision at that threshold. Exact when no two scores of different classes share a bin."""
+    total = sum(pos)
+    if total == 0:
+        return None
+    tp = fp = 0
+    ap = 0.0
+    for i in reversed(range(len(pos))):
+        tp, fp = tp + pos[i], fp + neg[i]
+        if pos[i]:
+            ap += (pos[i] / total) * (tp / (tp + fp))
+    return ap
+
+
+def finish(spec: DatasetSpec, row: dict) -> dict:
+    """Additive sums of one window -> the metrics message (see contracts/metrics.schema.json)."""
+    n = int(row["count"])
+    out = {"dataset": spec.name, "window_start": _iso(row["window_start"]), "window_end": _iso(row["window_end"]),
+           "model_version": str(row["model_version"]), "count": n}
+    if spec.task == "regression":
+        out |= {"rmse": math.sqrt(row["sse"] / n) if n else None, "mae": row["sae"] / n if n else None}
+    else:
+        tp, fp, fn = int(row["tp"]), int(row["fp"]), int(row["fn"])
+        out |= {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+                "positives": int(row["positives"]),
+                "pr_auc_approx": pr_auc_approx([int(row[f"pos_{i}"]) for i in range(BINS)],
+                                               [int(row[f"neg_{i}"]) for i in range(BINS)])}
+    return out
+
+
+def window_rows(agg: DataFrame) -> list[dict]:
+    """Collect one micro-batch of emitted windows (a handful of rows) as plain dicts."""
+    flat = agg.select(F.col("w.start").alias("window_start"), F.col("w.end").alias("window_end"), "*").drop("w")
+    return [r.asDict() for r in flat.collect()]
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def offline_metrics(spec: DatasetSpec, predictions: list[dict], actuals: list[dict]) -> dict[tuple[str, str], dict]:
+    """The same windows recomputed from the topics' messages, in offset order (first occurrence of a request_id
+    wins, as in the stream). Keyed by (window_start, model_version)."""
+    s = spec.serving
+    first_p, first_a = {}, {}
+    for m in predictions:
+        first_p.setdefault(m["request_id"], m)
+    for m in actuals:
+        first_a.setdefault(m["request_id"], m)
+    sums: dict[tuple[float, str], dict] = {}
+    for rid, p in first_p.items():
+        a = first_a.get(rid)
+        if a is None:
+            continue
+        pt, at = _ts(p["event_time"]), _ts(a["event_time"])
+        if not pt <= at <= pt + s.actual_within_seconds:
+            continue
+        start = math.floor(pt / s.window_seconds) * s.window_seconds
+        r = sums.setdefault((start, p["model_version"]), {"count": 0, "sse": 0.0, "sae": 0.0, "tp": 0, "fp": 0,
+                                                           "fn": 0, "positives": 0,
+                                                           **{f"pos_{i}": 0 for i in range(BINS)},
+                                                           **{f"neg_{i}": 0 for i in range(BINS)}})
+        e = p["prediction"] - a["actual"]
+        y, yhat = a["actual"] == 1, p["prediction"] == 1
+        b = min(int(math.floor((p.get("probability") or 0.0) * BINS)), BINS - 1)
+        r["count"] += 1
+        r["sse"] += e * e
+        r["sae"] += abs(e)
+        r["tp"] += y and yhat
+        r["fp"] += (not y) and yhat
+        r["fn"] += y and not yhat
+        r["positives"] += y
+        r[f"pos_{b}" if y else f"neg_{b}"] += 1
+    out = {}
+    for (start, version), r in sums.items():
+        row = r | {"window_start": datetime.fromtimestamp(start, UTC),
+                   "window_end": datetime.fromtimestamp(start + s.window_seconds, UTC),
+                   "model_version": version}
+        m = finish(spec, row)
+        out[(m["window_start"], version)] = m
+    return out
+
+
+def degraded(spec: DatasetSpec, windows: list[dict]) -> bool:
+    """The retrain rule: at least degrade_n of the last degrade_m judged windows (each with at least
+    min_window_count joined predictions) are past the threshold. rmse and mae are worse above it; precision,
+    recall and pr_auc_approx below it."""
+    s = spec.serving
+    if not s.degrade_metric:
+        return False
+    judged = [w for w in windows if w.get("count", 0) >= s.min_window_count and w.get(s.degrade_metric) is not None]
+    last = judged[-s.degrade_m:]
+    worse_above = s.degrade_metric in ("rmse", "mae")
+    bad = sum((w[s.degrade_metric] > s.degrade_threshold) if worse_above else
+              (w[s.degrade_metric] < s.degrade_threshold) for w in last)
+    return bad >= s.degrade_n

@@ -1,0 +1,106 @@
+"""Model hot swap for the scorer: a background thread watches where the `champion` alias points and loads a new
+version off the hot path; the scorer takes the loaded model between micro-batches, so one micro-batch is scored
+by one model version and a swap never restarts the query. A version that fails to load is reported and the
+current model keeps serving; it is retried after `retry_seconds` (the alias may be fixed meanwhile, or the
+failure may have been transient).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Loaded:
+    version: str
+    model: Any
+    loaded_at: float
+    load_seconds: float
+
+
+class ChampionWatcher:
+    def __init__(self, resolve: Callable[[], str | None], load: Callable[[str], Any], poll_seconds: float = 5.0,
+                 retry_seconds: float = 60.0, log: Callable[[str], None] = print):
+        self.resolve, self.load, self.log = resolve, load, log
+        self.poll_seconds, self.retry_seconds = poll_seconds, retry_seconds
+        self.current: Loaded | None = None
+        self._pending: Loaded | None = None
+        self._failed: dict[str, float] = {}
+        self.last_error: str | None = None
+        self.swaps: list[tuple[str | None, str, float]] = []  # (from, to, at)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One poll: load the alias's version if it is new. Returns whether a model is waiting to be taken."""
+        try:
+            wanted = self.resolve()
+        except Exception as e:  # the registry is down: keep serving, say so
+            self._error(f"cannot read the champion alias: {e}")
+            return self._pending is not None
+        with self._lock:
+            have = {x.version for x in (self.current, self._pending) if x is not None}
+        if wanted is None or wanted in have:
+            return self._pending is not None
+        failed_at = self._failed.get(wanted)
+        if failed_at is not None and time.time() - failed_at < self.retry_seconds:
+            return self._pending is not None
+        t0 = time.perf_counter()
+        try:
+            model = self.load(wanted)
+        except Exception as e:
+            self._failed[wanted] = time.time()
+            serving = self.current.version if self.current else "nothing"
+            self._error(f"model version {wanted} failed to load; still serving version {serving}: "
+                        f"{type(e).__name__}: {str(e)[:500]}")
+            return self._pending is not None
+        self._failed.pop(wanted, None)
+        with self._lock:
+            self._pending = Loaded(wanted, model, time.time(), time.perf_counter() - t0)
+        self.log(f"loaded model version {wanted} in {self._pending.load_seconds:.1f}s; it serves from the next "
+                 f"micro-batch")
+        return True
+
+    def _error(self, msg: str) -> None:
+        self.last_error = msg
+        self.log(f"error: {msg}")
+
+    def take(self) -> Loaded | None:
+        """Between micro-batches: switch to a freshly loaded model if there is one; the model to score with."""
+        with self._lock:
+            if self._pending is not None:
+                old = self.current.version if self.current else None
+                self.current, self._pending = self._pending, None
+                self.swaps.append((old, self.current.version, time.time()))
+                self.log(f"now serving model version {self.current.version}" + (f" (was {old})" if old else ""))
+            return self.current
+
+    def wait_first(self, stop: threading.Event, say_every: float = 30.0, describe: str = "a champion") -> bool:
+        """Block until a first model is loaded (or `stop` is set), saying that it waits."""
+        last = 0.0
+        while not stop.is_set():
+            if self.check():
+                return True
+            if time.monotonic() - last > say_every:
+                self.log(f"waiting for {describe}; no model to serve yet")
+                last = time.monotonic()
+            stop.wait(self.poll_seconds)
+        return False
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.wait(self.poll_seconds):
+                self.check()
+
+        self._thread = threading.Thread(target=loop, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.poll_seconds + 5)

@@ -1,0 +1,207 @@
+"""The streaming scorer: a plain Spark application (`python -m spark_streaming.scorer used_cars`, or
+spark-submit this file). It imports ml_platform only.
+
+Two Structured Streaming queries on one SparkSession, each with its own checkpoint:
+  score    <ds>.requests -> parse, validate, clean (bad -> <ds>.dlq) -> champion model -> <ds>.predictions
+  metrics  <ds>.predictions + <ds>.actuals -> joined windows per model_version -> <ds>.metrics
+
+It waits (and says so) until a champion exists. A background thread follows the `champion` alias and loads a
+new version off the hot path; foreachBatch takes it between micro-batches, so a swap or rollback never restarts
+a query. A failed query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once:
+a micro-batch replayed after a crash is written again, so consumers deduplicate by request_id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ml_platform.live import finish, joined_windows, window_rows
+from ml_platform.registry import CHAMPION, Tracker
+from ml_platform.serving import MAX_MESSAGE_BYTES, score_batch, topic
+from ml_platform.spark import local_jars, prepare_environment, session_conf
+from ml_platform.spec import DatasetSpec, builtin_specs
+from ml_platform.swap import ChampionWatcher
+
+
+class Status:
+    """What the scorer is doing, as a JSON file (atomic replace) that `make run`, tests and humans read."""
+
+    def __init__(self, path: Path | None, dataset: str):
+        self.path = path
+        self.data = {"dataset": dataset, "state": "starting", "pid": os.getpid(), "requests": 0, "predictions": 0,
+                     "dlq": 0, "batches": 0, "swaps": [], "last_error": None}
+        self._lock = threading.Lock()
+
+    def update(self, **kw) -> None:
+        with self._lock:
+            self.data.update(kw, updated_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            if self.path:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data, default=str, indent=1))
+                tmp.replace(self.path)
+
+    def add(self, **counts: int) -> None:
+        self.update(**{k: self.data.get(k, 0) + v for k, v in counts.items()})
+
+
+def log(msg: str) -> None:
+    print(f"{datetime.now(UTC).strftime('%H:%M:%S')} scorer: {msg}", flush=True)
+
+
+def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | None):
+    reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", bootstrap)
+              .option("subscribe", topic_name).option("startingOffsets", "earliest")
+              # a topic re-created empty or offsets aged out must not stop a long-running service; Spark logs it
+              .option("failOnDataLoss", "false"))
+    if max_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(max_per_trigger))
+    return reader.load()
+
+
+def write_kafka(df, bootstrap: str) -> None:
+    # a DLQ record carries the whole rejected message, which may be over the producer's 1 MB default
+    (df.write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
+     .option("kafka.max.request.size", str(MAX_MESSAGE_BYTES)).save())
+
+
+def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
+                  status: Status, max_per_trigger: int | None = None, trigger_ms: int = 0,
+                  model_name: str | None = None):
+    name = model_name or spec.name
+
+    def each(batch, batch_id: int) -> None:
+        loaded = watcher.take()  # the one model for this whole micro-batch
+        out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes)
+        try:
+            counts = {r["topic"]: r["count"] for r in out.groupBy("topic").count().collect()}
+            write_kafka(out, bootstrap)
+        finally:
+            for df in cached:
+                df.unpersist()
+        p, d = counts.get(topic(spec, "predictions"), 0), counts.get(topic(spec, "dlq"), 0)
+        status.add(requests=p + d, predictions=p, dlq=d, batches=1)
+        status.update(state="serving", model_version=loaded.version, last_batch_id=batch_id,
+                      swaps=[list(s) for s in watcher.swaps], last_error=watcher.last_error)
+
+    w = (kafka_source(spark, bootstrap, topic(spec, "requests"), max_per_trigger).writeStream
+         .queryName(f"{spec.name}_score").option("checkpointLocation", checkpoint).foreachBatch(each))
+    if trigger_ms:
+        w = w.trigger(processingTime=f"{trigger_ms} milliseconds")
+    return w.start()
+
+
+def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, status: Status):
+    out_topic = topic(spec, "metrics")
+
+    def each(batch, batch_id: int) -> None:
+        msgs = [finish(spec, r) for r in window_rows(batch)]
+        if not msgs:
+            return
+        rows = [(out_topic, f"{m['window_start']}/{m['model_version']}", json.dumps(m)) for m in msgs]
+        write_kafka(spark.createDataFrame(rows, "topic string, key string, value string"), bootstrap)
+        status.update(last_metrics=msgs[-1])
+
+    agg = joined_windows(kafka_source(spark, bootstrap, topic(spec, "predictions"), None),
+                         kafka_source(spark, bootstrap, topic(spec, "actuals"), None), spec)
+    return (agg.writeStream.queryName(f"{spec.name}_metrics").outputMode("append")
+            .option("checkpointLocation", checkpoint).foreachBatch(each).start())
+
+
+def mlflow_watcher(spec: DatasetSpec, tracking_uri: str, poll_seconds: float, model_name: str | None = None,
+                   logger=log) -> ChampionWatcher:
+    """Resolve `models:/<name>@champion` to its version and load that version with mlflow.spark.load_model
+    (by version, so the alias moving during a load cannot mix two versions)."""
+    import mlflow
+    import mlflow.spark
+
+    name = model_name or spec.name
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    return ChampionWatcher(lambda: tracker.version_for(name, CHAMPION),
+                           lambda v: mlflow.spark.load_model(f"models:/{name}/{v}"), poll_seconds, log=logger)
+
+
+def build_session(dataset: str, master: str, jars_dir: str | None):
+    from pyspark.sql import SparkSession
+
+    prepare_environment()
+    jars = local_jars(jars_dir)
+    if not jars:
+        raise SystemExit(f"no Spark Kafka connector jars under {jars_dir}/spark: run `make jars`")
+    builder = SparkSession.builder
+    for k, v in session_conf(master, f"scorer-{dataset}", jars, shuffle_partitions=2, driver_memory="2g").items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scorer", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    ap.add_argument("--state", default=os.environ.get("ML_PLATFORM_HOME", ".local"),
+                    help="checkpoints go to <state>/checkpoints/<dataset>/, the status file to <state>/")
+    ap.add_argument("--jars", default=os.environ.get("ML_PLATFORM_JARS", ".jars"))
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--max-per-trigger", type=int, default=20000)
+    ap.add_argument("--trigger-ms", type=int, default=0, help="0: start the next micro-batch as soon as possible")
+    ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
+    a = ap.parse_args(argv)
+    spec = builtin_specs()[a.dataset]
+    state = Path(a.state).resolve()
+    (state / "checkpoints" / spec.name).mkdir(parents=True, exist_ok=True)
+    status = Status(state / f"scorer-{spec.name}.json", spec.name)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    spark = build_session(spec.name, a.master, a.jars)
+    watcher = mlflow_watcher(spec, a.tracking_uri, spec.serving.poll_seconds)
+    status.update(state="waiting")
+    if not watcher.wait_first(stop, describe=f"a champion (models:/{spec.name}@champion at {a.tracking_uri})"):
+        return 0
+    watcher.take()
+    watcher.start()
+    log(f"serving {spec.name} with model version {watcher.current.version}; requests from "
+        f"{topic(spec, 'requests')} at {a.bootstrap}")
+    while not stop.is_set():
+        queries = []
+        try:
+            queries.append(scoring_query(spark, spec, watcher, a.bootstrap, str(state / "checkpoints" / spec.name /
+                                         "score"), status, a.max_per_trigger, a.trigger_ms))
+            if not a.no_metrics:
+                queries.append(metrics_query(spark, spec, a.bootstrap,
+                                             str(state / "checkpoints" / spec.name / "metrics"), status))
+            while not stop.is_set() and all(q.isActive for q in queries):
+                stop.wait(1.0)
+            for q in queries:
+                if q.exception() is not None:
+                    raise RuntimeError(f"query {q.name} failed: {str(q.exception())[:2000]}")
+        except Exception as e:  # a broker restart, a bad write: restart from the checkpoints, keep the model
+            status.update(last_error=str(e)[:2000])
+            log(f"error: {e}; restarting the queries from their checkpoints in 5s")
+        finally:
+            for q in queries:
+                try:
+                    q.stop()
+                except Exception:  # already stopped with an error
+                    pass
+        stop.wait(5.0)
+    watcher.stop()
+    status.update(state="stopped")
+    log("stopped")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
