@@ -16,6 +16,15 @@ def test_ml_platform_does_not_import_dagster():
     assert "clean" in r.stdout
 
 
+def test_mlflow_spark_works_where_main_has_no_file():
+    """Dagster's run workers start with a __main__ that has no __file__; pyspark.ml.connect (imported by
+    mlflow.spark.save_model) then exits the process unless its gRPC extras are installed."""
+    code = ("import sys\n"
+            "import pyspark.ml.connect, mlflow.spark\nprint('imported')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-2000:]
+
+
 def test_definitions_load_and_resolve():
     from dagster import AssetKey, DefaultSensorStatus
 
