@@ -5,6 +5,7 @@ ML_PLATFORM_HOME   state folder for `make run` (default: .local beside this file
 ML_PLATFORM_DATA   the store root: landing, quarantine, bronze, silver (default: $ML_PLATFORM_HOME/data)
 ML_PLATFORM_JARS   where `make jars` put the JVM jars (default: .jars beside this file)
 SPARK_MASTER_URL   spark://host:port, for ML_PLATFORM_ENV=cluster
+KAFKA_BOOTSTRAP_SERVERS  the broker the live-metrics sensor reads (default 127.0.0.1:9092, what `make run` starts)
 MLFLOW_TRACKING_URI  the MLflow tracking server (default http://127.0.0.1:5000, what `make run` starts)
 ML_PLATFORM_SENSOR_INTERVAL  seconds between landing-zone sensor ticks (default 15)
 """
@@ -25,7 +26,7 @@ from dagster import (
 from assets import build_dataset_assets
 from ml_platform.spec import builtin_specs
 from resources import Settings, resources_for
-from sensors import build_new_batch_sensor
+from sensors import build_live_metrics_sensor, build_new_batch_sensor
 
 HERE = Path(__file__).resolve().parent
 ENV = os.environ.get("ML_PLATFORM_ENV", "local")
@@ -36,6 +37,7 @@ SETTINGS = Settings(
     spark_master_url=os.environ.get("SPARK_MASTER_URL"),
     shuffle_partitions=int(os.environ.get("ML_PLATFORM_SHUFFLE_PARTITIONS", "8")),
     mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+    kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     mlflow_ui_url=os.environ.get("ML_PLATFORM_MLFLOW_UI", os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")),
 )
 SENSOR_INTERVAL = int(os.environ.get("ML_PLATFORM_SENSOR_INTERVAL", "15"))
@@ -45,6 +47,7 @@ defs = Definitions(
     assets=[a for spec in SPECS.values() for a in build_dataset_assets(spec)],
     sensors=[
         *[build_new_batch_sensor(spec, interval_seconds=SENSOR_INTERVAL) for spec in SPECS.values()],
+        *[build_live_metrics_sensor(spec, interval_seconds=max(SENSOR_INTERVAL, 30)) for spec in SPECS.values()],
         AutomationConditionSensorDefinition(
             "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=SENSOR_INTERVAL,

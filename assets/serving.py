@@ -1,6 +1,6 @@
 """<dataset>/serving_deployment: the promotion gate. The scorer serves whatever the `champion` alias points at."""
 
-from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Failure, MaterializeResult, asset
 
 from assets.common import asset_key, upstream_value
 from assets.training import FOLLOW
@@ -31,3 +31,13 @@ def build_serving_deployment(spec) -> AssetsDefinition:
         })
 
     return serving_deployment
+
+
+def build_live_metrics(spec) -> AssetSpec:
+    """Not computed by Dagster: the streaming scorer measures it, and live_metrics_sensor records each window as an
+    observation here, so live quality sits next to the lineage that produced the champion."""
+    return AssetSpec(asset_key(spec, "live_metrics"), deps=[asset_key(spec, "serving_deployment")],
+                     group_name=spec.name, kinds={"kafka", "spark"},
+                     description=f"Live quality of the served {spec.name} model: predictions joined with the actuals "
+                                 f"that arrive later, per {spec.serving.window_seconds}s window and model version "
+                                 f"(topic {spec.name}.metrics).")

@@ -1,10 +1,12 @@
-"""The `ml-platform` command: simulate data, run the local stack, roll a served model back."""
+"""The `ml-platform` command: simulate data, run the local stack, send prediction traffic, watch predictions
+and live metrics, roll a served model back."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +34,55 @@ def _rollback(a) -> int:
         return 2
     print(f"{a.dataset}: champion moved from version {old} back to version {new} "
           f"(version {old} is now previous_champion; roll back again to undo)")
+    return 0
+
+
+def _produce(a) -> int:
+    from ml_platform.produce import produce
+    from ml_platform.spec import builtin_specs
+
+    spec = builtin_specs()[a.dataset]
+    test_dir = Path(a.test_dir or Path(os.environ.get("ML_PLATFORM_DATA", REPO / ".local" / "data")) / "test_stream"
+                    / a.dataset)
+    if a.wait_for_champion:
+        from ml_platform.registry import CHAMPION, Tracker
+
+        tracker, said = Tracker(a.tracking_uri), False
+        while tracker.version_for(spec.name, CHAMPION) is None:
+            if not said:
+                print(f"produce {spec.name}: waiting for a champion before sending requests", flush=True)
+                said = True
+            time.sleep(5)
+    while not any(test_dir.glob("*.csv")):
+        print(f"produce {spec.name}: no test-stream files in {test_dir} yet; waiting", flush=True)
+        time.sleep(10)
+    while True:
+        sent = produce(spec, a.bootstrap, test_dir, a.rate, a.count, a.actual_delay, a.actual_drop, a.malformed,
+                       a.seed)
+        print(f"produce {spec.name}: {sent}", flush=True)
+        if not a.loop:
+            return 0
+
+
+def _tail(a) -> int:
+    from ml_platform.kafka_io import follow
+    from ml_platform.serving import topic
+
+    topics = [topic(a.dataset, "metrics")] + ([] if a.metrics_only else [topic(a.dataset, "predictions")])
+    try:
+        for t, m in follow(a.bootstrap, topics, a.from_beginning):
+            v = m if isinstance(m, dict) else {"raw": m}
+            if t.endswith(".metrics"):
+                scores = "  ".join(f"{k}={v[k]:.4g}" for k in ("rmse", "mae", "precision", "recall", "pr_auc_approx")
+                                   if isinstance(v.get(k), int | float))
+                print(f"METRICS {v.get('window_start')}..{v.get('window_end')} v{v.get('model_version')} "
+                      f"n={v.get('count')}  {scores}", flush=True)
+            else:
+                prob = f" p={v['probability']:.3f}" if isinstance(v.get("probability"), float) else ""
+                print(f"pred {v.get('request_id')} -> {v.get('prediction')}{prob} (v{v.get('model_version')})",
+                      flush=True)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -84,6 +135,30 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dataset")
     r.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
     r.set_defaults(func=_rollback)
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    g = sub.add_parser("produce", help="send the held-out test stream as prediction requests, and actuals later")
+    g.add_argument("dataset", choices=["used_cars", "fraud"])
+    g.add_argument("--bootstrap", default=bootstrap)
+    g.add_argument("--test-dir", help="test-stream CSVs (default: <data>/test_stream/<dataset>)")
+    g.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    g.add_argument("--count", type=int, help="stop after this many requests (default: the whole stream)")
+    g.add_argument("--actual-delay", type=float, default=30.0, help="seconds until a request's true label is sent")
+    g.add_argument("--actual-drop", type=float, default=0.1, help="share of true labels never sent")
+    g.add_argument("--malformed", type=float, default=0.02, help="share of malformed requests")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--loop", action="store_true", help="start over when the stream ends (fresh request ids)")
+    g.add_argument("--wait-for-champion", action="store_true")
+    g.add_argument("--tracking-uri", default=tracking)
+    g.set_defaults(func=_produce)
+
+    t = sub.add_parser("tail", help="follow predictions and live metrics in the terminal")
+    t.add_argument("dataset", choices=["used_cars", "fraud"])
+    t.add_argument("--bootstrap", default=bootstrap)
+    t.add_argument("--metrics-only", action="store_true")
+    t.add_argument("--from-beginning", action="store_true")
+    t.set_defaults(func=_tail)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -74,3 +74,46 @@ def _decode(raw: bytes | None):
         return json.loads(text)
     except ValueError:
         return text
+
+
+def follow(bootstrap: str, topics: list[str], from_beginning: bool = False) -> Iterator[tuple[str, object]]:
+    """(topic, message) forever, from now on (or from the beginning)."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(*topics, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      auto_offset_reset="earliest" if from_beginning else "latest",
+                      max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+    try:
+        for m in c:
+            yield m.topic, _decode(m.value)
+    finally:
+        c.close()
+
+
+def read_new(bootstrap: str, name: str, offsets: dict[int, int], max_messages: int = 500,
+             timeout_s: float = 3.0) -> tuple[list[dict], dict[int, int]]:
+    """Messages after `offsets` (partition -> next offset; a partition not named starts at its beginning), at
+    most `max_messages`, and the offsets to resume from. A missing topic reads as empty."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      consumer_timeout_ms=int(timeout_s * 1000), request_timeout_ms=int(timeout_s * 1000) + 10000)
+    try:
+        parts = [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or [])]
+        if not parts:
+            return [], dict(offsets)
+        c.assign(parts)
+        ends = c.end_offsets(parts)
+        todo = [tp for tp in parts if offsets.get(tp.partition, 0) < ends[tp]]
+        for tp in parts:
+            c.seek(tp, offsets.get(tp.partition, 0)) if tp.partition in offsets else c.seek_to_beginning(tp)
+        out, new = [], dict(offsets)
+        if todo:
+            for m in c:
+                out.append({"partition": m.partition, "offset": m.offset, "value": _decode(m.value)})
+                new[m.partition] = m.offset + 1
+                if len(out) >= max_messages or all(new.get(tp.partition, 0) >= ends[tp] for tp in parts):
+                    break
+        return out, new
+    finally:
+        c.close()

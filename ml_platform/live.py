@@ -163,3 +163,14 @@ def degraded(spec: DatasetSpec, windows: list[dict]) -> bool:
     bad = sum((w[s.degrade_metric] > s.degrade_threshold) if worse_above else
               (w[s.degrade_metric] < s.degrade_threshold) for w in last)
     return bad >= s.degrade_n
+
+
+def judge(spec: DatasetSpec, recent: list[dict], new: list[dict]) -> tuple[list[dict], bool]:
+    """The live-metrics sensor's decision: the recent windows to remember (at most degrade_m) and whether to
+    request a retrain. After a retrain request the memory starts over, so one degradation asks once."""
+    windows = [m for m in recent + new if isinstance(m, dict) and "window_end" in m]
+    windows.sort(key=lambda m: m["window_end"])
+    windows = windows[-spec.serving.degrade_m:]
+    if degraded(spec, windows):
+        return [], True
+    return windows, False

@@ -265,6 +265,19 @@ def build_services(cfg: StackConfig) -> list[Service]:
              "--test-dir", str(data / "test_stream" / ds), "--batches", "100000", "--every", str(cfg.every),
              "--rows-per-batch", str(cfg.rows_per_batch), "--quiet"],
             None, f"a batch every {cfg.every:g}s into {data / 'landing' / ds}", lambda: True, platform_env))
+        status = home / f"scorer-{ds}.json"
+        services.append(Service(
+            f"scorer-{ds}",
+            [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
+             "--trigger-ms", "1000"],
+            None, f"{ds}.requests -> {ds}.predictions / {ds}.dlq, live metrics -> {ds}.metrics (status: {status})",
+            lambda status=status: status.exists(), platform_env))
+        services.append(Service(
+            f"producer-{ds}",
+            [str(bin_dir / "ml-platform"), "produce", ds, "--wait-for-champion", "--loop", "--rate", "20",
+             "--actual-delay", "20"],
+            None, f"20 requests/s into {ds}.requests once a champion exists; watch: ml-platform tail {ds}",
+            lambda: True, platform_env))
     return services
 
 

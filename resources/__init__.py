@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resources.kafka import KafkaResource
 from resources.registry import MlflowRegistry, ModelRegistryResource
 from resources.spark import LocalSparkResource, SparkResource, StandaloneSparkResource
 from resources.storage import LocalStorage, StorageResource
@@ -19,6 +20,7 @@ class Settings:
     shuffle_partitions: int = 8
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     mlflow_ui_url: str | None = "http://127.0.0.1:5000"
+    kafka_bootstrap: str = "127.0.0.1:9092"
 
 
 def resources_for(env: str, settings: Settings) -> dict:
@@ -32,8 +34,9 @@ def resources_for(env: str, settings: Settings) -> dict:
     else:
         spark = LocalSparkResource(**common)
     return {"spark": spark, "storage": LocalStorage(root=settings.data_root),
-            "registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url)}
+            "registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url),
+            "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap)}
 
 
-__all__ = ["LocalSparkResource", "LocalStorage", "MlflowRegistry", "ModelRegistryResource", "Settings",
+__all__ = ["KafkaResource", "LocalSparkResource", "LocalStorage", "MlflowRegistry", "ModelRegistryResource", "Settings",
            "SparkResource", "StandaloneSparkResource", "StorageResource", "resources_for"]
