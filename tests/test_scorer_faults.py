@@ -1,0 +1,104 @@
+"""The scorer as its own process, under faults: kill -9 and restart (twice), a broker restart, the alias moved
+mid-stream and then to a version that cannot load. Nothing is lost, duplicates vanish after deduplicating by
+request_id, and each partition switches model version exactly once."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import ROOT
+
+from ml_platform.delivery import delivery_report
+from ml_platform.kafka_io import ensure_topics, producer, read_topic
+from ml_platform.produce import request, stream_rows
+from ml_platform.registry import CHAMPION, Tracker
+from ml_platform.serving import topic
+from ml_platform.simulate import SimConfig, write_batch
+from tests.test_serving import register, year_model
+
+
+def _start(kafka, uri, state):
+    log = open(state / "scorer.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "spark_streaming.scorer", "used_cars", "--state", str(state),
+                             "--tracking-uri", uri, "--bootstrap", kafka.bootstrap, "--jars", str(ROOT / ".jars"),
+                             "--no-metrics", "--max-per-trigger", "300"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _status(state):
+    try:
+        return json.loads((state / "scorer-used_cars.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _predicted(kafka):
+    return len(read_topic(kafka.bootstrap, topic("used_cars", "predictions"), timeout_s=2))
+
+
+def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, tmp_path):
+    spec = specs["used_cars"]
+    ensure_topics(kafka.bootstrap, spec.name)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    v1 = register(spark, tracker, spec.name, year_model(1.0))
+    write_batch(SimConfig("used_cars", 2000, test_share=0.5, broken_share=0.0, seed=5), 1, tmp_path / "land",
+                tmp_path / "test")
+    rows = [r for _, r in stream_rows(tmp_path / "test")]
+    n = 2400
+    sent = {f"f{i}" for i in range(n)}
+
+    def produce():
+        p = producer(kafka.bootstrap)
+        for i in range(n):
+            p.send(topic(spec, "requests"), key=f"f{i}",
+                   value=json.dumps(request(spec, f"f{i}", rows[i % len(rows)])).encode())
+            time.sleep(0.02)  # ~50 requests/s for ~50 s, across every fault below
+        p.flush()
+        p.close()
+
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = _start(kafka, uri, state)
+    sender = threading.Thread(target=produce)
+    sender.start()
+    try:
+        for _ in range(2):  # kill -9 mid-stream, restart from the checkpoint
+            before = _predicted(kafka)
+            _wait(lambda b=before: _predicted(kafka) > b + 100, 180, "predictions before the kill")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc = _start(kafka, uri, state)
+        _wait(lambda: _status(state).get("state") == "serving", 180, "the restarted scorer")
+        v2 = register(spark, tracker, spec.name, year_model(2.0))  # the alias moves mid-stream
+        _wait(lambda: _status(state).get("model_version") == v2, 60, "the swap to v2")
+        kafka.stop()  # the broker restarts under the running query
+        time.sleep(3)
+        kafka.start()
+        broken = tracker.client.create_model_version(spec.name, source=str(tmp_path / "gone"), run_id=None)
+        tracker.client.set_registered_model_alias(spec.name, CHAMPION, broken.version)
+        _wait(lambda: f"version {broken.version} failed to load" in (_status(state).get("last_error") or ""), 60,
+              "the failed load to be reported")
+        sender.join(300)
+        _wait(lambda: len({m["key"] for m in read_topic(kafka.bootstrap, topic(spec, "predictions"), 2)}) >= n,
+              300, "every request to be predicted")
+        assert proc.poll() is None  # the broker restart did not take the scorer down
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    report = delivery_report(sent, read_topic(kafka.bootstrap, topic(spec, "predictions")),
+                             read_topic(kafka.bootstrap, topic(spec, "dlq")))
+    assert report["lost"] == [] and report["unexpected"] == [] and report["predicted"] == n, report
+    assert set(report["switches"].values()) == {1}, report["versions"]
+    assert all(s == [v1, v2] for s in report["versions"].values())
+    assert _status(state)["model_version"] == v2  # the broken version never served
