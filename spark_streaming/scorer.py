@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -73,10 +74,12 @@ def write_kafka(df, bootstrap: str) -> None:
 
 def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
                   status: Status, max_per_trigger: int | None = None, trigger_ms: int = 0,
-                  model_name: str | None = None):
+                  model_name: str | None = None, on_batch=None):
+    """`on_batch(batch_id, version, predictions, dlq, seconds)` is called after each micro-batch is written."""
     name = model_name or spec.name
 
     def each(batch, batch_id: int) -> None:
+        t0 = time.perf_counter()
         loaded = watcher.take()  # the one model for this whole micro-batch
         out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes)
         try:
@@ -89,6 +92,8 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
         status.add(requests=p + d, predictions=p, dlq=d, batches=1)
         status.update(state="serving", model_version=loaded.version, last_batch_id=batch_id,
                       swaps=[list(s) for s in watcher.swaps], last_error=watcher.last_error)
+        if on_batch:
+            on_batch(batch_id, loaded.version, p, d, time.perf_counter() - t0)
 
     w = (kafka_source(spark, bootstrap, topic(spec, "requests"), max_per_trigger).writeStream
          .queryName(f"{spec.name}_score").option("checkpointLocation", checkpoint).foreachBatch(each))

@@ -79,7 +79,8 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             proc = _start(kafka, uri, state)
-        _wait(lambda: _status(state).get("state") == "serving", 180, "the restarted scorer")
+        _wait(lambda: _status(state).get("pid") == proc.pid and _status(state).get("state") == "serving", 180,
+              "the restarted scorer to serve")
         v2 = register(spark, tracker, spec.name, year_model(2.0))  # the alias moves mid-stream
         _wait(lambda: _status(state).get("model_version") == v2, 60, "the swap to v2")
         kafka.stop()  # the broker restarts under the running query
@@ -101,4 +102,6 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
     assert report["lost"] == [] and report["unexpected"] == [] and report["predicted"] == n, report
     assert set(report["switches"].values()) == {1}, report["versions"]
     assert all(s == [v1, v2] for s in report["versions"].values())
-    assert _status(state)["model_version"] == v2  # the broken version never served
+    final = _status(state)
+    assert final["model_version"] == v2  # the broken version never served
+    assert [sw[:2] for sw in final["swaps"]] == [[None, v1], [v1, v2]]  # a hot swap inside the last process

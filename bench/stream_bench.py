@@ -1,0 +1,249 @@
+"""Streaming scorer speed, side by side on one broker and one machine, in one run.
+
+  .venv/bin/python bench/stream_bench.py --messages 40000 --rate 1000 --seconds 30
+
+- throughput: the same pre-loaded ~1 KB used_cars requests through (a) a passthrough query (Kafka -> select ->
+  Kafka), (b) the scorer with a stack of JVM stages only (linear, random_forest, gbt), (c) the scorer with Python
+  stages in the stack (the weighted average regressor and xgboost); each drains the topic with an available-now
+  trigger, from its own checkpoint.
+- latency at `--rate` requests/s: request produced -> prediction written (the output record's timestamp minus the
+  request's event_time), p50 and p99, passthrough and the JVM-stack scorer.
+- swap: the JVM-stack scorer at `--rate`, the model swapped halfway: per-micro-batch rows, versions and output.
+
+A broker is started on free loopback ports under bench/out/stream/; models are trained on 5,000 simulated rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+OUT = ROOT / "bench" / "out" / "stream"
+
+from conftest import Broker  # noqa: E402
+from pyspark.ml import PipelineModel  # noqa: E402
+
+from ml_platform.features import build_feature_pipeline  # noqa: E402
+from ml_platform.kafka_io import ensure_topics, producer  # noqa: E402
+from ml_platform.models import train_models  # noqa: E402
+from ml_platform.produce import now_iso, request, stream_rows  # noqa: E402
+from ml_platform.serving import topic  # noqa: E402
+from ml_platform.simulate import SimConfig, write_batch  # noqa: E402
+from ml_platform.spark import local_session  # noqa: E402
+from ml_platform.spec import builtin_specs  # noqa: E402
+from ml_platform.stacking import fit_stack  # noqa: E402
+from ml_platform.swap import ChampionWatcher  # noqa: E402
+from ml_platform.training import build_training_set  # noqa: E402
+from spark_streaming.scorer import Status, kafka_source, scoring_query  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from train_bench import prepare  # noqa: E402
+
+STACKS = {
+    "jvm": {"linear": {"grid": {"regParam": [0.01]}}, "random_forest": {"grid": {"numTrees": [20], "maxDepth": [6]}},
+            "gbt": {"grid": {"maxDepth": [4], "maxIter": [20]}}},
+    "python": {"linear": {"grid": {"regParam": [0.01]}}, "weighted_average": {"grid": {"regParam": [0.1]}},
+               "xgboost": {"grid": {"max_depth": [5], "n_estimators": [60]}}},
+}
+
+
+def train_stack(spark, spec, kind: str) -> PipelineModel:
+    s = dataclasses.replace(spec, algorithms=STACKS[kind])
+    store = prepare(spark, s, 5000)
+    build_training_set(spark, store, s, kind)
+    build_feature_pipeline(spark, store, s, kind)
+    results = {n: r for n, r in train_models(spark, store, s, kind, list(s.algorithms), 2).items()
+               if isinstance(r, dict)}
+    return PipelineModel.load(fit_stack(spark, store, s, kind, results)["path"])
+
+
+def fixed(model, version="1") -> ChampionWatcher:
+    w = ChampionWatcher(lambda: version, lambda v: model, log=lambda m: None)
+    w.check()
+    w.take()
+    return w
+
+
+def preload(bootstrap, spec, rows, name, n) -> float:
+    p = producer(bootstrap)
+    size = 0
+    for i in range(n):
+        v = json.dumps(request(spec, f"b{i}", rows[i % len(rows)])).encode()
+        size += len(v)
+        p.send(name, key=f"b{i}", value=v)
+    p.flush()
+    p.close()
+    return size / n
+
+
+def passthrough(spark, bootstrap, src, dst, ckpt, available_now=True):
+    w = (kafka_source(spark, bootstrap, src, 10000).select("key", "value").writeStream.format("kafka")
+         .option("kafka.bootstrap.servers", bootstrap).option("topic", dst).option("checkpointLocation", ckpt))
+    return (w.trigger(availableNow=True) if available_now else w).start()
+
+
+def drain_scorer(spark, spec, watcher, bootstrap, ckpt):
+    return scoring_query(spark, spec, watcher, bootstrap, ckpt, Status(None, spec.name), max_per_trigger=10000)
+
+
+def timed(query) -> float:
+    t0 = time.perf_counter()
+    query.processAllAvailable()
+    dt = time.perf_counter() - t0
+    query.stop()
+    return dt
+
+
+def latencies(bootstrap, out_topic, since_ms) -> list[float]:
+    """Output record timestamp minus the request's event_time, in ms, for records written after `since_ms`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ml_platform.kafka_io import _decode
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
+    parts = [TopicPartition(out_topic, p) for p in c.partitions_for_topic(out_topic) or []]
+    c.assign(parts)
+    for tp, off in c.offsets_for_times({tp: since_ms for tp in parts}).items():
+        c.seek(tp, off.offset) if off else c.seek_to_end(tp)
+    out = []
+    from datetime import datetime
+
+    for m in c:
+        v = _decode(m.value)
+        if isinstance(v, dict) and "event_time" in v:
+            t = datetime.fromisoformat(v["event_time"].replace("Z", "+00:00")).timestamp() * 1000
+            out.append(m.timestamp - t)
+    c.close()
+    return out
+
+
+def load_at_rate(bootstrap, spec, rows, name, rate, seconds, prefix):
+    p = producer(bootstrap)
+    t0 = time.monotonic()
+    n = int(rate * seconds)
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        p.send(name, key=f"{prefix}{i}", value=json.dumps(request(spec, f"{prefix}{i}", rows[i % len(rows)],
+                                                                  now_iso())).encode())
+    p.flush()
+    p.close()
+    return n
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=40000)
+    ap.add_argument("--rate", type=float, default=1000)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--only", default="throughput,latency,swap")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    broker = Broker(OUT / "kafka")
+    broker.start()
+    spark = local_session("stream-bench", threads=2, shuffle_partitions=2, driver_memory="4g", jars_dir=ROOT / ".jars")
+    spec = builtin_specs()["used_cars"]
+    bs = broker.bootstrap
+    report = {}
+    try:
+        ensure_topics(bs, spec.name)
+        write_batch(SimConfig("used_cars", 4000, test_share=0.5, broken_share=0.0, seed=9), 1, OUT / "land",
+                    OUT / "test")
+        rows = [r for _, r in stream_rows(OUT / "test")]
+        models = {k: train_stack(spark, spec, k) for k in STACKS}
+        req = topic(spec, "requests")
+        if "throughput" in only:
+            size = preload(bs, spec, rows, req, a.messages)
+            t_pass = timed(passthrough(spark, bs, req, "bench.passthrough", str(OUT / "ck-pass")))
+            t_jvm = timed(drain_scorer(spark, spec, fixed(models["jvm"]), bs, str(OUT / "ck-jvm")))
+            t_py = timed(drain_scorer(spark, spec, fixed(models["python"]), bs, str(OUT / "ck-py")))
+            n = a.messages
+            report["throughput"] = {
+                "messages": n, "avg_request_bytes": round(size), "passthrough_msgs_s": n / t_pass,
+                "scorer_jvm_stack_msgs_s": n / t_jvm, "scorer_python_stack_msgs_s": n / t_py,
+                "ratio_jvm": t_pass / t_jvm, "ratio_python": t_pass / t_py}
+            print(json.dumps(report["throughput"]), flush=True)
+        if "latency" in only:
+            res = {}
+            for kind in ("passthrough", "scorer"):
+                ls = dataclasses.replace(spec, name=f"bench.lat_{kind}")
+                ensure_topics(bs, ls.name)
+                src = topic(ls, "requests")
+                if kind == "passthrough":
+                    dst = topic(ls, "predictions")
+                    q = passthrough(spark, bs, src, dst, str(OUT / f"ck-lat-{kind}"), available_now=False)
+                else:
+                    dst = topic(ls, "predictions")
+                    q = scoring_query(spark, ls, fixed(models["jvm"]), bs, str(OUT / f"ck-lat-{kind}"),
+                                      Status(None, ls.name))
+                time.sleep(5)
+                since = int(time.time() * 1000)
+                load_at_rate(bs, spec, rows, src, a.rate, a.seconds, f"l{kind}")
+                time.sleep(5)
+                q.stop()
+                lat = latencies(bs, dst, since)
+                res[kind] = {"n": len(lat), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+                             "mean_ms": statistics.fmean(lat) if lat else None}
+            report["latency"] = res
+            print(json.dumps(res), flush=True)
+        if "swap" in only:
+            sw_spec = dataclasses.replace(spec, name="bench.swap")
+            ensure_topics(bs, sw_spec.name)
+            batches = []
+            watcher = fixed(models["jvm"], "1")
+            q = scoring_query(spark, sw_spec, watcher, bs, str(OUT / "ck-swap"), Status(None, spec.name),
+                              on_batch=lambda *b: batches.append((time.monotonic(),) + b))
+            time.sleep(5)
+            t0 = time.monotonic()
+            loader = threading.Thread(target=load_at_rate, args=(bs, spec, rows, topic(sw_spec, "requests"),
+                                                                 a.rate, a.seconds, "s"))
+            loader.start()
+            time.sleep(a.seconds / 2)
+            watcher.resolve, watcher.load = (lambda: "2"), (lambda v: models["jvm"].copy())
+            t_swap = time.monotonic()
+            watcher.check()
+            loader.join()
+            time.sleep(5)
+            q.stop()
+            busy = [b for b in batches if b[0] >= t0]
+            before = [b for b in busy if b[0] < t_swap]
+            after = [b for b in busy if b[0] >= t_swap]
+
+            def rate_of(bs_):
+                return sum(b[3] + b[4] for b in bs_) / max(1e-9, bs_[-1][0] - bs_[0][0]) if len(bs_) > 1 else None
+
+            report["swap"] = {
+                "batches": len(busy), "empty_output_batches": sum(1 for b in busy if b[3] + b[4] == 0),
+                # one model is taken per micro-batch, so a batch cannot mix versions; the sequence shows the switch
+                "version_switches": sum(1 for x, y in zip(busy, busy[1:], strict=False) if x[2] != y[2]),
+                "version_sequence": [b[2] for b in busy],
+                "rate_before": rate_of(before), "rate_after": rate_of(after),
+                "swap_load_seconds": watcher.current.load_seconds}
+            print(json.dumps({k: v for k, v in report["swap"].items() if k != "version_sequence"}), flush=True)
+    finally:
+        spark.stop()
+        broker.stop()
+    (OUT / "report.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
