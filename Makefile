@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 JARS := .jars
 SPARK_KAFKA_JARS := spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 
-.PHONY: setup run test lint pytest validate smoke jars clean
-setup: $(VENV)/.installed $(JARS)/spark/.done $(JARS)/kafka/.done
+.PHONY: setup tools run test lint pytest validate smoke jars clean
+setup: $(VENV)/.installed $(JARS)/spark/.done $(JARS)/kafka/.done tools
+
+# kcat: a Kafka client that is not ours, for the wire-format test and for poking at topics by hand (Debian)
+tools:
+	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
+	  || { echo "kcat is missing: install the Debian package kcat (needs root)"; exit 1; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -5,7 +5,6 @@ metrics equal to an offline recomputation, and the wire format through kcat."""
 import dataclasses
 import json
 import random
-import shutil
 import subprocess
 
 import pytest
@@ -182,7 +181,6 @@ def test_live_metrics_equal_an_offline_recomputation(spark, served, kafka):
     assert set(contract("metrics")["required"]) <= set(next(iter(live.values())))
 
 
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is installed by `make setup` (Debian package)")
 def test_wire_format_with_kcat(spark, served, kafka):
     """Requests produced by kcat (not this project's client) are scored; kcat reads the predictions back."""
     spec, tracker, rows, status, tmp = served
