@@ -41,7 +41,7 @@ def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec
     a = (_json(actuals, ACTUAL).withColumn("a_ts", F.try_to_timestamp("event_time"))
          .where(F.col("request_id").isNotNull() & F.col("a_ts").isNotNull() & F.col("actual").isNotNull())
          .select(F.col("request_id").alias("a_id"), "a_ts", "actual")
-         .withWatermark("a_ts", f"{s.watermark_seconds + s.actual_within_seconds} seconds")
+         .withWatermark("a_ts", wm)
          .dropDuplicatesWithinWatermark(["a_id"]))
     j = p.join(a, F.expr(f"request_id = a_id AND a_ts >= p_ts AND "
                          f"a_ts <= p_ts + interval {s.actual_within_seconds} seconds"))

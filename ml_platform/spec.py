@@ -70,7 +70,7 @@ class ServingSpec:
     """How the streaming scorer serves a dataset and judges live quality. Every field has a default."""
 
     window_seconds: int = 60           # live-metrics tumbling window, on the request's event_time
-    actual_within_seconds: int = 600   # an actual counts only if it arrives this soon after its request
+    actual_within_seconds: int = 120   # an actual counts only if it arrives this soon after its request
     watermark_seconds: int = 30        # lateness tolerated on predictions and actuals
     max_request_bytes: int = 262144    # larger requests go to the DLQ unparsed
     poll_seconds: float = 5.0          # how often the scorer checks where `champion` points
