@@ -194,7 +194,9 @@ def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> li
     props.write_text(kafka_properties(kdir / "data", port, controller_port))
     java = [os.environ.get("JAVA", "java"), "-Xmx512m", "-cp", str(jars / "kafka" / "*")]
     if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the tool's argument parser would take a leading '-' for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
                              capture_output=True, text=True)
         if fmt.returncode != 0:
