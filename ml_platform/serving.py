@@ -21,6 +21,7 @@ from ml_platform.spec import DatasetSpec
 KINDS = ("requests", "actuals", "predictions", "metrics", "dlq")
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
 PRE = "__pre_reason"
+CORRUPT_JSON = "__corrupt_json"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # broker message.max.bytes and the writers' max.request.size
 
 
@@ -55,13 +56,16 @@ def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> 
     df = kafka_rows.select(
         F.col("topic").alias("__topic"), F.col("partition").alias("__partition"), F.col("offset").alias("__offset"),
         F.col("key").cast("string").alias("__key"), raw.alias("__raw"), size.alias("__bytes"),
-        F.when(~big, F.json_object_keys(raw)).alias("__keys"),
-        F.when(~big, F.from_json(raw, request_schema(spec))).alias("__json"))
+        # one JSON parse: PERMISSIVE from_json puts anything that is not a JSON object in the corrupt column;
+        # NaN and Infinity tokens (which careless producers write) parse, and count as missing values later
+        F.when(~big, F.from_json(raw, request_schema(spec).add(CORRUPT_JSON, StringType()),
+                                 {"columnNameOfCorruptRecord": CORRUPT_JSON})).alias("__json"))
     rid = F.trim(F.col("__json.request_id"))
     ts = F.try_to_timestamp(F.trim(F.col("__json.event_time")))
     pre = (F.when(F.col("__bytes") > max_bytes, F.concat(F.lit("message too large: "), F.col("__bytes").cast("string"),
                                                        F.lit(f" bytes (limit {max_bytes})")))
-           .when(F.col("__keys").isNull(), F.lit("not a JSON object (malformed or truncated JSON)"))
+           .when(F.col("__json").isNull() | F.col(f"__json.{CORRUPT_JSON}").isNotNull(),
+                 F.lit("not a JSON object (malformed or truncated JSON)"))
            .when(rid.isNull() | (rid == ""), F.lit("missing request_id"))
            .when(ts.isNull(), F.concat(F.lit("event_time: missing or not an ISO-8601 time '"),
                                        F.coalesce(F.col("__json.event_time"), F.lit("")), F.lit("'"))))
@@ -70,8 +74,12 @@ def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> 
                      *[F.col("__json").getField(c).alias(c) for c in spec.column_names])
     typed = classify(flat.withColumn(spec.target, F.lit(None).cast("string")), spec, serving=True)
     keep = ["__topic", "__partition", "__offset", "__key", "__raw", "__bytes", "request_id", "event_ts"]
+    numeric, categorical = spec.feature_columns()
+    needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
+        {spec.key} if spec.key else set())
+    # only the columns a model can read: Spark then skips parsing the rest (free text, excluded columns)
     out = typed.select(*[F.col(f"__src_{c}").alias(c) for c in keep],
-                       *[F.col(c) for c in spec.cleaned_columns if c != spec.target],
+                       *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
                        F.coalesce(F.col(f"__src_{PRE}"), F.col(REASON)).alias(REASON))
     return out
 
