@@ -50,7 +50,8 @@ def _xgboost(task: str):
         from xgboost.spark import SparkXGBClassifier, SparkXGBRegressor
 
         cls = SparkXGBRegressor if task == "regression" else SparkXGBClassifier
-        return cls(features_col=features, label_col=LABEL, random_state=seed, num_workers=1, verbosity=0)
+        return cls(features_col=features, label_col=LABEL, random_state=seed, num_workers=1, verbosity=0,
+                   verbose=False)  # no per-round evaluation lines in the run logs
     return make
 
 
