@@ -2,7 +2,7 @@
 train/holdout split and fold column, a label and class weights. Written once per version, read by every model.
 
 Layout under the store (`<v>` is a version: the Dagster run that built the training set):
-  gold/<dataset>/current.json                       the version every later layer works on
+  gold/<dataset>/<v>/training_set.json              the summary: batches, rows, data hash, target stats
   gold/<dataset>/<v>/train, holdout                 Parquet
   gold/<dataset>/<v>/feature_pipeline               the fitted PipelineModel
   gold/<dataset>/<v>/models/<algorithm>/            model, oof (out-of-fold scores), result.json
@@ -60,20 +60,9 @@ def feature_pipeline_dir(spec: DatasetSpec, version: str) -> str:
     return f"{version_dir(spec, version)}/feature_pipeline"
 
 
-def current_pointer(spec: DatasetSpec) -> str:
-    return f"gold/{spec.name}/current.json"
-
-
-def current_version(store: Store, spec: DatasetSpec) -> dict:
-    cur = store.read_json(current_pointer(spec))
-    if cur is None:
-        raise TrainingError(f"{spec.name}: no training set yet; materialize {spec.name}/training_set first")
-    return cur
-
-
 def training_version(store: Store, spec: DatasetSpec, version: str) -> dict:
-    """The summary of one training-set version. Later layers work on the version their own upstream was built
-    from, never on whatever current.json says now: a newer retrain may have moved it meanwhile."""
+    """The summary of one training-set version. Later layers are told which version to work on (the one their
+    own upstream was built from), so a retrain started meanwhile cannot switch them to its data."""
     rec = store.read_json(f"{version_dir(spec, version)}/training_set.json")
     if rec is None:
         raise TrainingError(f"{spec.name}: training-set version {version} does not exist; rematerialize "
@@ -87,7 +76,7 @@ def _row_hash(df: DataFrame, spec: DatasetSpec, salt: int):
 
 
 def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
-    """Union the window's accepted batches, split them and write train/holdout; point current.json at them."""
+    """Union the window's accepted batches, split them and write train/holdout and the summary."""
     t = spec.training
     batches = accepted_batches(store, spec)
     if t.window:
@@ -134,7 +123,6 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
         "holdout": store.uri(f"{base}/holdout"),
     }
     store.write_json(f"{base}/training_set.json", summary)
-    store.write_json(current_pointer(spec), summary)
     return summary
 
 

@@ -16,7 +16,7 @@ from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS
 from ml_platform.release import promotion_gate
 from ml_platform.simulate import SimConfig, write_batch
 from ml_platform.storage import LocalStore
-from ml_platform.training import current_version, version_dir
+from ml_platform.training import training_version, version_dir
 from resources import LocalSparkResource, LocalStorage, MlflowRegistry
 from tests.training_data import small
 
@@ -98,7 +98,7 @@ def test_new_batches_retrain_once_and_promote_a_champion(platform):
     assert _requested(tick, spec) == {c: 1 for c in CHAIN}  # two batches, one retrain
     run = _run_requested(tick, spec, assets, resources, instance)
     assert run.success
-    assert current_version(store, spec)["batches"] == [f"batch-0000{i}" for i in range(1, 5)]
+    assert training_version(store, spec, run.run_id)["batches"] == [f"batch-0000{i}" for i in range(1, 5)]
     serving = _meta(run, AssetKey([spec.name, "serving_deployment"]))
     assert serving["challenger"] == "2" and serving["champion_before"] == "1"
     assert serving["champion_after"] == ("2" if serving["promoted"] else "1")
@@ -135,7 +135,7 @@ def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(
         assert _requested(busy, spec)["training_set"] == 0  # run A is still training: the retrain waits
         key = AssetKey([spec.name, "training_set"])
         intruder = materialize(assets, selection=[key], instance=instance, resources=resources)
-        assert current_version(store, spec)["version"] == intruder.run_id
+        assert "batch-00006" in training_version(store, spec, intruder.run_id)["batches"]
     finally:
         release.set()
         run_a.join(600)
@@ -153,7 +153,8 @@ def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(
 
 
 def _register(spark, tracker, spec, store, model, checks="passed"):
-    cur = current_version(store, spec)
+    champion = tracker.version_for(spec.name, CHAMPION)
+    cur = training_version(store, spec, tracker.version_tags(spec.name, champion)["training_version"])
     parent = tracker.start_parent(spec.name, cur, {})
     rows = spark.read.parquet(store.uri(f"{version_dir(spec, cur['version'])}/holdout")).limit(3)
     example = rows.select("year", "mileage").toPandas()
