@@ -1,4 +1,5 @@
-"""Where the platform's files live. One layout, several backends (local now; S3 and HDFS later).
+"""Where the platform's files live. One layout, three backends: a local folder, S3 (objstore.py) and HDFS
+(hdfs.py). `open_store(root)` picks one by the root's scheme.
 
 Layout, relative to the store's root:
     landing/<dataset>/                 batch files as they arrive
@@ -8,6 +9,7 @@ Layout, relative to the store's root:
     bronze/<dataset>/_batches/<key>.json  what ingestion recorded about a batch
     bronze/<dataset>/_hashes/<sha256>     which batch first brought this content
     silver/<dataset>/batch=<key>/      cleaned, typed rows (Parquet)
+    gold/<dataset>/<version>/          training-set export, feature pipeline, models, stacked model
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class FileInfo:
     name: str
     size: int
     mtime_ns: int  # when the file arrived in its folder
+
+
+class StorageError(RuntimeError):
+    """A store could not be used; the message says which setting to fix."""
 
 
 class Store:
@@ -140,3 +146,19 @@ class LocalStore(Store):
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+def open_store(root: str, **options) -> Store:
+    """The store for a root: a path, s3://bucket/prefix or hdfs://namenode:port/path."""
+    if root.startswith(("s3://", "s3a://")):
+        from ml_platform.objstore import S3Store
+
+        return S3Store(root, **options)
+    if root.startswith("hdfs://"):
+        from ml_platform.hdfs import HdfsStore
+
+        return HdfsStore(root, **options)
+    if "://" in root:
+        raise StorageError(f"data root {root!r}: the scheme is not one of a local path, s3:// or hdfs:// "
+                           f"(ML_PLATFORM_DATA)")
+    return LocalStore(root)

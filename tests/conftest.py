@@ -111,3 +111,31 @@ def kafka(tmp_path_factory):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory):
+    """A real S3-compatible server with a bucket `platform`; the session's AWS_* variables point at it (the
+    platform reads credentials only from the environment)."""
+    from services import Minio
+
+    server = Minio(tmp_path_factory.mktemp("minio"))
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    server.client().create_bucket(Bucket="platform")
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hdfs(tmp_path_factory):
+    from services import MiniHdfs
+
+    cluster = MiniHdfs(tmp_path_factory.mktemp("hdfs"))
+    yield cluster
+    cluster.stop()

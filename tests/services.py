@@ -1,0 +1,110 @@
+"""Real storage services for the storage tests, on free loopback ports: MinIO (S3), Hadoop's MiniDFSCluster
+(HDFS: a real namenode and datanode), and moto's server (the EMR API, which cannot run here)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import ROOT, free_port
+
+from ml_platform.stack import stop_pid
+
+
+def _wait(ok, proc: subprocess.Popen, log: Path, what: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not ok():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n" + log.read_text(errors="replace")[-3000:])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start in {seconds:.0f} s:\n" + log.read_text(errors="replace")[-3000:])
+        time.sleep(0.3)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Minio:
+    """MinIO (built from the Go module proxy by `make tools`) with throwaway root credentials."""
+
+    def __init__(self, home: Path):
+        self.binary = ROOT / ".tools" / "minio"
+        if not self.binary.exists():
+            raise RuntimeError(f"{self.binary} is missing: run `make tools` (builds MinIO from the Go module proxy)")
+        self.port, self.console = free_port(), free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.access_key, self.secret_key = "test-" + secrets.token_hex(4), secrets.token_hex(16)
+        self.home, self.log = home, home / "minio.log"
+        env = os.environ | {"MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret_key,
+                            "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
+        self.proc = subprocess.Popen(
+            [str(self.binary), "server", str(home / "data"), "--address", f"127.0.0.1:{self.port}",
+             "--console-address", f"127.0.0.1:{self.console}", "--quiet"],
+            env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(lambda: _http_ok(f"{self.endpoint}/minio/health/live"), self.proc, self.log, "MinIO")
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to use this server: credentials through the environment only."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)
+
+
+class MiniHdfs:
+    """Hadoop's MiniDFSCluster (one namenode, one datanode) from the Maven jars in .jars/hdfs."""
+
+    def __init__(self, home: Path):
+        jars = ROOT / ".jars" / "hdfs"
+        if not jars.is_dir():
+            raise RuntimeError(f"{jars} is missing: run `make jars`")
+        self.rpc_port, self.http_port = free_port(), free_port()
+        details, self.log = home / "details.json", home / "hdfs.log"
+        loopback = ["-D", "dfs.datanode.address=127.0.0.1:0", "-D", "dfs.datanode.http.address=127.0.0.1:0",
+                    "-D", "dfs.datanode.ipc.address=127.0.0.1:0", "-D", f"hadoop.tmp.dir={home / 'tmp'}",
+                    "-D", "dfs.permissions.enabled=true"]
+        self.proc = subprocess.Popen(
+            ["java", "-Xmx768m", "-cp", f"{jars}/*", "org.apache.hadoop.test.MiniDFSClusterManager",
+             "-nnport", str(self.rpc_port), "-httpport", str(self.http_port), "-datanodes", "1", "-format",
+             "-writeDetails", str(details), *loopback],
+            cwd=home, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(lambda: details.exists() and _http_ok(
+            f"http://127.0.0.1:{self.http_port}/webhdfs/v1/?op=GETFILESTATUS&user.name=root"),
+            self.proc, self.log, "MiniDFSCluster")
+        self.root = f"hdfs://127.0.0.1:{self.rpc_port}"
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)
+
+
+class MotoServer:
+    """moto's server mode: the EMR API (and EMR Serverless) on loopback. In-process (a thread), so the EMR
+    emulation in tests can play the part of the cluster's nodes on the same backend."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
