@@ -14,8 +14,8 @@ from dagster import (
 
 from assets.common import asset_key, batch_partitions, check_results, check_specs
 from ml_platform.checks import CLEANED_CHECKS, cleaned_checks
-from ml_platform.ingest import RejectedFile
-from ml_platform.layers import clean_stored_batch, quarantine_rows_dir, silver_dir
+from ml_platform.jobs import JobFailed
+from ml_platform.layers import quarantine_rows_dir, silver_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.training import mark_accepted
 from resources import SparkResource, StorageResource
@@ -40,8 +40,8 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
     def cleaned_features(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
         store = storage.store()
         try:
-            s = clean_stored_batch(spark.get_session(), store, spec, context.partition_key)
-        except RejectedFile as e:
+            s = spark.run_job(context, "clean", storage, spec, {"partition": context.partition_key})
+        except JobFailed as e:
             raise Failure(description=str(e)) from None
         metadata = {"rows_in": s["rows_in"], "cleaned_rows": s["cleaned"], "quarantined_rows": s["quarantined"],
                     "duplicates_removed": s["duplicates_removed"], "duplicate_of": s["duplicate_of"] or ""}

@@ -14,7 +14,6 @@ from dagster import (
 from assets.common import asset_key, run_tags, upstream_value
 from assets.training import FOLLOW
 from ml_platform.algorithms import algorithm
-from ml_platform.models import train_models
 from ml_platform.release import mlflow_parent
 from ml_platform.spec import DatasetSpec
 from resources import ModelRegistryResource, SparkResource, StorageResource
@@ -48,12 +47,12 @@ def build_models(spec: DatasetSpec) -> AssetsDefinition:
         version = upstream_value(context, [asset_key(spec, "feature_pipeline")], "version")
         selected = [n for n in names if asset_key(spec, f"model_{n}") in context.selected_asset_keys]
         tracker, parent, tags = registry.tracker(), mlflow_parent(store, spec, version), run_tags(context)
-        results = train_models(spark.get_session(), store, spec, version, selected, spec.training.parallelism)
+        results = spark.run_job(context, "models", storage, spec, {"version": version, "algorithms": selected})
         failed = {}
         for n, r in results.items():
-            if isinstance(r, Exception):
-                failed[n] = str(r)
-                tracker.log_failed_model(parent, spec.name, n, str(r), tags)
+            if "error" in r:
+                failed[n] = r["error"]
+                tracker.log_failed_model(parent, spec.name, n, r["error"], tags)
                 continue
             run = tracker.log_model_run(parent, spec.name, r, tags)
             yield MaterializeResult(asset_key=asset_key(spec, f"model_{n}"),

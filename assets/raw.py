@@ -4,8 +4,8 @@ from dagster import AssetExecutionContext, AssetsDefinition, Failure, Materializ
 
 from assets.common import asset_key, batch_partitions, check_results, check_specs
 from ml_platform.checks import RAW_CHECKS, raw_checks
-from ml_platform.ingest import RejectedFile
-from ml_platform.layers import bronze_dir, ingest_batch
+from ml_platform.jobs import JobFailed
+from ml_platform.layers import bronze_dir
 from ml_platform.spec import DatasetSpec
 from resources import SparkResource, StorageResource
 
@@ -20,8 +20,8 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
     def raw_batches(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
         store = storage.store()
         try:
-            record = ingest_batch(spark.get_session(), store, spec, context.partition_key)
-        except RejectedFile as e:
+            record = spark.run_job(context, "ingest", storage, spec, {"partition": context.partition_key})
+        except JobFailed as e:
             raise Failure(description=f"{spec.name} batch {context.partition_key!r} rejected: {e}",
                           metadata={"reason": str(e)}) from None
         return MaterializeResult(

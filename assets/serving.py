@@ -4,8 +4,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Failure,
 
 from assets.common import asset_key, upstream_value
 from assets.training import FOLLOW
-from ml_platform.release import promotion_gate
-from ml_platform.training import TrainingError
+from ml_platform.jobs import JobFailed
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 
@@ -19,8 +18,8 @@ def build_serving_deployment(spec) -> AssetsDefinition:
                            registry: ModelRegistryResource):
         challenger = upstream_value(context, [asset_key(spec, "stacked_model")], "model_version")
         try:
-            g = promotion_gate(spark.get_session(), storage.store(), registry.tracker(), spec, challenger)
-        except TrainingError as e:
+            g = spark.run_job(context, "promote", storage, spec, {"challenger": challenger}, registry)
+        except JobFailed as e:
             raise Failure(description=str(e)) from None
         context.log.info(g["decision"])
         return MaterializeResult(metadata={

@@ -17,8 +17,7 @@ from dagster import (
 
 from assets.common import asset_key, run_tags, upstream_value
 from assets.training import FOLLOW
-from ml_platform.release import stack_and_register
-from ml_platform.training import TrainingError
+from ml_platform.jobs import JobFailed
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 
@@ -39,9 +38,9 @@ def build_stacked_model(spec) -> AssetsDefinition:
                       registry: ModelRegistryResource):
         version = upstream_value(context, [asset_key(spec, f"model_{n}") for n in spec.algorithms], "version")
         try:
-            s = stack_and_register(spark.get_session(), storage.store(), registry.tracker(), spec, version,
-                                   run_tags(context))
-        except TrainingError as e:
+            s = spark.run_job(context, "stack", storage, spec, {"version": version, "tags": run_tags(context)},
+                              registry)
+        except JobFailed as e:
             raise Failure(description=str(e)) from None
         metadata = {
             "leaderboard": MetadataValue.md(s["leaderboard"]),

@@ -12,9 +12,9 @@ from dagster import (
 )
 
 from assets.common import asset_key, run_tags, upstream_value
-from ml_platform.features import FeatureError, build_feature_pipeline
+from ml_platform.jobs import JobFailed
 from ml_platform.spec import DatasetSpec
-from ml_platform.training import TrainingError, build_training_set, version_dir
+from ml_platform.training import version_dir
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 LATER_LAYERS = ["feature_pipeline", "stacked_model", "serving_deployment"]
@@ -47,8 +47,8 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
                      registry: ModelRegistryResource):
         store = storage.store()
         try:
-            s = build_training_set(spark.get_session(), store, spec, context.run.run_id)
-        except TrainingError as e:
+            s = spark.run_job(context, "training_set", storage, spec, {"version": context.run.run_id})
+        except JobFailed as e:
             raise Failure(description=str(e)) from None
         tracker = registry.tracker()
         parent = tracker.start_parent(spec.name, s, run_tags(context))
@@ -74,11 +74,10 @@ def build_feature_pipeline_asset(spec: DatasetSpec) -> AssetsDefinition:
            description=f"The fitted {spec.name} feature pipeline: imputation, rare and unseen levels kept as their "
                        f"own level, indexing for trees, one-hot and scaling for linear models.")
     def feature_pipeline(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
-        store = storage.store()
         version = upstream_value(context, [asset_key(spec, "training_set")], "version")
         try:
-            s = build_feature_pipeline(spark.get_session(), store, spec, version)
-        except (TrainingError, FeatureError) as e:
+            s = spark.run_job(context, "feature_pipeline", storage, spec, {"version": version})
+        except JobFailed as e:
             raise Failure(description=str(e)) from None
         return MaterializeResult(metadata={
             "version": version, "numeric_features": len(s["numeric"]), "categorical_features": len(s["categorical"]),

@@ -90,12 +90,14 @@ class UploadGrant:
 
 class S3Store(Store):
     def __init__(self, root: str, endpoint_url: str | None = None, region: str | None = None,
-                 connect_timeout: float = 5, read_timeout: float = 60, retries: int = 3):
+                 connect_timeout: float = 5, read_timeout: float = 60, retries: int = 3, spark_scheme: str = "s3a"):
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = split_s3(root)
         self.endpoint_url = endpoint_url or None
+        # s3a:// is Hadoop's S3 client (hadoop-aws); on EMR, s3:// is EMRFS, the one EMR supports and tunes
+        self.spark_scheme = spark_scheme
         self.region = region or "us-east-1"
         cfg = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                      retries={"max_attempts": retries, "mode": "standard"},
@@ -113,7 +115,7 @@ class S3Store(Store):
         return "/".join(p for p in (self.prefix, rel) if p)
 
     def uri(self, rel: str) -> str:
-        return f"s3a://{self.bucket}/{self.key(rel)}"
+        return f"{self.spark_scheme}://{self.bucket}/{self.key(rel)}"
 
     @_translated("checking the bucket")
     def check(self) -> None:

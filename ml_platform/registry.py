@@ -29,8 +29,9 @@ def _finite_metrics(prefix: str, d: dict) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, ui_url: str | None = None):
+    def __init__(self, tracking_uri: str, ui_url: str | None = None, artifact_root: str | None = None):
         self.uri = tracking_uri
+        self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
         self.ui_url = ui_url.rstrip("/") if ui_url else None
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -46,8 +47,10 @@ class Tracker:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def _artifact_root(self, dataset: str) -> str | None:
-        """A server decides where artifacts go. A bare sqlite URI would default to ./mlruns under whatever the
-        working directory is, so keep them beside the database instead."""
+        """An explicit root (s3://bucket/mlflow) wins; otherwise a server decides where artifacts go. A bare sqlite
+        URI would default to ./mlruns under whatever the working directory is, so keep them beside the database."""
+        if self.artifact_root:
+            return f"{self.artifact_root}/{dataset}"
         if self.uri.startswith("sqlite:///"):
             return (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / dataset).resolve().as_uri()
         return None

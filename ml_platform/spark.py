@@ -9,12 +9,24 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
-def local_jars(jars_dir: str | Path | None) -> list[str]:
-    """Absolute paths of the jars `make jars` copied (Spark's Kafka connector); spark.jars, never Ivy."""
+def local_jars(jars_dir: str | Path | None, groups=("spark",)) -> list[str]:
+    """Absolute paths of the jars `make jars` copied: `spark` (the Kafka connector), `aws` (hadoop-aws and the AWS
+    SDK, for s3a://). Local files on spark.jars, never Ivy."""
     if not jars_dir:
         return []
-    d = Path(jars_dir) / "spark"
-    return sorted(str(p.resolve()) for p in d.glob("*.jar"))
+    return [str(p.resolve()) for g in groups for p in sorted((Path(jars_dir) / g).glob("*.jar"))]
+
+
+def s3a_conf(endpoint_url: str | None = None, region: str | None = None) -> dict[str, str]:
+    """Hadoop's s3a settings for a store on S3 or an S3-compatible server. No credentials: s3a's default chain
+    reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role) itself."""
+    conf = {"spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "spark.hadoop.fs.s3a.endpoint.region": region or "us-east-1"}
+    if endpoint_url:  # an S3-compatible server (MinIO): one host, path-style URLs, maybe plain HTTP
+        conf |= {"spark.hadoop.fs.s3a.endpoint": endpoint_url,
+                 "spark.hadoop.fs.s3a.path.style.access": "true",
+                 "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint_url.startswith("https")).lower()}
+    return conf
 
 
 def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions: int = 8,
@@ -47,15 +59,16 @@ def prepare_environment() -> None:
 
 
 def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, driver_memory: str = "2g",
-                  jars_dir: str | Path | None = None):
+                  jars_dir: str | Path | None = None, jar_groups=("spark",), extra: dict[str, str] | None = None):
     """A plain local SparkSession with the platform's settings (tests, benchmarks, notebooks); `jars_dir` adds
     the Kafka connector for streaming."""
     from pyspark.sql import SparkSession
 
     prepare_environment()
     builder = SparkSession.builder
-    jars = local_jars(jars_dir)
-    for k, v in session_conf(f"local[{threads}]", app_name, jars, shuffle_partitions, driver_memory).items():
+    jars = local_jars(jars_dir, jar_groups)
+    for k, v in session_conf(f"local[{threads}]", app_name, jars, shuffle_partitions, driver_memory,
+                             extra=extra).items():
         builder = builder.config(k, v)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

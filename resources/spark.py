@@ -1,10 +1,13 @@
-"""Spark as a Dagster resource: one role, one subclass per backend (local threads, standalone cluster)."""
+"""Spark as a Dagster resource: one role, one subclass per backend (local threads and a standalone cluster here;
+EMR in resources/emr.py). Assets hand it a layer's job by name (ml_platform.jobs); where that job runs is the
+backend's business."""
 
 from __future__ import annotations
 
 from dagster import ConfigurableResource
 from dagster_pyspark.resources import spark_session_from_config
 
+from ml_platform.jobs import from_wire, run_job, to_wire
 from ml_platform.spark import local_jars, prepare_environment, session_conf
 
 
@@ -17,13 +20,16 @@ class SparkResource(ConfigurableResource):
     driver_memory: str = "4g"
     ui_enabled: bool = False
     extra_conf: dict[str, str] = {}
+    # which folders of .jars go on Spark's classpath: the Kafka connector always, hadoop-aws for s3a:// stores
+    jar_groups: list[str] = ["spark"]
 
     def master(self) -> str:
         raise NotImplementedError
 
     def spark_conf(self) -> dict[str, str]:
-        return session_conf(self.master(), self.app_name, local_jars(self.jars_dir), self.shuffle_partitions,
-                            self.driver_memory, self.ui_enabled, self.backend_conf() | self.extra_conf)
+        return session_conf(self.master(), self.app_name, local_jars(self.jars_dir, self.jar_groups),
+                            self.shuffle_partitions, self.driver_memory, self.ui_enabled,
+                            self.backend_conf() | self.extra_conf)
 
     def backend_conf(self) -> dict[str, str]:
         return {}
@@ -31,6 +37,12 @@ class SparkResource(ConfigurableResource):
     def get_session(self):
         prepare_environment()
         return spark_session_from_config(self.spark_conf())
+
+    def run_job(self, context, name: str, storage, spec, args: dict, registry=None) -> dict:
+        """Run one layer's Spark job here, in this process's SparkSession. The summary goes through the same
+        JSON round trip as on EMR, so an asset sees the same types on every backend."""
+        tracker = registry.tracker() if registry is not None else None
+        return from_wire(to_wire(run_job(name, self.get_session(), storage.store(), spec, args, tracker)))
 
 
 class LocalSparkResource(SparkResource):

@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT))
 def spark():
     from ml_platform.spark import local_session
 
-    session = local_session("ml-platform-tests", jars_dir=ROOT / ".jars")
+    # hadoop-aws too, for the S3 tests (s3a settings are set on the running session by the fixture that needs them)
+    session = local_session("ml-platform-tests", jars_dir=ROOT / ".jars", jar_groups=("spark", "aws"))
     yield session
     session.stop()
 
@@ -130,6 +131,21 @@ def minio(tmp_path_factory):
         else:
             os.environ[k] = v
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_spark(spark, minio):
+    """The session's Spark, with s3a pointed at MinIO."""
+    from ml_platform.spark import s3a_conf
+
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    for k, v in s3a_conf(minio.endpoint).items():
+        conf.set(k.removeprefix("spark.hadoop."), v)
+    # this JVM started before MinIO's AWS_* variables were set, so s3a's environment provider cannot see them;
+    # the product never does this (its Spark starts in a process that has them), the tests use throwaway keys
+    conf.set("fs.s3a.access.key", minio.access_key)
+    conf.set("fs.s3a.secret.key", minio.secret_key)
+    return spark
 
 
 @pytest.fixture(scope="session")

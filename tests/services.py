@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from conftest import ROOT, free_port
@@ -108,3 +110,23 @@ class MotoServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def post_form(url: str, fields: dict, body: bytes) -> int:
+    """A browser-style multipart form POST, as a dataset owner's upload tool would send."""
+    import urllib.error
+    import urllib.request
+
+    boundary = uuid.uuid4().hex
+    buf = io.BytesIO()
+    for k, v in fields.items():
+        buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.csv"\r\n'
+              f"Content-Type: text/csv\r\n\r\n".encode() + body + f"\r\n--{boundary}--\r\n".encode())
+    req = urllib.request.Request(url, data=buf.getvalue(), method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code

@@ -1,9 +1,9 @@
 """One contract, three real backends: a local folder, S3 (MinIO on loopback) and HDFS (MiniDFSCluster)."""
 
-import io
 import uuid
 
 import pytest
+from services import post_form
 
 from ml_platform.storage import LocalStore, StorageError, open_store
 
@@ -124,35 +124,15 @@ def test_presigned_upload_is_one_key_capped_and_expiring(minio):
     store = open_store("s3://platform/up", endpoint_url=minio.endpoint)
     grant = store.presigned_upload("landing/used_cars/batch_1.csv", max_bytes=100, expires_seconds=3)
     assert minio.secret_key not in grant.url + str(grant.fields)
-    assert _post(grant.url, grant.fields, b"id,price\n1,2\n") == 204
+    assert post_form(grant.url, grant.fields, b"id,price\n1,2\n") == 204
     assert store.read_text("landing/used_cars/batch_1.csv") == "id,price\n1,2\n"
-    assert _post(grant.url, grant.fields, b"x" * 101) == 400  # over the cap: EntityTooLarge
+    assert post_form(grant.url, grant.fields, b"x" * 101) == 400  # over the cap: EntityTooLarge
     other = dict(grant.fields, key="up/landing/used_cars/evil.csv")
-    assert _post(grant.url, other, b"id\n") == 403  # another key: the signed policy does not match
+    assert post_form(grant.url, other, b"id\n") == 403  # another key: the signed policy does not match
     assert not store.exists("landing/used_cars/evil.csv")
     time.sleep(4)
-    assert _post(grant.url, grant.fields, b"id,price\n") == 403  # expired
+    assert post_form(grant.url, grant.fields, b"id,price\n") == 403  # expired
     assert store.read_text("landing/used_cars/batch_1.csv") == "id,price\n1,2\n"
     with pytest.raises(ValueError):
         store.presigned_upload("landing/x.csv", max_bytes=0, expires_seconds=10)
     del urllib.error
-
-
-def _post(url: str, fields: dict, body: bytes) -> int:
-    """A browser-style multipart form POST, as a dataset owner's upload tool would send."""
-    import urllib.error
-    import urllib.request
-
-    boundary = uuid.uuid4().hex
-    buf = io.BytesIO()
-    for k, v in fields.items():
-        buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-    buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.csv"\r\n'
-              f"Content-Type: text/csv\r\n\r\n".encode() + body + f"\r\n--{boundary}--\r\n".encode())
-    req = urllib.request.Request(url, data=buf.getvalue(), method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
