@@ -18,7 +18,15 @@ setup: $(VENV)/.installed jars tools
 tools:
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "kcat is missing: install the Debian package kcat (needs root)"; exit 1; }
-	@$(MAKE) -s $(MINIO)
+	@$(MAKE) -s $(MINIO) .venv-emr/.installed
+
+# The EMR emulation's node runs the Spark of current EMR releases (emr-7.13.0: Spark 3.5.6, Python 3.11) with only
+# what a bootstrap would install for the data layers, so a Spark 4-only API in those layers fails a test here.
+.venv-emr/.installed: Makefile
+	@test -x .venv-emr/bin/python || $(PYTHON) -m venv .venv-emr
+	.venv-emr/bin/pip install -q "pyspark==3.5.6" "dagster-pipes==1.13.27" "boto3==1.44.5" "pandas>=2.2,<3" \
+	  "pyarrow>=15" "numpy>=1.26,<3" "pyyaml>=6"
+	@touch $@
 
 # MinIO: the S3-compatible server the storage tests run against (~3 min to build on 2 cores, once)
 $(MINIO):
@@ -31,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-jars: $(JARS)/spark/.done $(JARS)/kafka/.done $(JARS)/aws/.done $(JARS)/hdfs/.done
+jars: $(JARS)/spark/.done $(JARS)/kafka/.done $(JARS)/aws/.done $(JARS)/hdfs/.done $(JARS)/emr-node/.done
 
 # Spark's Kafka connector: only the jars pyspark does not ship already (no second Scala or Hadoop).
 $(JARS)/spark/.done: jvm/spark-kafka/pom.xml
@@ -59,6 +67,13 @@ $(JARS)/hdfs/.done: jvm/hdfs-minicluster/pom.xml
 	rm -rf $(JARS)/hdfs && mkdir -p $(JARS)/hdfs
 	mvn -q -B -f jvm/hdfs-minicluster/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
 	  -DoutputDirectory=$(abspath $(JARS)/hdfs)
+	@touch $@
+
+# The EMR emulation's node (tests): hadoop-aws for the Hadoop 3.3.4 inside pyspark 3.5.6.
+$(JARS)/emr-node/.done: jvm/emr-node/pom.xml
+	rm -rf $(JARS)/emr-node && mkdir -p $(JARS)/emr-node
+	mvn -q -B -f jvm/emr-node/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	  -DexcludeArtifactIds=wildfly-openssl -DoutputDirectory=$(abspath $(JARS)/emr-node)
 	@touch $@
 
 run: setup

@@ -14,7 +14,7 @@ ML_PLATFORM_S3_ENDPOINT  an S3-compatible server (MinIO) instead of AWS; AWS_REG
 ML_PLATFORM_HDFS_HTTP_PORT / ML_PLATFORM_HDFS_USER  WebHDFS port (9870) and user (hdfs) for an hdfs:// root
 ML_PLATFORM_EMR_*  the EMR backend (README, "Run on a cluster"): ENTRY_POINT, PIPES_BUCKET, MODE, RELEASE_LABEL,
                    BOOTSTRAP, LOG_URI, INSTANCE_TYPE, CORE_INSTANCES, SERVICE_ROLE, JOB_FLOW_ROLE, SUBNET_ID,
-                   APPLICATION_ID, EXECUTION_ROLE_ARN, SPARK_SCHEME, ENDPOINT, DRY_RUN, POLL_SECONDS
+                   APPLICATION_ID, EXECUTION_ROLE_ARN, SPARK_SCHEME, PYTHON, ENDPOINT, DRY_RUN, POLL_SECONDS
 ML_PLATFORM_SENSOR_INTERVAL  seconds between landing-zone sensor ticks (default 15)
 AWS credentials are never settings: boto3, s3a and EMR read AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or
 an instance role themselves.
@@ -46,7 +46,7 @@ EMR_FIELDS = {"mode": str, "endpoint_url": str, "entry_point": str, "pipes_bucke
               "release_label": str, "bootstrap_script": str, "log_uri": str, "instance_type": str,
               "core_instances": int, "service_role": str, "job_flow_role": str, "subnet_id": str,
               "application_id": str, "execution_role_arn": str, "spark_scheme": str, "poll_seconds": float,
-              "dry_run": lambda v: v.lower() in ("1", "true", "yes")}
+              "python": str, "dry_run": lambda v: v.lower() in ("1", "true", "yes")}
 EMR_ENV = {"endpoint_url": "ENDPOINT", "bootstrap_script": "BOOTSTRAP"}
 
 

@@ -36,7 +36,13 @@ def _v(name: str) -> Column:
 def _number(text: Column) -> Column:
     """Signed number from text like '-1,234.5' (may be NaN or infinite: see _finite). String functions, not
     regular expressions: a regex costs a UTF-16 copy and a matcher per value, several times the whole parse."""
-    return F.translate(text, ",", "").try_cast("double")
+    return try_double(F.translate(text, ",", ""))
+
+
+def try_double(text: Column) -> Column:
+    """Null where the text is not a number. Column.try_cast is Spark 4; on Spark 3.5 (EMR 7.x) a plain cast does
+    the same when ANSI mode is off, its default there (the EMR job also sets it off explicitly)."""
+    return text.try_cast("double") if hasattr(Column, "try_cast") else text.cast("double")
 
 
 def _before_suffix(text: Column, suffix: str) -> Column:
@@ -70,7 +76,8 @@ def parse_column(c: ColumnSpec) -> list[tuple[str, Column]]:
         up = F.upper(raw)
         return [(c.name, F.when(up.isin(TRUE_TOKENS), True).when(up.isin(FALSE_TOKENS), False))]
     if c.parse == "date":
-        return [(c.name, F.try_to_date(raw, c.format or "yyyy-MM-dd"))]
+        # try_to_timestamp is in Spark 3.5 and 4 alike (try_to_date is 4 only)
+        return [(c.name, F.to_date(F.try_to_timestamp(raw, F.lit(c.format or "yyyy-MM-dd"))))]
     raise ValueError(f"column {c.name}: unknown parse rule {c.parse!r}")
 
 

@@ -10,46 +10,74 @@ import datetime as dt
 import json
 from collections.abc import Callable
 
-from ml_platform.features import FeatureError, build_feature_pipeline
-from ml_platform.ingest import RejectedFile
-from ml_platform.layers import clean_stored_batch, ingest_batch
-from ml_platform.models import train_models
-from ml_platform.release import promotion_gate, stack_and_register
 from ml_platform.spec import DatasetSpec
 from ml_platform.storage import Store
-from ml_platform.training import TrainingError, build_training_set
 
 
 class JobFailed(RuntimeError):
     """The data, not the machinery, was wrong (a rejected file, too few rows, …): the message says what."""
 
 
+def _ingest(spark, store, spec, a, tracker):
+    from ml_platform.layers import ingest_batch
+
+    return ingest_batch(spark, store, spec, a["partition"])
+
+
+def _clean(spark, store, spec, a, tracker):
+    from ml_platform.layers import clean_stored_batch
+
+    return clean_stored_batch(spark, store, spec, a["partition"])
+
+
+def _training_set(spark, store, spec, a, tracker):
+    from ml_platform.training import build_training_set
+
+    return build_training_set(spark, store, spec, a["version"])
+
+
+def _feature_pipeline(spark, store, spec, a, tracker):
+    from ml_platform.features import build_feature_pipeline
+
+    return build_feature_pipeline(spark, store, spec, a["version"])
+
+
 def _models(spark, store, spec, a, tracker):
+    from ml_platform.models import train_models
+
     results = train_models(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism)
     # a failed model is reported beside the ones that trained, never raised: they are still materialized
     return {n: {"error": str(r)} if isinstance(r, Exception) else r for n, r in results.items()}
 
 
-JOBS: dict[str, Callable] = {
-    "ingest": lambda spark, store, spec, a, tracker: ingest_batch(spark, store, spec, a["partition"]),
-    "clean": lambda spark, store, spec, a, tracker: clean_stored_batch(spark, store, spec, a["partition"]),
-    "training_set": lambda spark, store, spec, a, tracker: build_training_set(spark, store, spec, a["version"]),
-    "feature_pipeline": lambda spark, store, spec, a, tracker: build_feature_pipeline(spark, store, spec,
-                                                                                      a["version"]),
-    "models": _models,
-    "stack": lambda spark, store, spec, a, tracker: stack_and_register(spark, store, tracker, spec, a["version"],
-                                                                       a["tags"]),
-    "promote": lambda spark, store, spec, a, tracker: promotion_gate(spark, store, tracker, spec, a["challenger"]),
-}
-EXPECTED = (RejectedFile, TrainingError, FeatureError)
+def _stack(spark, store, spec, a, tracker):
+    from ml_platform.release import stack_and_register
+
+    return stack_and_register(spark, store, tracker, spec, a["version"], a["tags"])
+
+
+def _promote(spark, store, spec, a, tracker):
+    from ml_platform.release import promotion_gate
+
+    return promotion_gate(spark, store, tracker, spec, a["challenger"])
+
+
+# imported on call: a job for the data layers runs where MLflow and xgboost are not installed
+JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set": _training_set,
+                             "feature_pipeline": _feature_pipeline, "models": _models, "stack": _stack,
+                             "promote": _promote}
 
 
 def run_job(name: str, spark, store: Store, spec: DatasetSpec, args: dict, tracker=None) -> dict:
+    from ml_platform.features import FeatureError
+    from ml_platform.ingest import RejectedFile
+    from ml_platform.training import TrainingError
+
     if name not in JOBS:
         raise ValueError(f"unknown job {name!r}; one of {sorted(JOBS)}")
     try:
         return JOBS[name](spark, store, spec, args, tracker)
-    except EXPECTED as e:
+    except (RejectedFile, TrainingError, FeatureError) as e:
         raise JobFailed(str(e)) from e
 
 

@@ -56,8 +56,9 @@ class PlatformEMRClient(PipesEMRClient):
         steps = self.client.list_steps(ClusterId=cluster_id)["Steps"]
         failed = [s for s in steps if s["Status"]["State"] != "COMPLETED"]
         if failed or status["State"] != "TERMINATED":
-            detail = "; ".join(f"step {s['Name']!r} {s['Status']['State']}: "
-                               f"{s['Status'].get('FailureDetails', {}).get('Message', 'no details')}" for s in failed)
+            detail = "; ".join(f"step {s['Name']!r} {s['Status']['State']}: " + (
+                s["Status"].get("FailureDetails", {}).get("Message")
+                or s["Status"].get("StateChangeReason", {}).get("Message") or "no details") for s in failed)
             reason = status.get("StateChangeReason", {}).get("Message", "")
             raise Failure(description=f"EMR cluster {cluster_id} ended {status['State']}: {detail or reason}",
                           metadata={"log_uri": cluster["Cluster"].get("LogUri") or "not set"})

@@ -1,0 +1,145 @@
+"""The EMR backend against an emulation: moto's EMR API for the cluster lifecycle and steps, MinIO for the store
+and the Pipes messages, and tests/emr_emulator.py running each step's spark-submit for real under pyspark 3.5.6
+(the Spark of emr-7.13.0)."""
+
+import json
+import uuid
+
+import pytest
+from conftest import ROOT
+from dagster import AssetKey, DagsterEventType, DagsterInstance, materialize
+
+from assets import build_dataset_assets
+from ml_platform.jobs import run_job
+from ml_platform.landing import partition_key
+from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.storage import LocalStore
+from resources import EmrSparkResource, S3Storage
+
+
+@pytest.fixture(scope="module")
+def emr(minio):
+    from emr_emulator import EmrNodes
+    from services import MotoServer
+
+    server = MotoServer()
+    nodes = EmrNodes(minio.client(), minio.endpoint)
+    nodes.start()
+    minio.client().upload_file(str(ROOT / "ml_platform" / "emr_job.py"), "platform", "code/emr_job.py")
+    yield server, nodes
+    nodes.stop()
+    server.stop()
+
+
+@pytest.fixture
+def platform(emr, minio, specs, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", minio.endpoint)  # boto3's own variable: Pipes messages on MinIO
+    server, nodes = emr
+    spec = specs["used_cars"]
+    storage = S3Storage(root=f"s3://platform/emr-{uuid.uuid4().hex[:8]}", endpoint_url=minio.endpoint)
+
+    def resources(**overrides):
+        spark = EmrSparkResource(**{
+            "endpoint_url": server.endpoint, "entry_point": "s3://platform/code/emr_job.py",
+            "pipes_bucket": "platform", "log_uri": "s3://platform/emr-logs/", "spark_scheme": "s3a",
+            "python": str(ROOT / ".venv-emr" / "bin" / "python"), "poll_seconds": 0.5, **overrides})
+        return {"spark": spark, "storage": storage}
+
+    def land(batch: int, text: str | None = None) -> str:
+        csv = write_batch(SimConfig(spec.name, rows_per_batch=150, seed=3), batch, tmp_path, None)
+        storage.store().write_text(f"landing/{spec.name}/{csv.name}", text if text is not None else csv.read_text())
+        return partition_key(csv.name)
+
+    return spec, storage, resources, land, nodes
+
+
+def _emr_client(emr):
+    import boto3
+
+    return boto3.client("emr", region_name="us-east-1", endpoint_url=emr[0].endpoint)
+
+
+def test_cleaning_runs_as_emr_steps(platform, emr, spark, tmp_path):
+    spec, storage, resources, land, nodes = platform
+    key = land(1)
+    before = len(nodes.ran)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:2], partition_key=key, instance=instance,
+                             resources=resources())
+        assert result.success
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    # two transient clusters, one step each, both run for real and ended the way EMR ends them
+    ran = nodes.ran[before:]
+    assert [r["rc"] for r in ran] == [0, 0]
+    assert all("--deploy-mode" in r["args"] and r["args"][-1] == "s3://platform/code/emr_job.py" for r in ran)
+    client = _emr_client(emr)
+    for r in ran:
+        cluster = client.describe_cluster(ClusterId=r["cluster"])["Cluster"]
+        assert cluster["Status"]["State"] == "TERMINATED" and cluster["ReleaseLabel"] == "emr-7.13.0"
+        tags = {t["Key"] for t in cluster["Tags"]}
+        assert "ml-platform:job" in tags and any(t.startswith("dagster/") for t in tags), tags
+    # the job ran the same ml_platform code under the EMR release's Spark, and said so through Pipes
+    assert any("on Spark 3.5.6" in m for m in logs), logs[-10:]
+    cleaned = [m for m in result.get_asset_materialization_events()
+               if m.asset_key == AssetKey([spec.name, "cleaned_features"])][0]
+    emr_meta = {k: v.value for k, v in cleaned.materialization.metadata.items()}
+    assert emr_meta["cleaned_rows"] > 100
+    # the same batch cleaned by the platform's own Spark (4.2) gives the same rows: no skew between the two
+    local = LocalStore(tmp_path / "local")
+    local.write_text(f"landing/{spec.name}/{key}.csv", storage.store().read_text(f"landing/{spec.name}/{key}.csv"))
+    run_job("ingest", spark, local, spec, {"partition": key})
+    mine = run_job("clean", spark, local, spec, {"partition": key})
+    assert (mine["cleaned"], mine["quarantined"]) == (emr_meta["cleaned_rows"], emr_meta["quarantined_rows"])
+    assert storage.store().exists(f"silver/{spec.name}/batch={key}")
+    # step logs are where EMR puts them
+    s3 = storage.store().client
+    assert s3.list_objects_v2(Bucket="platform", Prefix=f"emr-logs/{ran[0]['cluster']}/steps/")["KeyCount"] >= 2
+
+
+def test_rejected_batch_on_emr_fails_with_the_reason(platform):
+    spec, storage, resources, land, nodes = platform
+    header = ",".join(spec.column_names)
+    key = land(2, header + "\n")
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(), raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE][0]
+    assert "rejected: header only" in failure.event_specific_data.error.message
+
+
+def test_failed_step_fails_the_asset_and_names_the_step(platform, minio):
+    spec, storage, resources, land, nodes = platform
+    minio.client().put_object(Bucket="platform", Key="code/broken.py", Body=b"raise SystemExit(3)\n")
+    key = land(3)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(entry_point="s3://platform/code/broken.py"), raise_on_error=False)
+    assert not result.success
+    message = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE][0] \
+        .event_specific_data.error.message
+    assert "TERMINATED_WITH_ERRORS" in message and "FAILED" in message and "exited 3" in message
+
+
+def test_dry_run_prints_the_exact_request_and_submits_nothing(platform, emr, capsys, minio):
+    spec, storage, resources, land, nodes = platform
+    key = land(4)
+    client = _emr_client(emr)
+    clusters_before = len(client.list_clusters()["Clusters"])
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(dry_run=True), raise_on_error=False)
+    assert not result.success
+    out = capsys.readouterr().out
+    request = json.loads(out.split("--- emr.run_job_flow (dry run: not submitted)\n", 1)[1].split("\n---")[0]
+                         .rsplit("\n}", 1)[0] + "\n}")
+    assert request["ReleaseLabel"] == "emr-7.13.0" and request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
+    assert request["Steps"][0]["HadoopJarStep"]["Args"][:3] == ["spark-submit", "--deploy-mode", "cluster"]
+    env = [c for c in request["Configurations"] if c["Classification"] == "spark-env"][0]
+    assert "DAGSTER_PIPES_CONTEXT" in env["Configurations"][0]["Properties"]
+    assert minio.secret_key not in out and "AWS_SECRET_ACCESS_KEY" not in out
+    assert len(client.list_clusters()["Clusters"]) == clusters_before
