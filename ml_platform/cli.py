@@ -1,5 +1,5 @@
 """The `ml-platform` command: simulate data, run the local stack, send prediction traffic, watch predictions
-and live metrics, roll a served model back."""
+and live metrics, roll a served model back, hand out presigned upload URLs."""
 
 from __future__ import annotations
 
@@ -86,6 +86,32 @@ def _tail(a) -> int:
     return 0
 
 
+def _upload_url(a) -> int:
+    import json
+
+    from ml_platform.layers import landing_dir
+    from ml_platform.spec import builtin_specs
+    from ml_platform.storage import StorageError, open_store
+
+    spec = builtin_specs()[a.dataset]
+    if "/" in a.file_name or not a.file_name.lower().endswith(".csv"):
+        print(f"{a.file_name!r}: give a plain file name ending in .csv (it lands in {landing_dir(spec)}/)",
+              file=sys.stderr)
+        return 2
+    if not a.data_root.startswith(("s3://", "s3a://")):
+        print(f"presigned uploads need the store on S3; ML_PLATFORM_DATA is {a.data_root!r}", file=sys.stderr)
+        return 2
+    try:
+        grant = open_store(a.data_root, endpoint_url=a.s3_endpoint).presigned_upload(
+            f"{landing_dir(spec)}/{a.file_name}", max_bytes=int(a.max_mb * 1024 * 1024), expires_seconds=a.expires)
+    except StorageError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(json.dumps({"url": grant.url, "fields": grant.fields, "key": grant.key, "max_bytes": grant.max_bytes,
+                      "expires_seconds": grant.expires_seconds, "curl": grant.curl(a.file_name)}, indent=2))
+    return 0
+
+
 def _stack_config(a):
     from ml_platform.stack import StackConfig
 
@@ -159,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--metrics-only", action="store_true")
     t.add_argument("--from-beginning", action="store_true")
     t.set_defaults(func=_tail)
+
+    up = sub.add_parser("upload-url", help="a presigned S3 upload for one batch file: one key, a size cap, an expiry")
+    up.add_argument("dataset", choices=["used_cars", "fraud"])
+    up.add_argument("file_name", help="the name the batch lands under, e.g. batch-2026-11-23.csv")
+    up.add_argument("--max-mb", type=float, default=512, help="size cap (default 512 MB)")
+    up.add_argument("--expires", type=int, default=3600, help="seconds the URL stays valid (default 3600)")
+    up.add_argument("--data-root", default=os.environ.get("ML_PLATFORM_DATA", ""))
+    up.add_argument("--s3-endpoint", default=os.environ.get("ML_PLATFORM_S3_ENDPOINT"))
+    up.set_defaults(func=_upload_url)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -143,3 +143,19 @@ def test_dry_run_prints_the_exact_request_and_submits_nothing(platform, emr, cap
     assert "DAGSTER_PIPES_CONTEXT" in env["Configurations"][0]["Properties"]
     assert minio.secret_key not in out and "AWS_SECRET_ACCESS_KEY" not in out
     assert len(client.list_clusters()["Clusters"]) == clusters_before
+
+
+def test_serverless_dry_run_prints_start_job_run(platform, capsys):
+    spec, storage, resources, land, nodes = platform
+    key = land(5)
+    app = {"mode": "serverless", "application_id": "00abc123", "dry_run": True,
+           "execution_role_arn": "arn:aws:iam::123456789012:role/ml-platform-emr-serverless"}
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(**app), raise_on_error=False)
+    assert not result.success
+    out = capsys.readouterr().out
+    assert "--- emr-serverless.start_job_run (dry run: not submitted)" in out
+    assert '"entryPoint": "s3://platform/code/emr_job.py"' in out and '"applicationId": "00abc123"' in out
+    assert "spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT=" in out

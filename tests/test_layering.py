@@ -55,3 +55,25 @@ def test_unknown_environment_is_a_clear_error():
         resources_for("emr2", Settings(data_root="/tmp/x"))
     with pytest.raises(ValueError, match="SPARK_MASTER_URL"):
         resources_for("cluster", Settings(data_root="/tmp/x"))
+    with pytest.raises(ValueError, match="ML_PLATFORM_ENV=emr needs ML_PLATFORM_DATA=s3://"):
+        resources_for("emr", Settings(data_root="/tmp/x"))
+    with pytest.raises(ValueError, match="ML_PLATFORM_EMR_ENTRY_POINT and ML_PLATFORM_EMR_PIPES_BUCKET"):
+        resources_for("emr", Settings(data_root="s3://bucket/platform"))
+    with pytest.raises(ValueError, match="ML_PLATFORM_DATA='gs://b/x'"):
+        resources_for("local", Settings(data_root="gs://b/x"))
+
+
+def test_the_store_follows_the_data_root_and_spark_gets_what_it_needs():
+    from resources import EmrSparkResource, HdfsStorage, S3Storage, Settings, resources_for
+
+    r = resources_for("local", Settings(data_root="s3://bucket/platform", s3_endpoint="http://127.0.0.1:9000"))
+    assert isinstance(r["storage"], S3Storage) and r["spark"].jar_groups == ["spark", "aws"]
+    conf = r["spark"].spark_conf()
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert not any("secret" in k.lower() or "access.key" in k.lower() for k in conf), "credentials in Spark conf"
+    r = resources_for("cluster", Settings(data_root="hdfs://nn:8020/platform", spark_master_url="spark://m:7077"))
+    assert isinstance(r["storage"], HdfsStorage) and r["spark"].jar_groups == ["spark"]
+    r = resources_for("emr", Settings(data_root="s3://b/p", emr={"entry_point": "s3://b/code/emr_job.py",
+                                                                  "pipes_bucket": "b", "core_instances": 3}))
+    assert isinstance(r["spark"], EmrSparkResource)
+    assert r["spark"].job_flow_params("clean", "used_cars")["Instances"]["InstanceGroups"][1]["InstanceCount"] == 3

@@ -50,6 +50,8 @@ def test_graph_runs_on_s3(minio, specs, tmp_path):
         run = materialize(assets, selection=[AssetKey([spec.name, c]) for c in CHAIN], instance=instance,
                           resources=resources)
         assert run.success
+    every = str([m.materialization.metadata for m in run.get_asset_materialization_events()])
+    assert minio.secret_key not in every and minio.access_key not in every, "a credential in asset metadata"
     serving = _meta(run, AssetKey([spec.name, "serving_deployment"]))
     assert serving["promoted"] is True and serving["champion_after"] == "1"
     fp = _meta(run, AssetKey([spec.name, "feature_pipeline"]))

@@ -119,7 +119,6 @@ def test_hdfs_permission_denied_names_the_user(hdfs):
 
 def test_presigned_upload_is_one_key_capped_and_expiring(minio):
     import time
-    import urllib.error
 
     store = open_store("s3://platform/up", endpoint_url=minio.endpoint)
     grant = store.presigned_upload("landing/used_cars/batch_1.csv", max_bytes=100, expires_seconds=3)
@@ -135,4 +134,21 @@ def test_presigned_upload_is_one_key_capped_and_expiring(minio):
     assert store.read_text("landing/used_cars/batch_1.csv") == "id,price\n1,2\n"
     with pytest.raises(ValueError):
         store.presigned_upload("landing/x.csv", max_bytes=0, expires_seconds=10)
-    del urllib.error
+
+
+def test_upload_url_command(minio, capsys, tmp_path):
+    import json
+
+    from ml_platform.cli import main
+
+    root = f"s3://platform/cli-{uuid.uuid4().hex[:8]}"
+    assert main(["upload-url", "used_cars", "batch-7.csv", "--data-root", root, "--s3-endpoint", minio.endpoint,
+                 "--max-mb", "0.001", "--expires", "60"]) == 0
+    grant = json.loads(capsys.readouterr().out)
+    assert grant["max_bytes"] == 1048 and grant["key"].endswith("landing/used_cars/batch-7.csv")
+    assert "batch-7.csv" in grant["curl"] and minio.secret_key not in json.dumps(grant)
+    assert post_form(grant["url"], grant["fields"], b"id,price\n1,2\n") == 204
+    assert post_form(grant["url"], grant["fields"], b"x" * 2000) == 400
+    assert main(["upload-url", "used_cars", "../escape.csv", "--data-root", root]) == 2
+    assert main(["upload-url", "used_cars", "b.csv", "--data-root", str(tmp_path)]) == 2
+    assert "need the store on S3" in capsys.readouterr().err
