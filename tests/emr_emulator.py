@@ -67,8 +67,9 @@ class EmrNodes(threading.Thread):
 
     def run_cluster(self, cluster) -> None:
         env = os.environ | _export_env(cluster.configurations) | self.extra_env | {
-            "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON":
-                str(ROOT / ".venv-emr" / "bin" / "python"), "SPARK_LOCAL_IP": "127.0.0.1"}
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python"),
+            "PYSPARK_DRIVER_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python")}
         env.pop("SPARK_HOME", None)
         failed = None
         for step in cluster.steps:

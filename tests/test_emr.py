@@ -159,3 +159,43 @@ def test_serverless_dry_run_prints_start_job_run(platform, capsys):
     assert "--- emr-serverless.start_job_run (dry run: not submitted)" in out
     assert '"entryPoint": "s3://platform/code/emr_job.py"' in out and '"applicationId": "00abc123"' in out
     assert "spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT=" in out
+
+
+def test_data_layers_run_on_the_spark_of_emr(tmp_path):
+    """Ingest → clean → training set → feature pipeline under pyspark 3.5.6 (emr-7.13.0's Spark), with only what
+    the bootstrap installs for those layers (no MLflow, no xgboost)."""
+    import subprocess
+
+    script = f"""
+from pathlib import Path
+from pyspark.sql import SparkSession
+from ml_platform.jobs import run_job
+from ml_platform.landing import partition_key
+from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.spec import builtin_specs
+from ml_platform.storage import LocalStore
+from ml_platform.training import mark_accepted
+import pyspark, json, sys
+spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+         .config("spark.sql.shuffle.partitions", "2").config("spark.driver.host", "127.0.0.1").getOrCreate())
+store, spec = LocalStore("{tmp_path}/data"), builtin_specs()["used_cars"]
+for b in (1, 2):
+    p = write_batch(SimConfig("used_cars", rows_per_batch=300, seed=3), b, Path("{tmp_path}/data/landing/used_cars"),
+                    None)
+    k = partition_key(p.name)
+    run_job("ingest", spark, store, spec, {{"partition": k}})
+    mark_accepted(store, spec, k, True, run_job("clean", spark, store, spec, {{"partition": k}}))
+t = run_job("training_set", spark, store, spec, {{"version": "v1"}})
+f = run_job("feature_pipeline", spark, store, spec, {{"version": "v1"}})
+print(json.dumps({{"spark": pyspark.__version__, "rows": t["rows"], "stages": len(f["stages"]),
+                  "mlflow": "mlflow" in sys.modules}}))
+"""
+    import os
+
+    python = str(ROOT / ".venv-emr" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_HOME"} | {
+        "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
+    r = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["spark"] == "3.5.6" and out["rows"] > 500 and out["stages"] > 3 and out["mlflow"] is False
