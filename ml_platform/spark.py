@@ -73,3 +73,28 @@ def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, 
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+# what a failed Spark read or write of the store looks like from the JVM, and the setting that fixes it
+STORAGE_FAILURES = [
+    ("NoAuthWithAWSException", "Spark found no AWS credentials for s3a; set AWS_ACCESS_KEY_ID / "
+                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance role) for the Spark driver"),
+    ("InvalidAccessKeyId", "S3 refused Spark's credentials; fix AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+    ("SignatureDoesNotMatch", "S3 refused Spark's credentials; fix AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+    ("NoSuchBucket", "the bucket in ML_PLATFORM_DATA does not exist"),
+    ("UnknownStoreException", "the bucket in ML_PLATFORM_DATA does not exist"),
+    ("AccessDeniedException", "access denied on the store; the identity needs list/get/put/delete on the "
+                              "ML_PLATFORM_DATA prefix"),
+    ("AccessControlException", "HDFS permission denied; run Spark as a user allowed on ML_PLATFORM_DATA "
+                               "(HADOOP_USER_NAME)"),
+    ("ConnectException", "Spark could not connect to the store; check ML_PLATFORM_DATA (namenode host:port) or "
+                         "ML_PLATFORM_S3_ENDPOINT"),
+    ("SdkClientException: Unable to execute HTTP request", "Spark could not reach S3; check "
+                                                           "ML_PLATFORM_S3_ENDPOINT and the network"),
+]
+
+
+def storage_hint(error: BaseException) -> str | None:
+    """One sentence for a Spark job that failed on the store, or None if it failed for another reason."""
+    text = str(error)
+    return next((hint for marker, hint in STORAGE_FAILURES if marker in text), None)

@@ -78,6 +78,25 @@ class PlatformEMRServerlessClient(PipesEMRServerlessClient):
         return super()._start(context, params)
 
 
+def explain_aws(e: Exception) -> str:
+    """The EMR API's failures as one sentence naming the setting (never a secret)."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(e, NoCredentialsError):
+        return "no AWS credentials found; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)"
+    if isinstance(e, EndpointConnectionError):
+        return f"cannot reach the EMR API ({e}); check AWS_REGION and ML_PLATFORM_EMR_ENDPOINT"
+    if isinstance(e, ClientError):
+        code, msg = e.response.get("Error", {}).get("Code", ""), e.response.get("Error", {}).get("Message", "")
+        if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
+            return (f"{code}: {msg}; the identity running Dagster needs elasticmapreduce:RunJobFlow, DescribeCluster, "
+                    f"ListSteps and iam:PassRole on ML_PLATFORM_EMR_SERVICE_ROLE / ML_PLATFORM_EMR_JOB_FLOW_ROLE")
+        if code in ("UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException"):
+            return f"{code}: the credentials were refused; fix AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        return f"{code}: {msg} (check the ML_PLATFORM_EMR_* settings)"
+    return str(e)
+
+
 class EmrSparkResource(SparkResource):
     """Runs each layer's Spark job on EMR. The store must be on S3 (S3Storage). `mode` is "cluster" (a transient
     EMR-on-EC2 cluster per job, so nothing idles) or "serverless" (an existing EMR Serverless application)."""
@@ -188,7 +207,11 @@ class EmrSparkResource(SparkResource):
                                            wait_for_s3_logs_seconds=0)
                 done = client.run(context=context, run_job_flow_params=self.job_flow_params(name, spec.name),
                                   extras=extras)
-        except DryRun as e:
+        except Exception as e:
+            if type(e).__module__.startswith("botocore"):
+                raise Failure(description=f"EMR {name} for {spec.name}: {explain_aws(e)}") from None
+            if not isinstance(e, DryRun):
+                raise
             raise Failure(description=str(e), metadata={"request": MetadataValue.json(
                 json.loads(json.dumps(e.request, default=str)))}) from None
         for message in done.get_custom_messages():

@@ -4,11 +4,11 @@ backend's business."""
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from dagster_pyspark.resources import spark_session_from_config
 
 from ml_platform.jobs import from_wire, run_job, to_wire
-from ml_platform.spark import local_jars, prepare_environment, session_conf
+from ml_platform.spark import local_jars, prepare_environment, session_conf, storage_hint
 
 
 class SparkResource(ConfigurableResource):
@@ -42,7 +42,13 @@ class SparkResource(ConfigurableResource):
         """Run one layer's Spark job here, in this process's SparkSession. The summary goes through the same
         JSON round trip as on EMR, so an asset sees the same types on every backend."""
         tracker = registry.tracker() if registry is not None else None
-        return from_wire(to_wire(run_job(name, self.get_session(), storage.store(), spec, args, tracker)))
+        try:
+            return from_wire(to_wire(run_job(name, self.get_session(), storage.store(), spec, args, tracker)))
+        except Exception as e:
+            hint = storage_hint(e)
+            if hint is None:
+                raise
+            raise Failure(description=f"{spec.name} {name}: {hint}") from e
 
 
 class LocalSparkResource(SparkResource):

@@ -199,3 +199,25 @@ print(json.dumps({{"spark": pyspark.__version__, "rows": t["rows"], "stages": le
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["spark"] == "3.5.6" and out["rows"] > 500 and out["stages"] > 3 and out["mlflow"] is False
+
+
+def test_unreachable_emr_api_names_the_setting(platform):
+    spec, storage, resources, land, nodes = platform
+    key = land(6)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(endpoint_url="http://127.0.0.1:9"), raise_on_error=False)
+    message = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE][0] \
+        .event_specific_data.error.message
+    assert "cannot reach the EMR API" in message and "ML_PLATFORM_EMR_ENDPOINT" in message
+
+
+def test_spark_storage_failures_are_named():
+    from ml_platform.spark import storage_hint
+
+    err = RuntimeError("java.nio.file.AccessDeniedException: s3a://b/x: org.apache.hadoop.fs.s3a.auth."
+                       "NoAuthWithAWSException: No AWS Credentials provided by ...")
+    assert "AWS_ACCESS_KEY_ID" in storage_hint(err)
+    assert "ML_PLATFORM_DATA" in storage_hint(RuntimeError("...NoSuchBucket: The specified bucket does not exist"))
+    assert storage_hint(RuntimeError("ArithmeticException: / by zero")) is None
