@@ -5,6 +5,10 @@ the driver (the "spark-env" export configuration, where Dagster Pipes puts its v
 stdout/stderr to the cluster's LogUri on S3, and ends steps and cluster the way EMR does: COMPLETED and
 TERMINATED, or FAILED and TERMINATED_WITH_ERRORS.
 
+EMR Serverless the same way: a job run created through moto's API waits (SUBMITTED) until this thread has run its
+entry point with the job driver's spark-submit parameters (`spark.emr-serverless.driverEnv.*` become the driver's
+environment, as on EMR Serverless), then ends SUCCESS or FAILED.
+
 What cannot be emulated: YARN (the step runs with --master local[1]), EMRFS (the job reads S3 through s3a, so it
 is told spark_scheme=s3a), IAM and bootstrap actions (the package comes from PYTHONPATH)."""
 
@@ -52,14 +56,46 @@ class EmrNodes(threading.Thread):
 
         return emr_backends[ACCOUNT][self.region]
 
+    def serverless(self):
+        import moto.emrserverless.models as m
+
+        m.JOB_STATUS = "SUBMITTED"  # moto would report SUCCESS at once; here the run ends when its job has run
+        return m.emrserverless_backends[ACCOUNT][self.region]
+
     def run(self) -> None:
+        serverless = self.serverless()
         while not self.stop_event.is_set():
             for cluster in list(self.backend().clusters.values()):
                 if cluster.id not in self.handled and cluster.state in ("STARTING", "BOOTSTRAPPING", "RUNNING",
                                                                         "WAITING"):
                     self.handled.add(cluster.id)
                     self.run_cluster(cluster)
+            for runs in list(serverless.job_runs.values()):
+                for job in list(runs):
+                    if job.id not in self.handled and job.state == "SUBMITTED":
+                        self.handled.add(job.id)
+                        self.run_serverless(job)
             time.sleep(0.3)
+
+    def run_serverless(self, job) -> None:
+        submit = job.job_driver["sparkSubmit"]
+        tokens, conf, env = (submit.get("sparkSubmitParameters") or "").split(), [], {}
+        for i, t in enumerate(tokens):
+            if t == "--conf" and i + 1 < len(tokens):
+                k, _, v = tokens[i + 1].partition("=")
+                if k.startswith("spark.emr-serverless.driverEnv."):
+                    env[k.removeprefix("spark.emr-serverless.driverEnv.")] = v
+                else:
+                    conf += ["--conf", f"{k}={v}"]
+        base = os.environ | self.extra_env | env | {
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python"),
+            "PYSPARK_DRIVER_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python")}
+        base.pop("SPARK_HOME", None)
+        rc, out, err = self.run_step(["spark-submit", *conf, submit["entryPoint"]], base)
+        self.ran.append({"job_run": job.id, "args": [*conf, submit["entryPoint"]], "rc": rc})
+        job.state = "SUCCESS" if rc == 0 else "FAILED"
+        job.state_details = "" if rc == 0 else err.decode(errors="replace")[-500:]
 
     def stop(self) -> None:
         self.stop_event.set()

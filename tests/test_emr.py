@@ -221,3 +221,24 @@ def test_spark_storage_failures_are_named():
     assert "AWS_ACCESS_KEY_ID" in storage_hint(err)
     assert "ML_PLATFORM_DATA" in storage_hint(RuntimeError("...NoSuchBucket: The specified bucket does not exist"))
     assert storage_hint(RuntimeError("ArithmeticException: / by zero")) is None
+
+
+def test_serverless_job_runs_through_pipes(platform, emr):
+    import boto3
+
+    spec, storage, resources, land, nodes = platform
+    client = boto3.client("emr-serverless", region_name="us-east-1", endpoint_url=emr[0].endpoint)
+    app = client.create_application(name="ml-platform", releaseLabel="emr-7.13.0", type="SPARK")["applicationId"]
+    key = land(7)
+    before = len(nodes.ran)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        result = materialize(build_dataset_assets(spec)[:1], partition_key=key, instance=instance,
+                             resources=resources(mode="serverless", application_id=app,
+                                                 execution_role_arn="arn:aws:iam::123456789012:role/x"))
+    assert result.success
+    assert [r["rc"] for r in nodes.ran[before:]] == [0] and "job_run" in nodes.ran[before]
+    runs = client.list_job_runs(applicationId=app)["jobRuns"]
+    assert [r["state"] for r in runs] == ["SUCCESS"]
+    raw = result.get_asset_materialization_events()[0].materialization.metadata
+    assert raw["rows"].value >= 150

@@ -109,7 +109,7 @@ def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(
     """Run A is held inside model training (after its training_set executed). A new batch must not start a second
     retrain meanwhile; and even a training_set forced by hand in between cannot switch run A to its data."""
     spec, store, assets, resources, instance, tracker = platform
-    import assets.models as models_module
+    import ml_platform.models as models_module  # the models job imports train_models from here when it runs
 
     entered, release = threading.Event(), threading.Event()
     real = models_module.train_models
