@@ -58,3 +58,28 @@ def test_sensor_survives_a_missing_landing_zone(specs, store):
     with DagsterInstance.ephemeral() as instance:
         result = _tick(specs["fraud"], store, instance)
     assert isinstance(result.skip_reason, SkipReason)
+
+
+def test_sensor_on_s3_requests_uploaded_batches_and_quarantines_bad_ones(specs, minio, used_cars_csv):
+    """The same sensor over a store on S3 (MinIO): an uploaded batch becomes a run, an empty file is moved to
+    quarantine with its reason, and an unreachable bucket fails the tick with the setting to fix."""
+    import uuid
+
+    import pytest
+
+    from resources import S3Storage
+
+    spec = specs["used_cars"]
+    storage = S3Storage(root=f"s3://platform/sensor-{uuid.uuid4().hex[:8]}", endpoint_url=minio.endpoint)
+    store = storage.store()
+    store.write_text("landing/used_cars/batch-00001.csv", used_cars_csv)
+    store.write_text("landing/used_cars/empty.csv", "")
+    sensor = build_new_batch_sensor(spec, settle_seconds=0)
+    with DagsterInstance.ephemeral() as instance:
+        result = sensor(build_sensor_context(instance=instance, resources={"storage": storage}))
+        assert [r.partition_key for r in result.run_requests] == ["batch-00001"]
+        assert store.exists("quarantine/used_cars/files/empty.csv")
+        assert not store.exists("landing/used_cars/empty.csv")
+        missing = S3Storage(root="s3://no-such-bucket/x", endpoint_url=minio.endpoint)
+        with pytest.raises(Exception, match="bucket 'no-such-bucket' does not exist"):
+            sensor(build_sensor_context(instance=instance, resources={"storage": missing}))
