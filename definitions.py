@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 ENV = os.environ.get("ML_PLATFORM_ENV", "local")
 HOME = Path(os.environ.get("ML_PLATFORM_HOME", HERE / ".local"))
 # ML_PLATFORM_EMR_<NAME> -> EmrSparkResource.<name>, with its type
-EMR_FIELDS = {"mode": str, "endpoint_url": str, "entry_point": str, "pipes_bucket": str, "pipes_prefix": str,
+EMR_FIELDS = {"mode": str, "endpoint_url": str, "entry_point": str, "pipes_bucket": str,
               "release_label": str, "bootstrap_script": str, "log_uri": str, "instance_type": str,
               "core_instances": int, "service_role": str, "job_flow_role": str, "subnet_id": str,
               "application_id": str, "execution_role_arn": str, "spark_scheme": str, "poll_seconds": float,

@@ -105,8 +105,9 @@ class EmrSparkResource(SparkResource):
     region: str = "us-east-1"
     endpoint_url: str | None = None  # the EMR API; None = AWS's own (tests point it at an emulation)
     entry_point: str  # s3://…/emr_job.py, a copy of ml_platform/emr_job.py
-    pipes_bucket: str  # where Pipes context and messages travel
-    pipes_prefix: str = "dagster-pipes"
+    # where Pipes messages travel: dagster-aws writes each session under a random 30-letter top-level prefix, so
+    # give it a bucket of its own (with a lifecycle rule), not the data bucket
+    pipes_bucket: str
     # EMR on EC2
     release_label: str = "emr-7.13.0"  # Spark 3.5.6, Python 3.11
     bootstrap_script: str | None = None  # s3://…/bootstrap.sh, installs this package on every node
