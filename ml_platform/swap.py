@@ -24,8 +24,11 @@ class Loaded:
 
 class ChampionWatcher:
     def __init__(self, resolve: Callable[[], str | None], load: Callable[[str], Any], poll_seconds: float = 5.0,
-                 retry_seconds: float = 60.0, log: Callable[[str], None] = print):
+                 retry_seconds: float = 60.0, log: Callable[[str], None] = print,
+                 on_error: Callable[[str], None] | None = None):
         self.resolve, self.load, self.log = resolve, load, log
+        # told at once (the scorer's status file): a failed load must show even while no micro-batch completes
+        self.on_error = on_error
         self.poll_seconds, self.retry_seconds = poll_seconds, retry_seconds
         self.current: Loaded | None = None
         self._pending: Loaded | None = None
@@ -69,6 +72,8 @@ class ChampionWatcher:
     def _error(self, msg: str) -> None:
         self.last_error = msg
         self.log(f"error: {msg}")
+        if self.on_error is not None:
+            self.on_error(msg)
 
     def take(self) -> Loaded | None:
         """Between micro-batches: switch to a freshly loaded model if there is one; the model to score with."""

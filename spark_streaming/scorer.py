@@ -120,7 +120,7 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
 
 
 def mlflow_watcher(spec: DatasetSpec, tracking_uri: str, poll_seconds: float, model_name: str | None = None,
-                   logger=log) -> ChampionWatcher:
+                   logger=log, on_error=None) -> ChampionWatcher:
     """Resolve `models:/<name>@champion` to its version and load that version with mlflow.spark.load_model
     (by version, so the alias moving during a load cannot mix two versions)."""
     import mlflow
@@ -131,7 +131,8 @@ def mlflow_watcher(spec: DatasetSpec, tracking_uri: str, poll_seconds: float, mo
     mlflow.set_registry_uri(tracking_uri)
     tracker = Tracker(tracking_uri)
     return ChampionWatcher(lambda: tracker.version_for(name, CHAMPION),
-                           lambda v: mlflow.spark.load_model(f"models:/{name}/{v}"), poll_seconds, log=logger)
+                           lambda v: mlflow.spark.load_model(f"models:/{name}/{v}"), poll_seconds, log=logger,
+                           on_error=on_error)
 
 
 def build_session(dataset: str, master: str, jars_dir: str | None):
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     spark = build_session(spec.name, a.master, a.jars)
-    watcher = mlflow_watcher(spec, a.tracking_uri, spec.serving.poll_seconds)
+    watcher = mlflow_watcher(spec, a.tracking_uri, spec.serving.poll_seconds,
+                             on_error=lambda msg: status.update(last_error=msg))
     status.update(state="waiting")
     if not watcher.wait_first(stop, describe=f"a champion (models:/{spec.name}@champion at {a.tracking_uri})"):
         return 0

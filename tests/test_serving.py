@@ -52,8 +52,9 @@ def served(spark, specs, kafka, tmp_path, request):
     return spec, tracker, rows, status, tmp_path
 
 
-def _watcher(spec, tracker, logs):
-    return mlflow_watcher(spec, tracker.uri, 0.2, logger=logs.append)
+def _watcher(spec, tracker, logs, status=None):
+    return mlflow_watcher(spec, tracker.uri, 0.2, logger=logs.append,
+                          on_error=(lambda m: status.update(last_error=m)) if status else None)
 
 
 def _run(query):
@@ -75,7 +76,7 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
     spec, tracker, rows, status, tmp = served
     v1 = register(spark, tracker, spec.name, year_model(1.0))
     logs = []
-    watcher = _watcher(spec, tracker, logs)
+    watcher = _watcher(spec, tracker, logs, status)
     assert watcher.check() and watcher.take().version == v1
 
     rng = random.Random(1)
@@ -132,6 +133,8 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
     tracker.client.set_registered_model_alias(spec.name, CHAMPION, broken.version)
     assert not watcher.check()
     assert f"version {broken.version} failed to load" in watcher.last_error and watcher.take().version == v2
+    # in the status file at once, with no micro-batch since
+    assert f"version {broken.version} failed to load" in json.loads(status.path.read_text())["last_error"]
     # rollback: the alias moves back to v1 and the scorer swaps back the same way
     tracker.client.set_registered_model_alias(spec.name, CHAMPION, v1)
     assert watcher.check() and watcher.take().version == v1
