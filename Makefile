@@ -41,40 +41,32 @@ $(VENV)/.installed: pyproject.toml
 
 jars: $(JARS)/spark/.done $(JARS)/kafka/.done $(JARS)/aws/.done $(JARS)/hdfs/.done $(JARS)/emr-node/.done
 
+# $(call copy-jars,<folder under .jars>,<pom>,<extra mvn flags>): a pom's runtime jars into their own folder
+define copy-jars
+	rm -rf $(JARS)/$(1) && mkdir -p $(JARS)/$(1)
+	mvn -q -B -f $(2) dependency:copy-dependencies -DincludeScope=runtime $(3) -DoutputDirectory=$(abspath $(JARS)/$(1))
+	@touch $(JARS)/$(1)/.done
+endef
+
 # Spark's Kafka connector: only the jars pyspark does not ship already (no second Scala or Hadoop).
 $(JARS)/spark/.done: jvm/spark-kafka/pom.xml
-	rm -rf $(JARS)/spark && mkdir -p $(JARS)/spark
-	mvn -q -B -f jvm/spark-kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-	  -DincludeArtifactIds=$(SPARK_KAFKA_JARS) -DoutputDirectory=$(abspath $(JARS)/spark)
-	@touch $@
+	$(call copy-jars,spark,$<,-DincludeArtifactIds=$(SPARK_KAFKA_JARS))
 
 # The Kafka broker (KRaft), kept apart from Spark's classpath.
 $(JARS)/kafka/.done: jvm/kafka-broker/pom.xml
-	rm -rf $(JARS)/kafka && mkdir -p $(JARS)/kafka
-	mvn -q -B -f jvm/kafka-broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-	  -DoutputDirectory=$(abspath $(JARS)/kafka)
-	@touch $@
+	$(call copy-jars,kafka,$<)
 
 # s3a:// for Spark: hadoop-aws and the AWS SDK bundle, added to Spark only when the data root is on S3.
 $(JARS)/aws/.done: jvm/hadoop-aws/pom.xml
-	rm -rf $(JARS)/aws && mkdir -p $(JARS)/aws
-	mvn -q -B -f jvm/hadoop-aws/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-	  -DexcludeArtifactIds=wildfly-openssl -DoutputDirectory=$(abspath $(JARS)/aws)
-	@touch $@
+	$(call copy-jars,aws,$<,-DexcludeArtifactIds=wildfly-openssl)
 
 # A real HDFS for tests (MiniDFSCluster: namenode + datanode in one JVM); never on Spark's classpath.
 $(JARS)/hdfs/.done: jvm/hdfs-minicluster/pom.xml
-	rm -rf $(JARS)/hdfs && mkdir -p $(JARS)/hdfs
-	mvn -q -B -f jvm/hdfs-minicluster/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-	  -DoutputDirectory=$(abspath $(JARS)/hdfs)
-	@touch $@
+	$(call copy-jars,hdfs,$<)
 
 # The EMR emulation's node (tests): hadoop-aws for the Hadoop 3.3.4 inside pyspark 3.5.6.
 $(JARS)/emr-node/.done: jvm/emr-node/pom.xml
-	rm -rf $(JARS)/emr-node && mkdir -p $(JARS)/emr-node
-	mvn -q -B -f jvm/emr-node/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-	  -DexcludeArtifactIds=wildfly-openssl -DoutputDirectory=$(abspath $(JARS)/emr-node)
-	@touch $@
+	$(call copy-jars,emr-node,$<,-DexcludeArtifactIds=wildfly-openssl)
 
 run: setup
 	$(BIN)/ml-platform up
