@@ -87,12 +87,7 @@ class EmrNodes(threading.Thread):
                     env[k.removeprefix("spark.emr-serverless.driverEnv.")] = v
                 else:
                     conf += ["--conf", f"{k}={v}"]
-        base = os.environ | self.extra_env | env | {
-            "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python"),
-            "PYSPARK_DRIVER_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python")}
-        base.pop("SPARK_HOME", None)
-        rc, out, err = self.run_step(["spark-submit", *conf, submit["entryPoint"]], base)
+        rc, out, err = self.run_step(["spark-submit", *conf, submit["entryPoint"]], self.node_env(env))
         self.ran.append({"job_run": job.id, "args": [*conf, submit["entryPoint"]], "rc": rc})
         job.state = "SUCCESS" if rc == 0 else "FAILED"
         job.state_details = "" if rc == 0 else err.decode(errors="replace")[-500:]
@@ -101,12 +96,18 @@ class EmrNodes(threading.Thread):
         self.stop_event.set()
         self.join(timeout=10)
 
-    def run_cluster(self, cluster) -> None:
-        env = os.environ | _export_env(cluster.configurations) | self.extra_env | {
+    def node_env(self, driver_env: dict[str, str]) -> dict[str, str]:
+        """What a node's driver sees: the service's variables for it (Pipes among them), and this machine's
+        stand-ins for what EMR installs (the package on PYTHONPATH, pyspark 3.5.6's Python, S3 at MinIO)."""
+        python = str(ROOT / ".venv-emr" / "bin" / "python")
+        env = os.environ | driver_env | self.extra_env | {
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python"),
-            "PYSPARK_DRIVER_PYTHON": str(ROOT / ".venv-emr" / "bin" / "python")}
+            "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
         env.pop("SPARK_HOME", None)
+        return env
+
+    def run_cluster(self, cluster) -> None:
+        env = self.node_env(_export_env(cluster.configurations))
         failed = None
         for step in cluster.steps:
             if failed:
