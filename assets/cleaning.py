@@ -13,11 +13,11 @@ from dagster import (
 )
 
 from assets.common import asset_key, batch_partitions, check_results, check_specs
-from ml_platform.checks import CLEANED_CHECKS, cleaned_checks
+from ml_platform.data.checks import CLEANED_CHECKS, cleaned_checks
 from ml_platform.jobs import JobFailed
-from ml_platform.layers import quarantine_rows_dir, silver_dir
+from ml_platform.layout import quarantine_rows_dir, silver_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.training import mark_accepted
+from ml_platform.train.training_set import mark_accepted
 from resources import SparkResource, StorageResource
 
 # follow each new raw partition, but never past a failed blocking check on it

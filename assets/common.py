@@ -13,7 +13,7 @@ from dagster import (
     MetadataValue,
 )
 
-from ml_platform.checks import Outcome
+from ml_platform.data.checks import Outcome
 from ml_platform.spec import DatasetSpec
 
 

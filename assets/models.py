@@ -13,9 +13,9 @@ from dagster import (
 
 from assets.common import asset_key, run_tags, upstream_value
 from assets.training import FOLLOW
-from ml_platform.algorithms import algorithm
-from ml_platform.release import mlflow_parent
 from ml_platform.spec import DatasetSpec
+from ml_platform.train.algorithms import algorithm
+from ml_platform.train.release import mlflow_parent
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 

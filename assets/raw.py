@@ -3,9 +3,9 @@
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, MetadataValue, asset
 
 from assets.common import asset_key, batch_partitions, check_results, check_specs
-from ml_platform.checks import RAW_CHECKS, raw_checks
+from ml_platform.data.checks import RAW_CHECKS, raw_checks
 from ml_platform.jobs import JobFailed
-from ml_platform.layers import bronze_dir
+from ml_platform.layout import bronze_dir
 from ml_platform.spec import DatasetSpec
 from resources import SparkResource, StorageResource
 

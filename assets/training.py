@@ -13,8 +13,8 @@ from dagster import (
 
 from assets.common import asset_key, run_tags, upstream_value
 from ml_platform.jobs import JobFailed
+from ml_platform.layout import mlflow_record
 from ml_platform.spec import DatasetSpec
-from ml_platform.training import version_dir
 from resources import ModelRegistryResource, SparkResource, StorageResource
 
 LATER_LAYERS = ["feature_pipeline", "stacked_model", "serving_deployment"]
@@ -52,7 +52,7 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
             raise Failure(description=str(e)) from None
         tracker = registry.tracker()
         parent = tracker.start_parent(spec.name, s, run_tags(context))
-        store.write_json(f"{version_dir(spec, s['version'])}/mlflow.json", {"parent_run_id": parent})
+        store.write_json(mlflow_record(spec, s["version"]), {"parent_run_id": parent})
         t = s["target"]
         return MaterializeResult(metadata={
             "version": s["version"], "dagster/row_count": s["rows"], "train_rows": s["train_rows"],

@@ -23,7 +23,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def make_csv(rows: int) -> Path:
-    from ml_platform.simulate import SimConfig, simulate
+    from ml_platform.local.simulate import SimConfig, simulate
 
     d = OUT / f"used_cars_{rows}"
     path = d / "batch-00001.csv"
@@ -34,11 +34,11 @@ def make_csv(rows: int) -> Path:
 
 
 def bench_throughput(csv: Path, rounds: int) -> dict:
-    from ml_platform.ingest import check_header, read_csv
-    from ml_platform.layers import clean_stored_batch, ingest_batch
+    from ml_platform.data.ingest import check_header, read_csv
+    from ml_platform.data.layers import clean_stored_batch, ingest_batch
     from ml_platform.spark import local_session
     from ml_platform.spec import builtin_specs
-    from ml_platform.storage import LocalStore
+    from ml_platform.stores import LocalStore
 
     spark, spec = local_session("bench", shuffle_partitions=8, driver_memory="8g"), builtin_specs()["used_cars"]
 
@@ -82,9 +82,9 @@ def bench_throughput(csv: Path, rounds: int) -> dict:
 def bench_sensor_tick(n_files: int) -> dict:
     from dagster import DagsterInstance, build_sensor_context
 
-    from ml_platform.landing import Cursor, partition_key
+    from ml_platform.data.landing import Cursor, partition_key
     from ml_platform.spec import builtin_specs
-    from ml_platform.storage import LocalStore
+    from ml_platform.stores import LocalStore
     from resources import LocalStorage
     from sensors import build_new_batch_sensor
 
@@ -119,7 +119,7 @@ def bench_sensor_tick(n_files: int) -> dict:
 def bench_sensor_latency(landings: int, interval: int) -> dict:
     from dagster import DagsterInstance, RunsFilter
 
-    from ml_platform.simulate import SimConfig, write_batch
+    from ml_platform.local.simulate import SimConfig, write_batch
 
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         tmp = Path(tmp)
@@ -156,7 +156,7 @@ def bench_sensor_latency(landings: int, interval: int) -> dict:
                     else:
                         latencies.append(float("inf"))
         finally:
-            from ml_platform.stack import stop_pid
+            from ml_platform.local.supervisor import stop_pid
 
             stop_pid(daemon.pid, grace=10)
     return {"interval_s": interval, "latencies_s": [round(x, 1) for x in latencies], "max_s": max(latencies),

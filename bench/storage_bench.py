@@ -38,12 +38,12 @@ def main() -> None:
 
     from services import MiniHdfs, Minio
 
+    from ml_platform.data.landing import partition_key
     from ml_platform.jobs import run_job
-    from ml_platform.landing import partition_key
-    from ml_platform.simulate import SimConfig, write_batch
+    from ml_platform.local.simulate import SimConfig, write_batch
     from ml_platform.spark import local_session, s3a_conf
     from ml_platform.spec import builtin_specs
-    from ml_platform.storage import LocalStore, open_store
+    from ml_platform.stores import LocalStore, open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="storage-bench-"))
     for d in ("minio", "hdfs"):

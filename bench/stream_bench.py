@@ -33,18 +33,23 @@ OUT = ROOT / "bench" / "out" / "stream"
 from conftest import Broker  # noqa: E402
 from pyspark.ml import PipelineModel  # noqa: E402
 
-from ml_platform.features import build_feature_pipeline  # noqa: E402
-from ml_platform.kafka_io import ensure_topics, producer  # noqa: E402
-from ml_platform.models import train_models  # noqa: E402
-from ml_platform.produce import now_iso, request, stream_rows  # noqa: E402
-from ml_platform.serving import topic  # noqa: E402
-from ml_platform.simulate import SimConfig, write_batch  # noqa: E402
+from ml_platform.local.loadgen import stream_rows  # noqa: E402
+from ml_platform.local.simulate import SimConfig, write_batch  # noqa: E402
+from ml_platform.serve.kafka_io import ensure_topics, producer  # noqa: E402
+from ml_platform.serve.messages import (  # noqa: E402
+    now_iso,
+    request,
+    topic,  # noqa: E402
+)
+from ml_platform.serve.spark_kafka import kafka_source  # noqa: E402
+from ml_platform.serve.watcher import ChampionWatcher  # noqa: E402
 from ml_platform.spark import local_session  # noqa: E402
 from ml_platform.spec import builtin_specs  # noqa: E402
-from ml_platform.stacking import fit_stack  # noqa: E402
-from ml_platform.swap import ChampionWatcher  # noqa: E402
-from ml_platform.training import build_training_set  # noqa: E402
-from spark_streaming.scorer import Status, kafka_source, scoring_query  # noqa: E402
+from ml_platform.train.features import build_feature_pipeline  # noqa: E402
+from ml_platform.train.models import train_models  # noqa: E402
+from ml_platform.train.stacking import fit_stack  # noqa: E402
+from ml_platform.train.training_set import build_training_set  # noqa: E402
+from spark_streaming.scorer import Status, scoring_query  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from train_bench import prepare  # noqa: E402
@@ -108,7 +113,7 @@ def latencies(bootstrap, out_topic, since_ms) -> list[float]:
     """Output record timestamp minus the request's event_time, in ms, for records written after `since_ms`."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from ml_platform.kafka_io import _decode
+    from ml_platform.serve.kafka_io import _decode
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
     parts = [TopicPartition(out_topic, p) for p in c.partitions_for_topic(out_topic) or []]

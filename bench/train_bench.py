@@ -24,17 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out" / "train"
 
-from ml_platform.algorithms import LABEL, TREE_FEATURES, algorithm, param_maps  # noqa: E402
-from ml_platform.features import build_feature_pipeline  # noqa: E402
-from ml_platform.landing import partition_key  # noqa: E402
-from ml_platform.layers import clean_stored_batch, ingest_batch, landing_dir  # noqa: E402
-from ml_platform.models import featurized, train_models  # noqa: E402
-from ml_platform.simulate import SimConfig, write_batch  # noqa: E402
+from ml_platform.data.landing import partition_key  # noqa: E402
+from ml_platform.data.layers import clean_stored_batch, ingest_batch  # noqa: E402
+from ml_platform.layout import landing_dir  # noqa: E402
+from ml_platform.local.simulate import SimConfig, write_batch  # noqa: E402
 from ml_platform.spark import local_session  # noqa: E402
 from ml_platform.spec import builtin_specs  # noqa: E402
-from ml_platform.stacking import fit_stack, leaderboard  # noqa: E402
-from ml_platform.storage import LocalStore  # noqa: E402
-from ml_platform.training import build_training_set, mark_accepted  # noqa: E402
+from ml_platform.stores import LocalStore  # noqa: E402
+from ml_platform.train.algorithms import LABEL, TREE_FEATURES, algorithm, param_maps  # noqa: E402
+from ml_platform.train.features import build_feature_pipeline  # noqa: E402
+from ml_platform.train.models import featurized, train_models  # noqa: E402
+from ml_platform.train.stacking import fit_stack, leaderboard  # noqa: E402
+from ml_platform.train.training_set import build_training_set, mark_accepted  # noqa: E402
 
 
 def prepare(spark, spec, rows: int, batches: int = 4) -> LocalStore:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _simulate(a) -> int:
-    from ml_platform.simulate import SimConfig, simulate
+    from ml_platform.local.simulate import SimConfig, simulate
 
     cfg = SimConfig(a.dataset, a.rows_per_batch, seed=a.seed, test_share=a.test_share, broken_share=a.broken_share)
     written = simulate(cfg, Path(a.landing), Path(a.test_dir) if a.test_dir else None, a.batches, a.every,
@@ -25,7 +25,7 @@ def _simulate(a) -> int:
 
 
 def _rollback(a) -> int:
-    from ml_platform.registry import Tracker
+    from ml_platform.train.registry import Tracker
 
     try:
         old, new = Tracker(a.tracking_uri).rollback(a.dataset)
@@ -38,14 +38,14 @@ def _rollback(a) -> int:
 
 
 def _produce(a) -> int:
-    from ml_platform.produce import produce
+    from ml_platform.local.loadgen import produce
     from ml_platform.spec import builtin_specs
 
     spec = builtin_specs()[a.dataset]
     test_dir = Path(a.test_dir or Path(os.environ.get("ML_PLATFORM_DATA", REPO / ".local" / "data")) / "test_stream"
                     / a.dataset)
     if a.wait_for_champion:
-        from ml_platform.registry import CHAMPION, Tracker
+        from ml_platform.train.registry import CHAMPION, Tracker
 
         tracker, said = Tracker(a.tracking_uri), False
         while tracker.version_for(spec.name, CHAMPION) is None:
@@ -65,8 +65,8 @@ def _produce(a) -> int:
 
 
 def _tail(a) -> int:
-    from ml_platform.kafka_io import follow
-    from ml_platform.serving import topic
+    from ml_platform.serve.kafka_io import follow
+    from ml_platform.serve.messages import topic
 
     topics = [topic(a.dataset, "metrics")] + ([] if a.metrics_only else [topic(a.dataset, "predictions")])
     try:
@@ -89,9 +89,9 @@ def _tail(a) -> int:
 def _upload_url(a) -> int:
     import json
 
-    from ml_platform.layers import landing_dir
+    from ml_platform.layout import landing_dir
     from ml_platform.spec import builtin_specs
-    from ml_platform.storage import StorageError, open_store
+    from ml_platform.stores import StorageError, open_store
 
     spec = builtin_specs()[a.dataset]
     if "/" in a.file_name or not a.file_name.lower().endswith(".csv"):
@@ -113,7 +113,7 @@ def _upload_url(a) -> int:
 
 
 def _stack_config(a):
-    from ml_platform.stack import StackConfig
+    from ml_platform.local.supervisor import StackConfig
 
     return StackConfig(home=Path(a.home), repo=REPO, jars=Path(a.jars).resolve(), kafka_port=a.kafka_port,
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
@@ -151,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between simulated batches")
     u.add_argument("--rows-per-batch", type=int, default=int(os.environ.get("ML_PLATFORM_SIM_ROWS", 5000)))
     u.add_argument("--sensor-interval", type=int, default=15)
-    u.set_defaults(func=lambda a: __import__("ml_platform.stack", fromlist=["up"]).up(_stack_config(a)))
+    u.set_defaults(func=lambda a: __import__("ml_platform.local.supervisor", fromlist=["up"]).up(_stack_config(a)))
 
     d = sub.add_parser("down", help="stop services an interrupted `make run` left running")
     d.add_argument("--home", default=home)
-    d.set_defaults(func=lambda a: __import__("ml_platform.stack", fromlist=["down"]).down(Path(a.home)))
+    d.set_defaults(func=lambda a: __import__("ml_platform.local.supervisor", fromlist=["down"]).down(Path(a.home)))
 
     r = sub.add_parser("rollback", help="point a dataset's `champion` alias back at `previous_champion`")
     r.add_argument("dataset")

@@ -30,14 +30,14 @@ def execute(extras: dict, report) -> None:
     """Run the job the extras name and report its summary (or why the data was refused) through `report`."""
     from ml_platform.jobs import JobFailed, run_job, to_wire
     from ml_platform.spec import builtin_specs
-    from ml_platform.storage import open_store
+    from ml_platform.stores import open_store
 
     job, store_options = extras["job"], dict(extras["store"])
     spec = builtin_specs()[extras["dataset"]]
     store = open_store(store_options.pop("root"), **store_options)
     tracker = None
     if extras.get("registry"):  # only the stack and promotion jobs use MLflow
-        from ml_platform.registry import Tracker
+        from ml_platform.train.registry import Tracker
 
         tracker = Tracker(**extras["registry"])
     spark = session(job, extras["store"])

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
+from ml_platform.stores import Store
 
 
 class JobFailed(RuntimeError):
@@ -19,31 +19,31 @@ class JobFailed(RuntimeError):
 
 
 def _ingest(spark, store, spec, a, tracker):
-    from ml_platform.layers import ingest_batch
+    from ml_platform.data.layers import ingest_batch
 
     return ingest_batch(spark, store, spec, a["partition"])
 
 
 def _clean(spark, store, spec, a, tracker):
-    from ml_platform.layers import clean_stored_batch
+    from ml_platform.data.layers import clean_stored_batch
 
     return clean_stored_batch(spark, store, spec, a["partition"])
 
 
 def _training_set(spark, store, spec, a, tracker):
-    from ml_platform.training import build_training_set
+    from ml_platform.train.training_set import build_training_set
 
     return build_training_set(spark, store, spec, a["version"])
 
 
 def _feature_pipeline(spark, store, spec, a, tracker):
-    from ml_platform.features import build_feature_pipeline
+    from ml_platform.train.features import build_feature_pipeline
 
     return build_feature_pipeline(spark, store, spec, a["version"])
 
 
 def _models(spark, store, spec, a, tracker):
-    from ml_platform.models import train_models
+    from ml_platform.train.models import train_models
 
     results = train_models(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism)
     # a failed model is reported beside the ones that trained, never raised: they are still materialized
@@ -51,13 +51,13 @@ def _models(spark, store, spec, a, tracker):
 
 
 def _stack(spark, store, spec, a, tracker):
-    from ml_platform.release import stack_and_register
+    from ml_platform.train.release import stack_and_register
 
     return stack_and_register(spark, store, tracker, spec, a["version"], a["tags"])
 
 
 def _promote(spark, store, spec, a, tracker):
-    from ml_platform.release import promotion_gate
+    from ml_platform.train.release import promotion_gate
 
     return promotion_gate(spark, store, tracker, spec, a["challenger"])
 
@@ -69,9 +69,9 @@ JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set":
 
 
 def run_job(name: str, spark, store: Store, spec: DatasetSpec, args: dict, tracker=None) -> dict:
-    from ml_platform.features import FeatureError
-    from ml_platform.ingest import RejectedFile
-    from ml_platform.training import TrainingError
+    from ml_platform.data.ingest import RejectedFile
+    from ml_platform.train.features import FeatureError
+    from ml_platform.train.training_set import TrainingError
 
     if name not in JOBS:
         raise ValueError(f"unknown job {name!r}; one of {sorted(JOBS)}")

@@ -2,7 +2,7 @@
 
 from dagster import ConfigurableResource
 
-from ml_platform.kafka_io import read_new
+from ml_platform.serve.kafka_io import read_new
 
 
 class KafkaResource(ConfigurableResource):

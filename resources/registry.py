@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource
 
-from ml_platform.registry import Tracker
+from ml_platform.train.registry import Tracker
 
 
 class ModelRegistryResource(ConfigurableResource):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 
 from ml_platform.spark import s3a_conf
-from ml_platform.storage import LocalStore, Store, open_store
+from ml_platform.stores import LocalStore, Store, open_store
 
 
 class StorageResource(ConfigurableResource):

@@ -16,8 +16,8 @@ from dagster import (
 )
 
 from assets.common import asset_key
-from ml_platform.live import judge
-from ml_platform.serving import topic
+from ml_platform.serve.live import judge
+from ml_platform.serve.messages import topic
 from ml_platform.spec import DatasetSpec
 from resources.kafka import KafkaResource
 

@@ -14,8 +14,9 @@ from dagster import (
 )
 
 from assets.common import asset_key, batch_partitions
-from ml_platform.landing import Cursor, plan_landing
-from ml_platform.layers import landing_dir, quarantine_file
+from ml_platform.data.landing import Cursor, plan_landing
+from ml_platform.data.layers import quarantine_file
+from ml_platform.layout import landing_dir
 from ml_platform.spec import DatasetSpec
 from resources import StorageResource
 

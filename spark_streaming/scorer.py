@@ -23,12 +23,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ml_platform.live import finish, joined_windows, window_rows
-from ml_platform.registry import CHAMPION, Tracker
-from ml_platform.serving import MAX_MESSAGE_BYTES, score_batch, topic
+from ml_platform.serve.live import finish, joined_windows, window_rows
+from ml_platform.serve.messages import topic
+from ml_platform.serve.scoring import score_batch
+from ml_platform.serve.spark_kafka import kafka_source, write_kafka
+from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
 from ml_platform.spark import local_jars, prepare_environment, session_conf
 from ml_platform.spec import DatasetSpec, builtin_specs
-from ml_platform.swap import ChampionWatcher
 
 
 class Status:
@@ -54,22 +55,6 @@ class Status:
 
 def log(msg: str) -> None:
     print(f"{datetime.now(UTC).strftime('%H:%M:%S')} scorer: {msg}", flush=True)
-
-
-def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | None):
-    reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", bootstrap)
-              .option("subscribe", topic_name).option("startingOffsets", "earliest")
-              # a topic re-created empty or offsets aged out must not stop a long-running service; Spark logs it
-              .option("failOnDataLoss", "false"))
-    if max_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(max_per_trigger))
-    return reader.load()
-
-
-def write_kafka(df, bootstrap: str) -> None:
-    # a DLQ record carries the whole rejected message, which may be over the producer's 1 MB default
-    (df.write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
-     .option("kafka.max.request.size", str(MAX_MESSAGE_BYTES)).save())
 
 
 def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
@@ -119,22 +104,6 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
             .option("checkpointLocation", checkpoint).foreachBatch(each).start())
 
 
-def mlflow_watcher(spec: DatasetSpec, tracking_uri: str, poll_seconds: float, model_name: str | None = None,
-                   logger=log, on_error=None) -> ChampionWatcher:
-    """Resolve `models:/<name>@champion` to its version and load that version with mlflow.spark.load_model
-    (by version, so the alias moving during a load cannot mix two versions)."""
-    import mlflow
-    import mlflow.spark
-
-    name = model_name or spec.name
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    tracker = Tracker(tracking_uri)
-    return ChampionWatcher(lambda: tracker.version_for(name, CHAMPION),
-                           lambda v: mlflow.spark.load_model(f"models:/{name}/{v}"), poll_seconds, log=logger,
-                           on_error=on_error)
-
-
 def build_session(dataset: str, master: str, jars_dir: str | None):
     from pyspark.sql import SparkSession
 
@@ -171,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     spark = build_session(spec.name, a.master, a.jars)
-    watcher = mlflow_watcher(spec, a.tracking_uri, spec.serving.poll_seconds,
-                             on_error=lambda msg: status.update(last_error=msg))
+    watcher = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
+                               on_error=lambda msg: status.update(last_error=msg))
     status.update(state="waiting")
     if not watcher.wait_first(stop, describe=f"a champion (models:/{spec.name}@champion at {a.tracking_uri})"):
         return 0

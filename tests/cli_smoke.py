@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     from dagster import DagsterInstance
 
-    from ml_platform.simulate import SimConfig, write_batch
+    from ml_platform.local.simulate import SimConfig, write_batch
 
     with tempfile.TemporaryDirectory(prefix="ml-platform-smoke-") as tmp:
         tmp = Path(tmp)

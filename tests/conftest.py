@@ -29,7 +29,7 @@ def specs():
 
 @pytest.fixture
 def store(tmp_path):
-    from ml_platform.storage import LocalStore
+    from ml_platform.stores import LocalStore
 
     return LocalStore(tmp_path / "data")
 
@@ -51,7 +51,7 @@ def landing(store):
 @pytest.fixture(scope="session")
 def used_cars_csv(tmp_path_factory) -> str:
     """A tiny simulated used_cars batch, with broken rows, as text."""
-    from ml_platform.simulate import SimConfig, write_batch
+    from ml_platform.local.simulate import SimConfig, write_batch
 
     d = tmp_path_factory.mktemp("sim")
     path = write_batch(SimConfig("used_cars", rows_per_batch=400, broken_share=0.02), 1, d, None)
@@ -76,7 +76,7 @@ class Broker:
     data, for the fault tests."""
 
     def __init__(self, home: Path):
-        from ml_platform.stack import prepare_kafka
+        from ml_platform.local.supervisor import prepare_kafka
 
         self.port, self.controller = free_port(), free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -88,7 +88,7 @@ class Broker:
         import subprocess
         import time
 
-        from ml_platform.stack import kafka_ok
+        from ml_platform.local.supervisor import kafka_ok
 
         self.proc = subprocess.Popen(self.cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -99,7 +99,7 @@ class Broker:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        from ml_platform.stack import stop_pid
+        from ml_platform.local.supervisor import stop_pid
 
         if self.proc is not None:
             stop_pid(self.proc.pid)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import ROOT, free_port
 
-from ml_platform.stack import stop_pid
+from ml_platform.local.supervisor import stop_pid
 
 
 def _wait(ok, proc: subprocess.Popen, log: Path, what: str, seconds: float = 90) -> None:

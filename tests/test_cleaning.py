@@ -3,9 +3,9 @@
 import pytest
 from pyspark.sql import functions as F
 
-from ml_platform.checks import cleaned_checks, expected_schema
-from ml_platform.cleaning import REASON, classify, clean_batch, cleaned_rows, quarantined_rows
-from ml_platform.ingest import check_header, read_csv
+from ml_platform.data.checks import cleaned_checks, expected_schema
+from ml_platform.data.cleaning import REASON, classify, clean_batch, cleaned_rows, quarantined_rows
+from ml_platform.data.ingest import check_header, read_csv
 
 
 def _rows(spark, spec, records: list[dict]):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from ml_platform.stack import stop_pid
+from ml_platform.local.supervisor import stop_pid
 
 pytestmark = pytest.mark.cluster
 
@@ -68,7 +68,7 @@ def standalone(tmp_path_factory):
 def test_cleaning_materializes_on_a_standalone_cluster(standalone, tmp_path):
     from dagster import DagsterInstance
 
-    from ml_platform.simulate import SimConfig, write_batch
+    from ml_platform.local.simulate import SimConfig, write_batch
 
     master_url, work_dir = standalone
     home = tmp_path / "dagster_home"

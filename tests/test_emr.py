@@ -10,10 +10,10 @@ from conftest import ROOT
 from dagster import AssetKey, DagsterEventType, DagsterInstance, materialize
 
 from assets import build_dataset_assets
+from ml_platform.data.landing import partition_key
 from ml_platform.jobs import run_job
-from ml_platform.landing import partition_key
-from ml_platform.simulate import SimConfig, write_batch
-from ml_platform.storage import LocalStore
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.stores import LocalStore
 from resources import EmrSparkResource, S3Storage
 
 
@@ -170,11 +170,11 @@ def test_data_layers_run_on_the_spark_of_emr(tmp_path):
 from pathlib import Path
 from pyspark.sql import SparkSession
 from ml_platform.jobs import run_job
-from ml_platform.landing import partition_key
-from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.data.landing import partition_key
+from ml_platform.local.simulate import SimConfig, write_batch
 from ml_platform.spec import builtin_specs
-from ml_platform.storage import LocalStore
-from ml_platform.training import mark_accepted
+from ml_platform.stores import LocalStore
+from ml_platform.train.training_set import mark_accepted
 import pyspark, json, sys
 spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
          .config("spark.sql.shuffle.partitions", "2").config("spark.driver.host", "127.0.0.1").getOrCreate())

@@ -6,8 +6,8 @@ import getpass
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets import build_dataset_assets
-from ml_platform.landing import partition_key
-from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.data.landing import partition_key
+from ml_platform.local.simulate import SimConfig, write_batch
 from resources import HdfsStorage, LocalSparkResource
 
 

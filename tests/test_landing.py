@@ -2,9 +2,9 @@
 
 import pytest
 
-from ml_platform.ingest import RejectedFile, check_header
-from ml_platform.landing import Cursor, partition_key, plan_landing
-from ml_platform.storage import FileInfo
+from ml_platform.data.ingest import RejectedFile, check_header
+from ml_platform.data.landing import Cursor, partition_key, plan_landing
+from ml_platform.stores import FileInfo
 
 NOW = 1_000_000 * 10**9
 OLD = NOW - 60 * 10**9

@@ -5,9 +5,9 @@ import json
 
 from dagster import DagsterInstance, build_sensor_context
 
-from ml_platform.kafka_io import ensure_topics, producer
-from ml_platform.live import degraded, judge, pr_auc_approx
-from ml_platform.serving import topic
+from ml_platform.serve.kafka_io import ensure_topics, producer
+from ml_platform.serve.live import degraded, judge, pr_auc_approx
+from ml_platform.serve.messages import topic
 from resources import KafkaResource
 from sensors import build_live_metrics_sensor
 

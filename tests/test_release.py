@@ -10,13 +10,13 @@ from pyspark.ml.feature import SQLTransformer
 
 from assets import build_dataset_assets
 from ml_platform.cli import main as cli
-from ml_platform.landing import partition_key
-from ml_platform.layers import landing_dir
-from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS
-from ml_platform.release import promotion_gate
-from ml_platform.simulate import SimConfig, write_batch
-from ml_platform.storage import LocalStore
-from ml_platform.training import training_version, version_dir
+from ml_platform.data.landing import partition_key
+from ml_platform.layout import holdout_dir, landing_dir
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.stores import LocalStore
+from ml_platform.train.registry import CHALLENGER, CHAMPION, PREVIOUS
+from ml_platform.train.release import promotion_gate
+from ml_platform.train.training_set import training_version
 from resources import LocalSparkResource, LocalStorage, MlflowRegistry
 from tests.training_data import small
 
@@ -109,7 +109,7 @@ def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(
     """Run A is held inside model training (after its training_set executed). A new batch must not start a second
     retrain meanwhile; and even a training_set forced by hand in between cannot switch run A to its data."""
     spec, store, assets, resources, instance, tracker = platform
-    import ml_platform.models as models_module  # the models job imports train_models from here when it runs
+    import ml_platform.train.models as models_module  # the models job imports train_models from here when it runs
 
     entered, release = threading.Event(), threading.Event()
     real = models_module.train_models
@@ -156,7 +156,7 @@ def _register(spark, tracker, spec, store, model, checks="passed"):
     champion = tracker.version_for(spec.name, CHAMPION)
     cur = training_version(store, spec, tracker.version_tags(spec.name, champion)["training_version"])
     parent = tracker.start_parent(spec.name, cur, {})
-    rows = spark.read.parquet(store.uri(f"{version_dir(spec, cur['version'])}/holdout")).limit(3)
+    rows = spark.read.parquet(store.uri(holdout_dir(spec, cur['version']))).limit(3)
     example = rows.select("year", "mileage").toPandas()
     pred = model.transform(rows).select("prediction").toPandas()
     return tracker.register_stack(parent, spec.name, model, example, pred, {"rmse": 1.0},

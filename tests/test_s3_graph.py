@@ -9,8 +9,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 from services import post_form
 
 from assets import build_dataset_assets
-from ml_platform.landing import partition_key
-from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.data.landing import partition_key
+from ml_platform.local.simulate import SimConfig, write_batch
 from resources import LocalSparkResource, MlflowRegistry, S3Storage
 from tests.training_data import small
 

@@ -11,12 +11,12 @@ import time
 
 from conftest import ROOT
 
-from ml_platform.delivery import delivery_report
-from ml_platform.kafka_io import ensure_topics, producer, read_topic
-from ml_platform.produce import request, stream_rows
-from ml_platform.registry import CHAMPION, Tracker
-from ml_platform.serving import topic
-from ml_platform.simulate import SimConfig, write_batch
+from ml_platform.local.loadgen import stream_rows
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.serve.kafka_io import ensure_topics, producer, read_topic
+from ml_platform.serve.messages import request, topic
+from ml_platform.train.registry import CHAMPION, Tracker
+from tests.delivery import delivery_report
 from tests.test_serving import register, year_model
 
 

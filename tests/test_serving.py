@@ -11,13 +11,14 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import SQLTransformer
 
-from ml_platform.kafka_io import ensure_topics, producer, read_topic
-from ml_platform.live import offline_metrics
-from ml_platform.produce import FUZZ_KINDS, fuzz, request, stream_rows
-from ml_platform.registry import CHAMPION, Tracker
-from ml_platform.serving import contract, topic
-from ml_platform.simulate import SimConfig, write_batch
-from spark_streaming.scorer import Status, metrics_query, mlflow_watcher, scoring_query
+from ml_platform.local.loadgen import FUZZ_KINDS, fuzz, stream_rows
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.serve.kafka_io import ensure_topics, producer, read_topic
+from ml_platform.serve.live import offline_metrics
+from ml_platform.serve.messages import contract, request, topic
+from ml_platform.serve.watcher import registry_watcher
+from ml_platform.train.registry import CHAMPION, Tracker
+from spark_streaming.scorer import Status, metrics_query, scoring_query
 
 
 def year_model(k: float) -> PipelineModel:
@@ -53,8 +54,8 @@ def served(spark, specs, kafka, tmp_path, request):
 
 
 def _watcher(spec, tracker, logs, status=None):
-    return mlflow_watcher(spec, tracker.uri, 0.2, logger=logs.append,
-                          on_error=(lambda m: status.update(last_error=m)) if status else None)
+    return registry_watcher(spec.name, tracker.uri, 0.2, logger=logs.append,
+                            on_error=(lambda m: status.update(last_error=m)) if status else None)
 
 
 def _run(query):

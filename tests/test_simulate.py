@@ -3,7 +3,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from ml_platform.simulate import SimConfig, batch_text_chunks, next_batch_index, simulate
+from ml_platform.local.simulate import SimConfig, batch_text_chunks, next_batch_index, simulate
 
 
 def _frame(text: str) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ml_platform.stack import StackError, _alive, check_ports, descendants, kafka_properties, stop_pid
+from ml_platform.local.supervisor import StackError, _alive, check_ports, descendants, kafka_properties, stop_pid
 
 
 def test_taken_port_gives_a_clear_message(tmp_path):

@@ -8,13 +8,13 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.regression import LinearRegression
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import FOLD, LABEL, ROW_ID
-from ml_platform.features import FeatureError, build_feature_pipeline
-from ml_platform.models import featurized, train_models
 from ml_platform.spec import ColumnSpec, SpecError, parse_spec
-from ml_platform.stacking import fit_stack
-from ml_platform.storage import LocalStore
-from ml_platform.training import TrainingError, build_training_set
+from ml_platform.stores import LocalStore
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
+from ml_platform.train.features import FeatureError, build_feature_pipeline
+from ml_platform.train.models import featurized, train_models
+from ml_platform.train.stacking import fit_stack
+from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import SMALL, land_batches, small
 
 

@@ -5,7 +5,7 @@ import uuid
 import pytest
 from services import post_form
 
-from ml_platform.storage import LocalStore, StorageError, open_store
+from ml_platform.stores import LocalStore, StorageError, open_store
 
 
 @pytest.fixture(params=["local", "s3", "hdfs"])
@@ -95,7 +95,7 @@ def _fast(store):
 def test_s3_access_denied_names_the_permissions():
     from botocore.exceptions import ClientError
 
-    from ml_platform.objstore import explain
+    from ml_platform.stores.s3 import explain
 
     e = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")

@@ -9,7 +9,7 @@ import pytest
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import VectorAssembler
 
-from ml_platform.war import ConvergenceError, WeightedAverageRegressor
+from ml_platform.train.war import ConvergenceError, WeightedAverageRegressor
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ print("PRED", json.dumps([r["prediction"] for r in rows]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if ln.startswith(("STAGE", "PRED")))
-    assert lines["STAGE"] == "ml_platform.war WeightedAverageRegressionModel"
+    assert lines["STAGE"] == "ml_platform.train.war WeightedAverageRegressionModel"
     assert json.loads(lines["PRED"]) == pytest.approx(expected, rel=1e-9)
 
 

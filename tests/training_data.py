@@ -3,10 +3,11 @@ cleaned batches of it."""
 
 import dataclasses
 
-from ml_platform.landing import partition_key
-from ml_platform.layers import clean_stored_batch, ingest_batch, landing_dir
-from ml_platform.simulate import SimConfig, write_batch
-from ml_platform.training import mark_accepted
+from ml_platform.data.landing import partition_key
+from ml_platform.data.layers import clean_stored_batch, ingest_batch
+from ml_platform.layout import landing_dir
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.train.training_set import mark_accepted
 
 SMALL = {
     "gbt": {"grid": {"maxDepth": [3], "maxIter": [4]}},

@@ -16,25 +16,21 @@ from pyspark.ml.tuning import CrossValidator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, param_maps, search_space
-from ml_platform.metrics import classification_metrics, curves, primary, regression_metrics, score_column
+from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
-from ml_platform.training import TrainingError, feature_pipeline_dir, version_dir
-
-
-def model_dir(spec: DatasetSpec, version: str, name: str) -> str:
-    return f"{version_dir(spec, version)}/models/{name}"
+from ml_platform.stores import Store
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, param_maps, search_space
+from ml_platform.train.metrics import classification_metrics, curves, primary, regression_metrics, score_column
+from ml_platform.train.training_set import TrainingError
 
 
 def featurized(spark, store: Store, spec: DatasetSpec, version: str) -> tuple[DataFrame, DataFrame]:
     """Train and holdout with the fitted feature pipeline applied; train is cached, since every fold of every
     parameter map of every model reads it."""
     fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
-    base = version_dir(spec, version)
-    train = fp.transform(spark.read.parquet(store.uri(f"{base}/train"))).persist()
+    train = fp.transform(spark.read.parquet(store.uri(train_dir(spec, version)))).persist()
     train.count()
-    holdout = fp.transform(spark.read.parquet(store.uri(f"{base}/holdout")))
+    holdout = fp.transform(spark.read.parquet(store.uri(holdout_dir(spec, version))))
     return train, holdout
 
 
@@ -88,9 +84,9 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     oof = parts[0]
     for p in parts[1:]:
         oof = oof.unionByName(p)
-    out = model_dir(spec, version, name)
-    oof.write.mode("overwrite").parquet(store.uri(f"{out}/oof"))
-    oof = train.sparkSession.read.parquet(store.uri(f"{out}/oof"))
+    oof_uri, model_uri = store.uri(oof_dir(spec, version, name)), store.uri(model_artifact(spec, version, name))
+    oof.write.mode("overwrite").parquet(oof_uri)
+    oof = train.sparkSession.read.parquet(oof_uri)
     threshold = curves(oof, LABEL, "score")["threshold"] if spec.task == "classification" else None
     scored = cvm.bestModel.transform(holdout).withColumn("__score", score_column(kind))
     hold = evaluate(spec, scored, "__score", threshold)
@@ -98,16 +94,16 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     if hold["non_finite"]:
         raise TrainingError(f"{where}: did not converge: {hold['non_finite']} non-finite holdout predictions "
                             f"with {settings[best]}")
-    PipelineModel(stages=[cvm.bestModel]).write().overwrite().save(store.uri(f"{out}/model"))
+    PipelineModel(stages=[cvm.bestModel]).write().overwrite().save(model_uri)
     result = {
         "algorithm": name, "version": version, "features": alg.features, "score": kind,
         "search_space": settings, "best_params": settings[best], "param_maps": len(maps), "folds": folds,
         "cv_metric": metric,
         "cv_mean": avg[best], "cv_std": std[best], "cv_all": avg, "holdout": hold, "threshold": threshold,
         "train_seconds": round(train_seconds, 2), "validation_seconds": round(validation_seconds, 2),
-        "model": store.uri(f"{out}/model"), "oof": store.uri(f"{out}/oof"), "ok": True,
+        "model": model_uri, "oof": oof_uri, "ok": True,
     }
-    store.write_json(f"{out}/result.json", result)
+    store.write_json(model_result(spec, version, name), result)
     return result
 
 
@@ -124,7 +120,7 @@ def train_models(spark, store: Store, spec: DatasetSpec, version: str, names: li
             try:
                 return train_algorithm(store, spec, version, name, train, holdout)
             except Exception as e:  # noqa: BLE001
-                store.write_json(f"{model_dir(spec, version, name)}/result.json",
+                store.write_json(model_result(spec, version, name),
                                  {"algorithm": name, "ok": False, "error": str(e)})
                 return e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
         with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
@@ -137,7 +133,7 @@ def model_results(store: Store, spec: DatasetSpec, version: str) -> dict[str, di
     """The successful base models of a version, by algorithm."""
     out = {}
     for name in spec.algorithms:
-        r = store.read_json(f"{model_dir(spec, version, name)}/result.json")
+        r = store.read_json(model_result(spec, version, name))
         if r and r.get("ok"):
             out[name] = r
     return out

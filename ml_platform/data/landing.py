@@ -19,9 +19,9 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ml_platform.ingest import RejectedFile, check_header
+from ml_platform.data.ingest import RejectedFile, check_header
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import FileInfo
+from ml_platform.stores import FileInfo
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "._COPYING_", ".inprogress")
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")

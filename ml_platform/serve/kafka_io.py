@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from ml_platform.serving import KINDS, MAX_MESSAGE_BYTES, topic
+from ml_platform.serve.messages import KINDS, MAX_MESSAGE_BYTES, topic
 
 
 def ensure_topics(bootstrap: str, dataset: str, partitions: int = 2) -> list[str]:

@@ -16,10 +16,18 @@ import json
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import FOLD, LABEL, ROW_ID, WEIGHT
-from ml_platform.layers import batch_record_path, silver_dir, silver_root
+from ml_platform.layout import (
+    accepted_dir,
+    accepted_marker,
+    batch_record_path,
+    holdout_dir,
+    silver_dir,
+    train_dir,
+    training_set_record,
+)
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
+from ml_platform.stores import Store
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT
 
 BATCH = "__batch"
 ALL_COLUMNS_KEY = "__all_columns"
@@ -27,10 +35,6 @@ ALL_COLUMNS_KEY = "__all_columns"
 
 class TrainingError(ValueError):
     """Training data or a model that cannot be used; the message says what and where."""
-
-
-def accepted_marker(spec: DatasetSpec, key: str) -> str:
-    return f"{silver_root(spec)}/_accepted/{key}.json"
 
 
 def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict) -> None:
@@ -44,7 +48,7 @@ def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, sum
 def accepted_batches(store: Store, spec: DatasetSpec) -> list[dict]:
     """Accepted batches with their bronze records, oldest ingestion first."""
     out = []
-    for f in store.list_files(f"{silver_root(spec)}/_accepted"):
+    for f in store.list_files(accepted_dir(spec)):
         key = f.name.removesuffix(".json")
         record = store.read_json(batch_record_path(spec, key))
         if record is not None and not record.get("duplicate_of") and store.exists(silver_dir(spec, key)):
@@ -52,18 +56,10 @@ def accepted_batches(store: Store, spec: DatasetSpec) -> list[dict]:
     return sorted(out, key=lambda r: (r["ingested_at"], r["partition"]))
 
 
-def version_dir(spec: DatasetSpec, version: str) -> str:
-    return f"gold/{spec.name}/{version}"
-
-
-def feature_pipeline_dir(spec: DatasetSpec, version: str) -> str:
-    return f"{version_dir(spec, version)}/feature_pipeline"
-
-
 def training_version(store: Store, spec: DatasetSpec, version: str) -> dict:
     """The summary of one training-set version. Later layers are told which version to work on (the one their
     own upstream was built from), so a retrain started meanwhile cannot switch them to its data."""
-    rec = store.read_json(f"{version_dir(spec, version)}/training_set.json")
+    rec = store.read_json(training_set_record(spec, version))
     if rec is None:
         raise TrainingError(f"{spec.name}: training-set version {version} does not exist; rematerialize "
                             f"{spec.name}/training_set")
@@ -105,11 +101,11 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
     stats = _target_stats(df, spec)
     weights = _class_weights(stats, spec)
     df = df.withColumn(WEIGHT, F.when(F.col(LABEL) == 1, weights[1]).otherwise(weights[0]) if weights else F.lit(1.0))
-    base = version_dir(spec, version)
-    df.where(~F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(store.uri(f"{base}/train"))
-    df.where(F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(store.uri(f"{base}/holdout"))
-    n_train = spark.read.parquet(store.uri(f"{base}/train")).count()
-    n_holdout = spark.read.parquet(store.uri(f"{base}/holdout")).count()
+    train_uri, holdout_uri = store.uri(train_dir(spec, version)), store.uri(holdout_dir(spec, version))
+    df.where(~F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(train_uri)
+    df.where(F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(holdout_uri)
+    n_train = spark.read.parquet(train_uri).count()
+    n_holdout = spark.read.parquet(holdout_uri).count()
     if n_train < t.folds * 2 or n_holdout == 0:
         raise TrainingError(f"{spec.name}: {n_train} train and {n_holdout} holdout rows are too few for "
                             f"{t.folds}-fold cross-validation")
@@ -119,10 +115,10 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
         "first_ingested_at": batches[0]["ingested_at"], "last_ingested_at": batches[-1]["ingested_at"],
         "data_hash": hashlib.sha256(json.dumps(sorted(b["sha256"] for b in batches)).encode()).hexdigest()[:16],
         "rows": n_train + n_holdout, "train_rows": n_train, "holdout_rows": n_holdout,
-        "target": stats, "class_weights": weights, "train": store.uri(f"{base}/train"),
-        "holdout": store.uri(f"{base}/holdout"),
+        "target": stats, "class_weights": weights, "train": train_uri,
+        "holdout": holdout_uri,
     }
-    store.write_json(f"{base}/training_set.json", summary)
+    store.write_json(training_set_record(spec, version), summary)
     return summary
 
 

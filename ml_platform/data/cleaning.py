@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from ml_platform.ingest import CORRUPT
+from ml_platform.data.ingest import CORRUPT
 from ml_platform.spec import ColumnSpec, DatasetSpec
 
 REASON = "_reject_reason"

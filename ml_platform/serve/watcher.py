@@ -1,4 +1,4 @@
-"""Model hot swap for the scorer: a background thread watches where the `champion` alias points and loads a new
+"""The champion watcher, shared by every front end that serves the champion. Model hot swap: a background thread watches where the `champion` alias points and loads a new
 version off the hot path; the scorer takes the loaded model between micro-batches, so one micro-batch is scored
 by one model version and a swap never restarts the query. A version that fails to load is reported and the
 current model keeps serving; it is retried after `retry_seconds` (the alias may be fixed meanwhile, or the
@@ -109,3 +109,21 @@ class ChampionWatcher:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=self.poll_seconds + 5)
+
+
+def registry_watcher(model_name: str, tracking_uri: str, poll_seconds: float, logger: Callable[[str], None] = print,
+                     on_error: Callable[[str], None] | None = None) -> ChampionWatcher:
+    """Resolve `models:/<name>@champion` to its version and load that version with mlflow.spark.load_model
+    (by version, so the alias moving during a load cannot mix two versions)."""
+    import mlflow
+    import mlflow.spark
+
+    from ml_platform.train.registry import CHAMPION, Tracker
+
+    name = model_name
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    return ChampionWatcher(lambda: tracker.version_for(name, CHAMPION),
+                           lambda v: mlflow.spark.load_model(f"models:/{name}/{v}"), poll_seconds, log=logger,
+                           on_error=on_error)

@@ -11,7 +11,7 @@ import functools
 import io
 from dataclasses import dataclass
 
-from ml_platform.storage import FileInfo, StorageError, Store
+from ml_platform.stores.base import FileInfo, StorageError, Store
 
 CREDENTIALS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance role)"
 

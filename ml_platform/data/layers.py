@@ -7,35 +7,21 @@ from contextlib import contextmanager
 
 from pyspark.sql import functions as F
 
-from ml_platform.cleaning import REASON, classify, cleaned_rows, quarantined_rows
-from ml_platform.ingest import CORRUPT, RejectedFile, check_header, content_hash, read_csv
-from ml_platform.landing import partition_key
+from ml_platform.data.cleaning import REASON, classify, cleaned_rows, quarantined_rows
+from ml_platform.data.ingest import CORRUPT, RejectedFile, check_header, content_hash, read_csv
+from ml_platform.data.landing import partition_key
+from ml_platform.layout import (
+    batch_record_path,
+    bronze_dir,
+    content_hash_marker,
+    landed_file,
+    landing_dir,
+    quarantine_files_dir,
+    quarantine_rows_dir,
+    silver_dir,
+)
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
-
-
-def landing_dir(spec: DatasetSpec) -> str:
-    return f"landing/{spec.name}"
-
-
-def bronze_dir(spec: DatasetSpec, key: str) -> str:
-    return f"bronze/{spec.name}/batch={key}"
-
-
-def silver_root(spec: DatasetSpec) -> str:
-    return f"silver/{spec.name}"
-
-
-def silver_dir(spec: DatasetSpec, key: str) -> str:
-    return f"{silver_root(spec)}/batch={key}"
-
-
-def quarantine_rows_dir(spec: DatasetSpec, key: str) -> str:
-    return f"quarantine/{spec.name}/rows/batch={key}"
-
-
-def batch_record_path(spec: DatasetSpec, key: str) -> str:
-    return f"bronze/{spec.name}/_batches/{key}.json"
+from ml_platform.stores import Store
 
 
 def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
@@ -50,13 +36,13 @@ def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
 def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict:
     """Landed CSV -> bronze Parquet for one batch. Same content landed again adds nothing."""
     name = find_landed_file(store, spec, key)
-    rel = f"{landing_dir(spec)}/{name}"
+    rel = landed_file(spec, name)
     size = next(f.size for f in store.list_files(landing_dir(spec)) if f.name == name)
     header = check_header(store.read_head(rel), spec, size)
     digest = content_hash(store, rel)
     record = {"partition": key, "file": name, "bytes": size, "sha256": digest, "missing_columns": header.missing,
               "extra_columns": header.extra, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
-    first = store.create_exclusive(f"bronze/{spec.name}/_hashes/{digest}", key)
+    first = store.create_exclusive(content_hash_marker(spec, digest), key)
     if first is not None and first != key:
         store.delete_tree(bronze_dir(spec, key))
         record.update(rows=0, malformed_rows=0, duplicate_of=first)
@@ -128,9 +114,9 @@ def quarantine_file(store: Store, spec: DatasetSpec, name: str, reason: str) -> 
     """Move a rejected landed file to quarantine/<dataset>/files/, beside <name>.reason.json. Returns its new path;
     a name already in quarantine gets a timestamp suffix so nothing is overwritten."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-    dest = f"quarantine/{spec.name}/files/{name}"
+    dest = f"{quarantine_files_dir(spec)}/{name}"
     if store.exists(dest):
         dest = f"{dest}.{stamp}"
-    store.move(f"{landing_dir(spec)}/{name}", dest)
+    store.move(landed_file(spec, name), dest)
     store.write_json(f"{dest}.reason.json", {"file": name, "reason": reason, "rejected_at": stamp})
     return dest

@@ -17,7 +17,7 @@ from pyspark.ml import classification as C
 from pyspark.ml import regression as R
 
 from ml_platform.spec import DatasetSpec, SpecError
-from ml_platform.war import WeightedAverageRegressor
+from ml_platform.train.war import WeightedAverageRegressor
 
 TREE_FEATURES = "features_tree"
 LINEAR_FEATURES = "features_scaled"

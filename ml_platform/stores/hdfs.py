@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import BinaryIO
 
-from ml_platform.storage import FileInfo, StorageError, Store
+from ml_platform.stores.base import FileInfo, StorageError, Store
 
 
 class HdfsStore(Store):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_platform.simulate import fraud, used_cars
+from ml_platform.local.simulate import fraud, used_cars
 
 GENERATORS = {"used_cars": used_cars, "fraud": fraud}
 BATCH_NAME = re.compile(r"^batch-(\d{5,})\.csv$")

@@ -2,38 +2,23 @@
 rows with a DLQ reason -> scored rows -> prediction and DLQ messages. The cleaning is `cleaning.classify`, the
 batch path's own function, so a request is cleaned exactly as a training row was.
 
-Message contracts are JSON Schema files in ml_platform/contracts/; `contract(name)` loads one.
+The shapes of the messages it writes are serve/messages.py's (the JSON Schemas in contracts/).
 """
 
 from __future__ import annotations
-
-import json
-from importlib import resources
 
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from ml_platform.cleaning import REASON, classify
+from ml_platform.data.cleaning import REASON, classify
+from ml_platform.serve.messages import topic
 from ml_platform.spec import DatasetSpec
 
-KINDS = ("requests", "actuals", "predictions", "metrics", "dlq")
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
 PRE = "__pre_reason"
 CORRUPT_JSON = "__corrupt_json"
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # broker message.max.bytes and the writers' max.request.size
-
-
-def topic(spec: DatasetSpec | str, kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}; one of {KINDS}")
-    return f"{getattr(spec, 'name', spec)}.{kind}"
-
-
-def contract(name: str) -> dict:
-    """The JSON Schema of one message kind: request, actual, prediction, metrics or dlq."""
-    return json.loads(resources.files("ml_platform.contracts").joinpath(f"{name}.schema.json").read_text())
 
 
 def request_schema(spec: DatasetSpec) -> StructType:

@@ -23,12 +23,13 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import LABEL, ROW_ID, WEIGHT
-from ml_platform.metrics import curves, primary, regression_metrics, score_column
-from ml_platform.models import evaluate
+from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
-from ml_platform.training import TrainingError, version_dir
+from ml_platform.stores import Store
+from ml_platform.train.algorithms import LABEL, ROW_ID, WEIGHT
+from ml_platform.train.metrics import curves, primary, regression_metrics, score_column
+from ml_platform.train.models import evaluate
+from ml_platform.train.training_set import TrainingError
 
 META_FEATURES = "__meta_features"
 EPS = 1e-6
@@ -85,8 +86,7 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
     if len(results) < 2:
         raise TrainingError(f"{spec.name}: stacking needs at least 2 trained base models, have {sorted(results)}")
     names = sorted(results)
-    base = version_dir(spec, version)
-    train = spark.read.parquet(store.uri(f"{base}/train")).select(ROW_ID, LABEL, WEIGHT, spec.target)
+    train = spark.read.parquet(store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, WEIGHT, spec.target)
     for n in names:
         oof = spark.read.parquet(results[n]["oof"]).select(
             ROW_ID, meta_input(F.col("score"), _how(spec, results[n]["score"])).alias(f"score_{n}"))
@@ -106,7 +106,7 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
         meta.set(meta.getParam("threshold"), float(threshold))
         coef = [float(c) for c in meta.coefficients]
     fit_seconds = time.perf_counter() - t0
-    fp = PipelineModel.load(store.uri(f"{base}/feature_pipeline"))
+    fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
     stages = list(fp.stages)
     for n in names:
         model = PipelineModel.load(results[n]["model"]).stages[0]
@@ -115,13 +115,13 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
             inputCol=f"__{kind}_{n}", outputCol=f"score_{n}", element=-1 if kind == "prediction" else 1,
             how=_how(spec, kind))]
     stacked = PipelineModel(stages=stages + [assembler, meta])
-    path = store.uri(f"{base}/stacked_model")
+    path = store.uri(stacked_model_dir(spec, version))
     stacked.write().overwrite().save(path)
-    holdout = evaluate_pipeline(spark, spec, stacked, store.uri(f"{base}/holdout"), threshold)
+    holdout = evaluate_pipeline(spark, spec, stacked, store.uri(holdout_dir(spec, version)), threshold)
     result = {"version": version, "base_models": names, "meta_coefficients": dict(zip(names, coef, strict=True)),
               "meta_intercept": float(meta.intercept), "threshold": threshold, "holdout": holdout,
               "fit_seconds": round(fit_seconds, 2), "path": path}
-    store.write_json(f"{base}/stacked_model.json", result)
+    store.write_json(stacked_model_record(spec, version), result)
     return result
 
 

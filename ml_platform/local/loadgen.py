@@ -12,18 +12,13 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-from ml_platform.serving import topic
+from ml_platform.serve.messages import actual, encode, request, topic
 from ml_platform.spec import DatasetSpec
 
 FUZZ_KINDS = ("not_json", "truncated", "no_request_id", "wrong_types", "nan_inf", "absurd", "unknown_category",
               "huge", "duplicate", "empty")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def stream_rows(test_dir: Path) -> Iterator[tuple[str, dict]]:
@@ -32,12 +27,6 @@ def stream_rows(test_dir: Path) -> Iterator[tuple[str, dict]]:
         with open(f, newline="", encoding="utf-8") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
                 yield f"{f.stem}-{i}", row
-
-
-def request(spec: DatasetSpec, rid: str, row: dict, event_time: str | None = None) -> dict:
-    """A request: the raw columns exactly as in the file, without the target."""
-    return {"request_id": rid, "event_time": event_time or now_iso(),
-            **{k: v for k, v in row.items() if k != spec.target and k in spec.column_names}}
 
 
 def actual_value(spec: DatasetSpec, row: dict) -> float | None:
@@ -92,7 +81,7 @@ def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, coun
             actual_delay: float, actual_drop: float, malformed: float, seed: int = 0, out=sys.stdout) -> dict:
     """Send requests at `rate` per second (until `count`, or the test stream ends); actuals `actual_delay`
     seconds later unless dropped. Returns what was sent."""
-    from ml_platform.kafka_io import ensure_topics, producer
+    from ml_platform.serve.kafka_io import ensure_topics, producer
 
     ensure_topics(bootstrap, spec.name)
     p = producer(bootstrap)
@@ -111,8 +100,7 @@ def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, coun
             now = time.monotonic()
             while pending and pending[0][0] <= now:
                 _, arid, value = heapq.heappop(pending)
-                p.send(act_t, key=arid, value=json.dumps({"request_id": arid, "event_time": now_iso(),
-                                                          "actual": value}).encode())
+                p.send(act_t, key=arid, value=encode("actuals", actual(arid, value)))
                 sent["actuals"] += 1
             if now >= due:
                 break
@@ -121,7 +109,7 @@ def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, coun
             key, value = fuzz(spec, rng.choice(FUZZ_KINDS), rid, row, rng)
             sent["malformed"] += 1
         else:
-            key, value = rid, json.dumps(request(spec, rid, row)).encode()
+            key, value = rid, encode("requests", request(spec, rid, row))
             y = actual_value(spec, row)
             if y is not None and rng.random() >= actual_drop:
                 heapq.heappush(pending, (time.monotonic() + actual_delay, rid, y))
@@ -135,8 +123,7 @@ def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, coun
     while pending:
         at, arid, value = heapq.heappop(pending)
         time.sleep(max(0.0, at - time.monotonic()))
-        p.send(act_t, key=arid, value=json.dumps({"request_id": arid, "event_time": now_iso(),
-                                                  "actual": value}).encode())
+        p.send(act_t, key=arid, value=encode("actuals", actual(arid, value)))
         sent["actuals"] += 1
     p.flush()
     p.close()

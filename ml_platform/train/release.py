@@ -11,15 +11,16 @@ import math
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import LABEL
-from ml_platform.metrics import better, curves, primary, score_column
-from ml_platform.models import model_results
-from ml_platform.plots import classification_plots, regression_plots
-from ml_platform.registry import CHALLENGER, CHAMPION, Tracker
+from ml_platform.layout import holdout_dir, mlflow_record
 from ml_platform.spec import DatasetSpec
-from ml_platform.stacking import evaluate_pipeline, fit_stack, leaderboard
-from ml_platform.storage import Store
-from ml_platform.training import TrainingError, training_version, version_dir
+from ml_platform.stores import Store
+from ml_platform.train.algorithms import LABEL
+from ml_platform.train.metrics import better, curves, primary, score_column
+from ml_platform.train.models import model_results
+from ml_platform.train.plots import classification_plots, regression_plots
+from ml_platform.train.registry import CHALLENGER, CHAMPION, Tracker
+from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard
+from ml_platform.train.training_set import TrainingError, training_version
 
 CHECKS_TAG = "checks"
 
@@ -74,7 +75,7 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     checks = stack_checks(spec, stack["holdout"], results)
     passed = all(ok for _, ok, blocking, _ in checks if blocking)
     stacked = PipelineModel.load(stack["path"])
-    holdout_uri = store.uri(f"{version_dir(spec, version)}/holdout")
+    holdout_uri = store.uri(holdout_dir(spec, version))
     plots = diagnostics(spark, spec, stacked, holdout_uri)
     parent = mlflow_parent(store, spec, version)
     for name, png in plots.items():
@@ -89,7 +90,7 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
 
 
 def mlflow_parent(store: Store, spec: DatasetSpec, version: str) -> str:
-    rec = store.read_json(f"{version_dir(spec, version)}/mlflow.json")
+    rec = store.read_json(mlflow_record(spec, version))
     if not rec:
         raise TrainingError(f"{spec.name}: version {version} has no MLflow parent run; rebuild the training set")
     return rec["parent_run_id"]
@@ -116,7 +117,7 @@ def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, cha
     if "training_version" not in tags:
         raise TrainingError(f"{spec.name}: model version {challenger} has no training_version tag, so there is no "
                             f"holdout to score it on")
-    holdout_uri = store.uri(f"{version_dir(spec, tags['training_version'])}/holdout")
+    holdout_uri = store.uri(holdout_dir(spec, tags['training_version']))
     ch_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, challenger), holdout_uri)[metric]
     out["challenger_score"] = ch_score
     if champion is None:

@@ -14,10 +14,10 @@ from pyspark.ml.feature import Imputer, OneHotEncoder, SQLTransformer, StandardS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ml_platform.algorithms import LINEAR_FEATURES, TREE_FEATURES
+from ml_platform.layout import feature_pipeline_dir, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.storage import Store
-from ml_platform.training import feature_pipeline_dir, version_dir
+from ml_platform.stores import Store
+from ml_platform.train.algorithms import LINEAR_FEATURES, TREE_FEATURES
 
 OTHER = "__other__"
 
@@ -90,7 +90,7 @@ def fit_feature_pipeline(train: DataFrame, spec: DatasetSpec) -> PipelineModel:
 
 def build_feature_pipeline(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     """Fit on the version's train split and save beside it; returns what the asset shows."""
-    train = spark.read.parquet(store.uri(f"{version_dir(spec, version)}/train"))
+    train = spark.read.parquet(store.uri(train_dir(spec, version)))
     model = fit_feature_pipeline(train, spec)
     path = store.uri(feature_pipeline_dir(spec, version))
     model.write().overwrite().save(path)

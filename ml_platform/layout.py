@@ -1,0 +1,114 @@
+"""Every path inside a store, for every layer: the only place that builds one. Paths are relative to the store's
+root ('/'-separated); `store.uri(path)` turns one into what Spark reads and writes.
+
+    landing/<dataset>/                          batch files as they arrive
+    quarantine/<dataset>/files/                 rejected batch files, each beside <name>.reason.json
+    quarantine/<dataset>/rows/batch=<key>/      rows that failed parsing or cleaning, with the reason
+    bronze/<dataset>/batch=<key>/               parsed rows of accepted files (Parquet, every value a string)
+    bronze/<dataset>/_batches/<key>.json        what ingestion recorded about a batch
+    bronze/<dataset>/_hashes/<sha256>           which batch first brought this content
+    silver/<dataset>/batch=<key>/               cleaned, typed rows (Parquet)
+    silver/<dataset>/_accepted/<key>.json       written by the cleaning job when the batch passed its blocking checks
+    gold/<dataset>/<version>/                   one retrain: train/, holdout/, training_set.json, feature_pipeline/,
+                                                models/<algorithm>/{model,oof,result.json}, stacked_model/, *.json
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class _Named(Protocol):
+    name: str
+
+
+def landing_dir(spec: _Named) -> str:
+    return f"landing/{spec.name}"
+
+
+def landed_file(spec: _Named, name: str) -> str:
+    return f"{landing_dir(spec)}/{name}"
+
+
+def quarantine_files_dir(spec: _Named) -> str:
+    return f"quarantine/{spec.name}/files"
+
+
+def quarantine_rows_dir(spec: _Named, key: str) -> str:
+    return f"quarantine/{spec.name}/rows/batch={key}"
+
+
+def bronze_dir(spec: _Named, key: str) -> str:
+    return f"bronze/{spec.name}/batch={key}"
+
+
+def batch_record_path(spec: _Named, key: str) -> str:
+    return f"bronze/{spec.name}/_batches/{key}.json"
+
+
+def content_hash_marker(spec: _Named, digest: str) -> str:
+    return f"bronze/{spec.name}/_hashes/{digest}"
+
+
+def silver_root(spec: _Named) -> str:
+    return f"silver/{spec.name}"
+
+
+def silver_dir(spec: _Named, key: str) -> str:
+    return f"{silver_root(spec)}/batch={key}"
+
+
+def accepted_dir(spec: _Named) -> str:
+    return f"{silver_root(spec)}/_accepted"
+
+
+def accepted_marker(spec: _Named, key: str) -> str:
+    return f"{accepted_dir(spec)}/{key}.json"
+
+
+def version_dir(spec: _Named, version: str) -> str:
+    return f"gold/{spec.name}/{version}"
+
+
+def train_dir(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/train"
+
+
+def holdout_dir(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/holdout"
+
+
+def training_set_record(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/training_set.json"
+
+
+def feature_pipeline_dir(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/feature_pipeline"
+
+
+def model_dir(spec: _Named, version: str, algorithm: str) -> str:
+    return f"{version_dir(spec, version)}/models/{algorithm}"
+
+
+def model_artifact(spec: _Named, version: str, algorithm: str) -> str:
+    return f"{model_dir(spec, version, algorithm)}/model"
+
+
+def oof_dir(spec: _Named, version: str, algorithm: str) -> str:
+    return f"{model_dir(spec, version, algorithm)}/oof"
+
+
+def model_result(spec: _Named, version: str, algorithm: str) -> str:
+    return f"{model_dir(spec, version, algorithm)}/result.json"
+
+
+def stacked_model_dir(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/stacked_model"
+
+
+def stacked_model_record(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/stacked_model.json"
+
+
+def mlflow_record(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/mlflow.json"
