@@ -1,4 +1,5 @@
-"""The champion watcher, shared by every front end that serves the champion. Model hot swap: a background thread watches where the `champion` alias points and loads a new
+"""The champion watcher, shared by every front end that serves the champion. Model hot swap: a background thread
+watches where the `champion` alias points and loads a new
 version off the hot path; the scorer takes the loaded model between micro-batches, so one micro-batch is scored
 by one model version and a swap never restarts the query. A version that fails to load is reported and the
 current model keeps serving; it is retried after `retry_seconds` (the alias may be fixed meanwhile, or the
