@@ -256,11 +256,41 @@ def load_spec(path: str | Path) -> DatasetSpec:
     return parse_spec(data, str(path))
 
 
+def shipped_spec_dir() -> Path:
+    """The example specs shipped with the package (used when no spec directory is configured)."""
+    return Path(str(resources.files("ml_platform.specs")))
+
+
+@dataclass
+class SpecSet:
+    """The specs of a directory: the good ones by dataset name, and the broken ones by file, each with its error,
+    so one broken spec never takes the other datasets down."""
+
+    directory: Path
+    specs: dict[str, DatasetSpec] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # file name -> what is wrong (names file and field)
+
+
+def load_spec_dir(directory: str | Path | None = None) -> SpecSet:
+    """Every *.yaml / *.yml spec in `directory` (None: the shipped examples)."""
+    d = Path(directory) if directory else shipped_spec_dir()
+    out = SpecSet(d)
+    if not d.is_dir():
+        out.errors[str(d)] = f"spec directory {d} does not exist (ML_PLATFORM_SPECS)"
+        return out
+    for path in sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()):
+        try:
+            spec = load_spec(path)
+        except SpecError as e:
+            out.errors[path.name] = str(e)
+            continue
+        if spec.name in out.specs:
+            out.errors[path.name] = f"spec {path}: name {spec.name!r} is already used by another spec in {d}"
+            continue
+        out.specs[spec.name] = spec
+    return out
+
+
 def builtin_specs() -> dict[str, DatasetSpec]:
     """The specs shipped in ml_platform/specs, by dataset name."""
-    out = {}
-    for entry in sorted(resources.files("ml_platform.specs").iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            spec = parse_spec(yaml.safe_load(entry.read_text()), f"ml_platform/specs/{entry.name}")
-            out[spec.name] = spec
-    return out
+    return load_spec_dir(None).specs
