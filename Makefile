@@ -1,5 +1,9 @@
 # The two commands: `make run` (the local stack) and `make test` (what CI runs). Both set up what is missing
-# first; a second call skips what is done (stamps depend on pyproject.toml and the poms).
+# first; a second call skips what is done (stamps depend on uv.lock, pyproject.toml and the poms).
+#   make run        needs Python 3.11, Java 17 and Maven: the venv, Spark's Kafka jars, the broker's jars
+#   make test       also needs Go and root (once): kcat, MinIO, .venv-emr and the aws/hdfs/emr-node jars
+#   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in under a minute
+#   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -7,12 +11,36 @@ BIN := $(VENV)/bin
 JARS := .jars
 SPARK_KAFKA_JARS := spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 
+# uv installs Python packages from uv.lock. It comes from PyPI into its own small venv (only package registries
+# are reachable, so no installer script); it must use the machine's Python, never download one.
+UV_VERSION := 0.13.9
+UV_HOME := .tools/uv
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
 MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup tools run test lint pytest validate smoke jars clean
-setup: $(VENV)/.installed jars tools
+.PHONY: setup setup-run tools run test test-fast lint pytest validate smoke lock jars jars-run jars-test \
+        jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
+setup-run: $(VENV)/.installed jars-run
+setup: setup-run jars-test tools
+
+$(UV_HOME)/.uv-$(UV_VERSION):
+	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install -q "uv==$(UV_VERSION)"
+	@rm -f $(UV_HOME)/.uv-* && touch $@
+
+# Exactly what uv.lock says (packages not in it are removed), with the project editable and the dev extra.
+# --locked fails when pyproject.toml changed without `make lock`, instead of resolving something CI never ran.
+$(VENV)/.installed: pyproject.toml uv.lock $(UV_HOME)/.uv-$(UV_VERSION)
+	$(UV) sync --locked --extra dev --python $(PYTHON) --quiet
+	@touch $@
+
+# After editing the dependencies in pyproject.toml: re-resolve and commit uv.lock with it.
+lock: $(UV_HOME)/.uv-$(UV_VERSION)
+	$(UV) lock --python $(PYTHON)
 
 # kcat: a Kafka client that is not ours, for the wire-format test and for poking at topics by hand (Debian)
 tools:
@@ -22,10 +50,9 @@ tools:
 
 # The EMR emulation's node runs the Spark of current EMR releases (emr-7.13.0: Spark 3.5.6, Python 3.11) with only
 # what a bootstrap would install for the data layers, so a Spark 4-only API in those layers fails a test here.
-.venv-emr/.installed: Makefile
-	@test -x .venv-emr/bin/python || $(PYTHON) -m venv .venv-emr
-	.venv-emr/bin/pip install -q "pyspark==3.5.6" "dagster-pipes==1.13.27" "boto3==1.44.5" "pandas>=2.2,<3" \
-	  "pyarrow>=15" "numpy>=1.26,<3" "pyyaml>=6"
+.venv-emr/.installed: tests/emr-node-requirements.txt $(UV_HOME)/.uv-$(UV_VERSION)
+	@test -x .venv-emr/bin/python || $(UV) venv -q --python $(PYTHON) .venv-emr
+	$(UV) pip sync -q --python .venv-emr/bin/python $<
 	@touch $@
 
 # MinIO: the S3-compatible server the storage tests run against (~3 min to build on 2 cores, once)
@@ -33,13 +60,11 @@ $(MINIO):
 	@command -v go >/dev/null || { echo "building MinIO needs Go (https://go.dev/dl or the Debian package golang)"; exit 1; }
 	mkdir -p .tools && GOBIN=$(abspath .tools) GOFLAGS=-mod=mod go install github.com/minio/minio@$(MINIO_VERSION)
 
-$(VENV)/.installed: pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	@touch $@
-
-jars: $(JARS)/spark/.done $(JARS)/kafka/.done $(JARS)/aws/.done $(JARS)/hdfs/.done $(JARS)/emr-node/.done
+# Jar sets, one folder each under .jars/: what `make run` needs, what only the tests need, and all of them.
+jars-run: jars-spark jars-kafka
+jars-test: jars-aws jars-hdfs jars-emr-node
+jars: jars-run jars-test
+jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node: jars-%: $(JARS)/%/.done
 
 # $(call copy-jars,<folder under .jars>,<pom>,<extra mvn flags>): a pom's runtime jars into their own folder
 define copy-jars
@@ -68,16 +93,21 @@ $(JARS)/hdfs/.done: jvm/hdfs-minicluster/pom.xml
 $(JARS)/emr-node/.done: jvm/emr-node/pom.xml
 	$(call copy-jars,emr-node,$<,-DexcludeArtifactIds=wildfly-openssl)
 
-run: setup
+run: setup-run
 	$(BIN)/ml-platform up
 
 test: setup lint pytest validate smoke
 
+# The tests marked `fast` by tests/conftest.py: no service fixture, not marked slow. Needs only the venv.
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -m fast -q
+
 lint:
 	$(BIN)/ruff check .
 
+# pytest's exit 5 (no test collected or selected) fails like any other non-zero status
 pytest:
-	$(BIN)/pytest
+	@$(BIN)/pytest; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
 
 validate:
 	$(BIN)/dagster definitions validate -m definitions
