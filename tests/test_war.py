@@ -66,6 +66,39 @@ print("PRED", json.dumps([r["prediction"] for r in rows]))
     assert json.loads(lines["PRED"]) == pytest.approx(expected, rel=1e-9)
 
 
+def test_reg_param_shrinks_the_coefficients_toward_the_mean(frame):
+    """Ridge on the fitted scale: every coefficient shrinks by the same factor, which falls as regParam grows;
+    regParam=0 is the least-squares scale (regressing the label on the prediction gives slope 1)."""
+    asm = VectorAssembler(inputCols=["a", "b", "c", "d"], outputCol="features")
+    data = asm.transform(frame)
+    models = {reg: WeightedAverageRegressor(regParam=reg).fit(data) for reg in (0.0, 0.3, 3.0)}
+    coefs = {reg: np.array(m.getOrDefault("coefficients")) for reg, m in models.items()}
+    ratios = [float(coefs[reg] @ coefs[0.0] / (coefs[0.0] @ coefs[0.0])) for reg in (0.3, 3.0)]
+    for reg, ratio in zip((0.3, 3.0), ratios, strict=True):
+        np.testing.assert_allclose(coefs[reg], ratio * coefs[0.0], rtol=1e-9)  # same direction, shorter
+    assert 1.0 > ratios[0] > ratios[1] > 0.0
+    assert ratios[0] < 0.95  # a real shrink, not a rounding difference
+    fitted = {reg: m.transform(data) for reg, m in models.items()}
+    slope = fitted[0.0].selectExpr("covar_pop(label, prediction) / var_pop(prediction) AS s").first()["s"]
+    assert slope == pytest.approx(1.0, abs=1e-9)
+    assert _rmse(fitted[0.0]) < _rmse(fitted[0.3]) < _rmse(fitted[3.0])  # on training rows, shrinking costs fit
+
+
+def test_one_feature_reg_param_divides_the_least_squares_slope(spark):
+    df = spark.createDataFrame([(float(x), 3.0 * x + (x % 3) * 0.5) for x in range(12)], ["a", "label"])
+    df = VectorAssembler(inputCols=["a"], outputCol="features").transform(df)
+    ols = df.selectExpr("covar_pop(a, label) / var_pop(a) AS s").first()["s"]
+    for reg in (0.0, 1.0, 4.0):
+        coef = WeightedAverageRegressor(regParam=reg).fit(df).getOrDefault("coefficients")
+        assert coef == pytest.approx([ols / (1.0 + reg)], rel=1e-9)
+
+
+def test_negative_reg_param_is_a_clear_error(frame):
+    data = VectorAssembler(inputCols=["a"], outputCol="features").transform(frame)
+    with pytest.raises(ValueError, match="regParam must be >= 0"):
+        WeightedAverageRegressor(regParam=-1.0).fit(data)
+
+
 def test_constant_target_is_a_clear_error(spark):
     df = spark.createDataFrame([(float(i), 5.0) for i in range(10)], ["a", "label"])
     df = VectorAssembler(inputCols=["a"], outputCol="features").transform(df)

@@ -2,11 +2,15 @@
 Estimator/Model that saves inside a PipelineModel and reloads in another process.
 
 Fit, all in distributed aggregates (one Summarizer pass, one Pearson matrix; nothing is collected but statistics):
-- standardize each feature (z = (x - mean) / std); a constant feature gets weight 0;
+- standardize each feature (z = (x - mean) / std, population std); a constant feature gets weight 0;
 - optionally add pairwise products z_i * z_j among the features most correlated with the target;
-- weight each term by its signed squared Pearson correlation with the target, shrunk by L2: w = sign(r) r^2 / (1 + reg);
-- score s = sum(w * z) has mean 0, so the bias is the target mean; the output scale is the least-squares slope of the
-  target on s, cov(s, y) / var(s) = std_y (w . r) / (w' R w), read off the same correlation matrix R.
+- weight each term by its signed squared Pearson correlation with the target: w = sign(r) r^2 (the direction);
+- score s = sum(w * z) has mean 0, so the bias is the target mean; the output scale b is fitted by ridge least
+  squares on the standardized target t = (y - mean_y) / std_y, penalizing the final standardized coefficients
+  beta = b w:  min_b mean((t - b s)^2) + regParam * |b w|^2  =>  b = (w . r) / (w' R w + regParam |w|^2),
+  read off the same correlation matrix R. This is ridge regression restricted to the direction w, so regParam is
+  unitless: for a single feature it divides the least-squares coefficient by (1 + regParam); 0 is plain least
+  squares. The seed shrank w itself, which the fitted scale undid exactly: regParam changed nothing.
 
 The seed version stopped at the weights: its predictions moved a few dollars around the mean. The fitted scale is
 what makes it beat the mean baseline.
@@ -58,7 +62,9 @@ class WeightedAverageRegressor(Estimator, _WarParams, DefaultParamsReadable, Def
         return self._set(**self._input_kwargs)
 
     def _fit(self, dataset):
-        fcol, lcol = self.getFeaturesCol(), self.getLabelCol()
+        fcol, lcol, reg = self.getFeaturesCol(), self.getLabelCol(), self.getRegParam()
+        if not reg >= 0:
+            raise ValueError(f"weighted_average: regParam must be >= 0, got {reg}")
         df = dataset.select(F.col(fcol).alias("f"), F.col(lcol).cast("double").alias("y")).where(F.col("y").isNotNull())
         stats = df.select(Summarizer.metrics("mean", "std", "count").summary(F.col("f")).alias("s"),
                           F.avg("y").alias("ym"), F.stddev_pop("y").alias("ys")).first()
@@ -66,7 +72,8 @@ class WeightedAverageRegressor(Estimator, _WarParams, DefaultParamsReadable, Def
         if n < 2:
             raise ConvergenceError(f"weighted_average: {n} labelled rows, need at least 2")
         mean = stats["s"]["mean"].toArray()
-        std = stats["s"]["std"].toArray()
+        # Summarizer's std divides by n - 1; the population std makes regParam=0 the exact least-squares fit
+        std = stats["s"]["std"].toArray() * np.sqrt((n - 1) / n)
         y_mean, y_std = float(stats["ym"]), float(stats["ys"] or 0.0)
         if not y_std > 0:
             raise ConvergenceError(f"weighted_average: the target '{lcol}' is constant ({y_mean}); nothing to learn")
@@ -89,13 +96,13 @@ class WeightedAverageRegressor(Estimator, _WarParams, DefaultParamsReadable, Def
             r_feat = np.nan_to_num(r[:-1, :-1])
             pstats = expanded.select(Summarizer.metrics("mean", "std").summary(F.col("z")).alias("s")).first()["s"]
             p_mean = pstats["mean"].toArray()[len(mean):]
-            p_std = pstats["std"].toArray()[len(mean):]
-        reg = self.getRegParam()
-        w = np.sign(r_target) * r_target ** 2 / (1.0 + reg)
+            p_std = pstats["std"].toArray()[len(mean):] * np.sqrt((n - 1) / n)
+        w = np.sign(r_target) * r_target ** 2
         spread = float(w @ r_feat @ w)
         if not np.any(w) or not spread > 0:
             raise ConvergenceError("weighted_average: no feature correlates with the target; every weight is 0")
-        scale = y_std * float(w @ r_target) / spread
+        # the penalty is on b * w, not on w: a shrunk w alone is undone by the fitted scale
+        scale = y_std * float(w @ r_target) / (spread + reg * float(w @ w))
         # fold standardization, weights and scale into coefficients on the raw features (and the products)
         coef = scale * w[: len(mean)] / safe_std
         p_safe = np.where(p_std > 0, p_std, 1.0)
@@ -118,9 +125,9 @@ class WeightedAverageRegressionModel(Model, _WarParams, DefaultParamsReadable, D
                   typeConverter=TypeConverters.toListInt)
     pairCoefficients = Param(Params._dummy(), "pairCoefficients", "coefficients on z_i * z_j",
                              typeConverter=TypeConverters.toListFloat)
-    outputScale = Param(Params._dummy(), "outputScale", "fitted slope of the target on the weighted score",
+    outputScale = Param(Params._dummy(), "outputScale", "ridge-fitted slope of the target on the weighted score",
                         typeConverter=TypeConverters.toFloat)
-    weights = Param(Params._dummy(), "weights", "signed squared correlations after shrinkage",
+    weights = Param(Params._dummy(), "weights", "signed squared correlations with the target",
                     typeConverter=TypeConverters.toListFloat)
 
     @keyword_only
