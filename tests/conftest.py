@@ -9,9 +9,59 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The fast set (`make test-fast`, `-m fast`) is derived, not hand-kept: a test that uses one of these fixtures
+# (directly or through another fixture) starts a service, so it is marked `service`; the rest are `fast` unless
+# marked `slow` by hand (a JVM in a subprocess, a wheel build). In a fast run a service fixture that is still
+# reached (request.getfixturevalue) fails the test, and so does a fast test that runs too long.
+SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs"}
+# parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
+SERVICE_PARAMS = {"s3", "hdfs"}
+FAST_TEST_SECONDS = 30
+_running: list = []  # the test being set up, for the service fixtures' fast-run check
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or SERVICE_PARAMS.intersection(v for v in params.values() if isinstance(v, str))
+                or item.get_closest_marker("cluster")):
+            item.add_marker(pytest.mark.service)
+        elif not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.fast)
+
+
+def _fast_run(config) -> bool:
+    expr = config.getoption("markexpr", "") or ""
+    return "fast" in expr and "not fast" not in expr
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _running[:] = [item]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (call.when == "call" and report.passed and _fast_run(item.config) and item.get_closest_marker("fast")
+            and call.duration > FAST_TEST_SECONDS):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} is in the fast set but took {call.duration:.0f} s (limit "
+                           f"{FAST_TEST_SECONDS} s): mark it @pytest.mark.slow, or give it the service fixture it uses")
+
+
+def _no_service_in_fast_run(request, name: str) -> None:
+    item = _running[0] if _running else None
+    if item is not None and _fast_run(request.config) and item.get_closest_marker("fast"):
+        pytest.fail(f"{item.nodeid} is in the fast set but starts {name}: take the `{name}` fixture as an argument "
+                    f"(so it is marked `service`) or mark the test @pytest.mark.slow", pytrace=False)
+
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(request):
+    _no_service_in_fast_run(request, "spark")
     from ml_platform.spark import local_session
 
     # hadoop-aws too, for the S3 tests (s3a settings are set on the running session by the fixture that needs them)
@@ -107,7 +157,8 @@ class Broker:
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory):
+def kafka(request, tmp_path_factory):
+    _no_service_in_fast_run(request, "kafka")
     broker = Broker(tmp_path_factory.mktemp("kafka"))
     broker.start()
     yield broker
@@ -115,9 +166,10 @@ def kafka(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def minio(tmp_path_factory):
+def minio(request, tmp_path_factory):
     """A real S3-compatible server with a bucket `platform`; the session's AWS_* variables point at it (the
     platform reads credentials only from the environment)."""
+    _no_service_in_fast_run(request, "minio")
     from services import Minio
 
     server = Minio(tmp_path_factory.mktemp("minio"))
@@ -149,7 +201,8 @@ def s3_spark(spark, minio):
 
 
 @pytest.fixture(scope="session")
-def hdfs(tmp_path_factory):
+def hdfs(request, tmp_path_factory):
+    _no_service_in_fast_run(request, "hdfs")
     from services import MiniHdfs
 
     cluster = MiniHdfs(tmp_path_factory.mktemp("hdfs"))
