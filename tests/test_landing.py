@@ -32,9 +32,9 @@ def test_new_settled_files_become_partitions_in_arrival_order(specs, header):
     files = [FileInfo("b.csv", len(row), OLD + 2), FileInfo("a.csv", len(row), OLD + 1)]
     p = plan(specs, files, {"a.csv": row, "b.csv": row})
     assert [k for k, _ in p.new] == ["a", "b"]
-    assert p.cursor == Cursor(OLD + 2, "b.csv")
-    again = plan(specs, files, {}, cursor=p.cursor)  # nothing is read twice
-    assert again.new == [] and again.rejected == []
+    assert p.cursor == Cursor(OLD + 2)
+    again = plan(specs, files, {}, known={"a", "b"}, cursor=p.cursor)  # nothing is read twice
+    assert again.new == [] and again.rejected == [] and again.already_ingested == []
 
 
 def test_files_being_written_wait(specs, header):
@@ -85,8 +85,8 @@ def test_backlog_drains_max_new_per_tick(specs, header):
     heads = {f.name: row for f in files}
     first = plan(specs, files, heads, max_new=3)
     assert len(first.new) == 3 and first.backlog == 4
-    second = plan(specs, files, heads, cursor=first.cursor, max_new=3)
-    assert [k for k, _ in second.new] == ["f003", "f004", "f005"]
+    second = plan(specs, files, heads, known={k for k, _ in first.new}, cursor=first.cursor, max_new=3)
+    assert [k for k, _ in second.new] == ["f003", "f004", "f005"] and second.backlog == 1
 
 
 def test_partition_keys_are_safe_and_distinct():
@@ -112,6 +112,66 @@ def test_header_check_reports_missing_and_extra(specs, header):
         check_header(b"price,price,listing_id,year\n1,2,3,4\n", specs["used_cars"], 100)
 
 
-def test_cursor_survives_garbage():
+def test_a_file_moved_in_with_an_old_time_is_found(specs, header):
+    """HDFS keeps a file's mtime across a rename: the name, not the time, says it is new."""
+    row = header + b"1\n"
+    later = FileInfo("later.csv", len(row), OLD + 50)
+    first = plan(specs, [later], {"later.csv": row})
+    assert first.cursor.seen_ns == OLD + 50
+    moved = FileInfo("moved.csv", len(row), OLD + 10)  # written before `later`, renamed in after it was handled
+    second = plan(specs, [later, moved], {"moved.csv": row}, known={"later"}, cursor=first.cursor)
+    assert moved.mtime_ns < first.cursor.seen_ns and [k for k, _ in second.new] == ["moved"]
+    assert second.already_ingested == [] and second.cursor.seen_ns == OLD + 50
+
+
+def test_a_known_name_landing_again_is_skipped_and_said_once(specs, header):
+    row = header + b"1\n"
+    again = FileInfo("a.csv", len(row), OLD + 9)  # a correction under the handled name, after the cursor
+    p = plan(specs, [again], {}, known={"a"}, cursor=Cursor(OLD + 5))
+    assert p.new == [] and p.already_ingested == ["a.csv"] and p.cursor.seen_ns == OLD + 9
+    assert plan(specs, [again], {}, known={"a"}, cursor=p.cursor).already_ingested == []
+
+
+def test_a_rejected_file_left_in_place_is_not_reread_until_it_changes(specs, header):
+    """When the quarantine move fails the file stays; the cursor holds it so each tick does not re-read it."""
+    bad = FileInfo("bad.csv", 3, OLD)
+    first = plan(specs, [bad], {"bad.csv": b"x\n"})
+    assert len(first.rejected) == 1 and first.cursor.held == {"bad.csv": (3, OLD)}
+    second = plan(specs, [bad], {}, cursor=first.cursor)  # an empty head map: a read would raise KeyError
+    assert second.rejected == [] and second.new == [] and second.cursor.held == first.cursor.held
+    fixed = FileInfo("bad.csv", len(header) + 2, OLD + 7)
+    third = plan(specs, [fixed], {"bad.csv": header + b"1\n"}, cursor=second.cursor)
+    assert [k for k, _ in third.new] == ["bad"] and third.cursor.held == {}
+    assert plan(specs, [], {}, cursor=first.cursor).cursor.held == {}  # quarantined at last: forgotten
+
+
+def test_ten_thousand_known_files_cost_no_reads(specs, header):
+    import time
+
+    row = header + b"1\n"
+    files = [FileInfo(f"batch-{i:05d}.csv", len(row), OLD - i) for i in range(10_000)]
+    files.append(FileInfo("fresh.csv", len(row), OLD + 1))
+    reads = []
+
+    def read_head(name):
+        reads.append(name)
+        return row
+
+    known = {f"batch-{i:05d}" for i in range(10_000)}
+    t0 = time.perf_counter()
+    p = plan_landing(specs["used_cars"], Cursor(OLD), files, known, NOW, read_head)
+    elapsed = time.perf_counter() - t0
+    assert reads == ["fresh.csv"] and [k for k, _ in p.new] == ["fresh"] and p.already_ingested == []
+    assert len(p.cursor.dump()) < 100  # the cursor does not grow with the landing zone
+    assert elapsed < 2.0, f"planning over 10,000 landed files took {elapsed:.2f}s"
+
+
+def test_cursor_survives_garbage_and_reads_the_old_format():
     assert Cursor.parse("not json") == Cursor()
-    assert Cursor.parse(Cursor(5, "x").dump()) == Cursor(5, "x")
+    assert Cursor.parse('{"seen_ns": 5, "held": {"x.csv": [1]}}') == Cursor()
+    assert Cursor.parse('["a list"]') == Cursor()
+    held = Cursor(5, {"bad.csv": (3, 4)})
+    assert Cursor.parse(held.dump()) == held
+    # a Dagster instance from before keeps the time cursor: its time carries over, names then decide
+    assert Cursor.parse('{"arrival_ns": 1700000000000000000, "name": "batch-00007.csv"}') == Cursor(
+        1700000000000000000)

@@ -33,6 +33,21 @@ def test_new_files_become_partitions_and_runs(specs, store, landing, used_cars_c
         assert "1 still being written" in again.skip_reason.skip_message
 
 
+def test_an_old_time_cursor_still_parses_and_names_decide(specs, store, landing, used_cars_csv):
+    """A Dagster instance from before keeps a time cursor; a file it had passed by time but never ingested (moved
+    in with an old mtime) is found by name, and a known one is not requested again."""
+    spec = specs["used_cars"]
+    landing("batch-00001.csv", used_cars_csv)
+    landing("moved-in.csv", used_cars_csv)
+    past = max(p.stat().st_mtime_ns for p in store.path("landing/used_cars").iterdir()) + 10**9
+    old_cursor = json.dumps({"arrival_ns": past, "name": "batch-00009.csv"})
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("used_cars_batches", ["batch-00001"])
+        result = _tick(spec, store, instance, cursor=old_cursor)
+    assert [r.partition_key for r in result.run_requests] == ["moved-in"]
+    assert json.loads(result.cursor)["seen_ns"] >= past
+
+
 def test_rejected_files_are_quarantined_with_reason_and_reported(specs, store, landing, used_cars_csv):
     spec = specs["used_cars"]
     landing("empty.csv", b"")

@@ -2,12 +2,15 @@
 
 (cursor, listing, known partitions, clock, header reader) -> (new cursor, new batches, rejected files, waiting).
 
-- A file counts as arrived at max(mtime, ctime), so a file moved in with an old mtime is still new.
+- A file is new when its name's partition key is not a known partition, whatever its time: on HDFS a rename keeps
+  the old modification time, so a file moved in after a later one was handled would be missed by a time cursor.
+  Known names cost one set lookup each and no store call, so a landing zone of 10,000 files stays cheap.
 - A file younger than `settle_seconds`, or with a temporary name, may still be written: it waits.
-- The cursor is the (arrival, name) of the last file handled; files at or before it were handled already.
-  The set of known partitions is the second guard, so a reset cursor never ingests or quarantines a file
-  twice. A corrected file must land under a new name: a known name is skipped (and said so).
-- At most `max_new` files are handled per tick, so a backlog of thousands drains over a few ticks.
+- New files are handled in (arrival, name) order, at most `max_new` per tick, so a backlog drains over a few ticks.
+- The cursor keeps only what the partitions cannot: the latest arrival handled, so a known name that lands again
+  later (a correction under the same name) is skipped and said so, once; and the rejected files still in the
+  landing zone (their quarantine move failed), so they are not re-read and re-reported every tick until they change.
+  A lost cursor loses nothing: known partitions still prevent ingesting or quarantining a file twice.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def partition_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class Cursor:
-    arrival_ns: int = -1
-    name: str = ""
+    seen_ns: int = -1  # latest arrival handled
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)  # rejected, still landed: name -> (size, mtime)
 
     @staticmethod
     def parse(text: str | None) -> Cursor:
@@ -56,12 +59,14 @@ class Cursor:
             return Cursor()
         try:
             d = json.loads(text)
-            return Cursor(int(d["arrival_ns"]), str(d["name"]))
-        except (ValueError, KeyError, TypeError):
+            if "arrival_ns" in d:  # the time cursor before names decided: {"arrival_ns": ..., "name": ...}
+                return Cursor(int(d["arrival_ns"]))
+            return Cursor(int(d["seen_ns"]), {str(k): (int(v[0]), int(v[1])) for k, v in d.get("held", {}).items()})
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return Cursor()  # an unreadable cursor: start over; known partitions prevent re-ingestion
 
     def dump(self) -> str:
-        return json.dumps({"arrival_ns": self.arrival_ns, "name": self.name})
+        return json.dumps({"v": 2, "seen_ns": self.seen_ns, "held": {k: list(v) for k, v in self.held.items()}})
 
 
 @dataclass
@@ -88,21 +93,31 @@ def plan_landing(spec: DatasetSpec, cursor: Cursor, listing: list[FileInfo], kno
                  read_head: Callable[[str], bytes], settle_seconds: float = 5.0, max_new: int = 50) -> LandingPlan:
     plan = LandingPlan(cursor=cursor)
     settle_ns = int(settle_seconds * 1e9)
-    keys_this_tick: dict[str, str] = {}
-    for f in sorted(listing, key=lambda f: (f.mtime_ns, f.name)):
-        if (f.mtime_ns, f.name) <= (cursor.arrival_ns, cursor.name):
+    seen, held = cursor.seen_ns, {}
+    relanded: list[FileInfo] = []
+    candidates: list[tuple[FileInfo, str]] = []
+    for f in listing:  # one pass of set and dict lookups; only files that are not known go on
+        key = partition_key(f.name)
+        if key in known_keys:
+            if f.mtime_ns > cursor.seen_ns:  # handled before, and landed again since (or the cursor was reset)
+                relanded.append(f)
             continue
+        if cursor.held.get(f.name) == (f.size, f.mtime_ns):  # rejected already, its quarantine move failed
+            held[f.name] = (f.size, f.mtime_ns)
+            continue
+        candidates.append((f, key))
+    for f in sorted(relanded, key=lambda f: (f.mtime_ns, f.name)):
+        plan.already_ingested.append(f.name)
+        seen = max(seen, f.mtime_ns)
+    keys_this_tick: dict[str, str] = {}
+    for f, key in sorted(candidates, key=lambda c: (c[0].mtime_ns, c[0].name)):
         if is_temporary(f.name) or now_ns - f.mtime_ns < settle_ns:
             plan.waiting.append(f.name)
             continue
         if len(plan.new) + len(plan.rejected) >= max_new:
             plan.backlog += 1
             continue
-        plan.cursor = Cursor(f.mtime_ns, f.name)
-        key = partition_key(f.name)
-        if key in known_keys:  # handled before (the cursor was reset, or the same name landed again)
-            plan.already_ingested.append(f.name)
-            continue
+        seen = max(seen, f.mtime_ns)
         reason = rejection_for_name(f.name)
         if reason is None and key in keys_this_tick:
             reason = f"its key {key!r} collides with {keys_this_tick[key]!r}"
@@ -115,7 +130,9 @@ def plan_landing(spec: DatasetSpec, cursor: Cursor, listing: list[FileInfo], kno
                 reason = f"unreadable: {e.strerror or e}"
         if reason:
             plan.rejected.append((f, reason))
+            held[f.name] = (f.size, f.mtime_ns)
         else:
             keys_this_tick[key] = f.name
             plan.new.append((key, f))
+    plan.cursor = Cursor(seen, held)
     return plan
