@@ -16,6 +16,11 @@ ML_PLATFORM_EMR_*  the EMR backend (README, "Run on a cluster"): ENTRY_POINT, PI
                    BOOTSTRAP, LOG_URI, INSTANCE_TYPE, CORE_INSTANCES, SERVICE_ROLE, JOB_FLOW_ROLE, SUBNET_ID,
                    APPLICATION_ID, EXECUTION_ROLE_ARN, SPARK_SCHEME, PYTHON, ENDPOINT, DRY_RUN, POLL_SECONDS
 ML_PLATFORM_SENSOR_INTERVAL  seconds between landing-zone sensor ticks (default 15)
+ML_PLATFORM_SPECS  the directory of dataset specs (*.yaml); default: the examples shipped in ml_platform/specs.
+                   A spec that does not load shows as an asset `<file stem>/spec` whose description is the error;
+                   the other datasets load as usual
+ML_PLATFORM_DATASETS  comma-separated dataset names: only these get assets and sensors (default: every loaded
+                   spec). `make run` sets it to the datasets it runs
 AWS credentials are never settings: boto3, s3a and EMR read AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or
 an instance role themselves.
 """
@@ -34,7 +39,8 @@ from dagster import (
 )
 
 from assets import build_dataset_assets
-from ml_platform.spec import builtin_specs
+from assets.spec_errors import build_spec_error
+from ml_platform.spec import SpecSet, load_spec_dir
 from resources import Settings, resources_for
 from sensors import build_live_metrics_sensor, build_new_batch_sensor
 
@@ -75,20 +81,44 @@ SETTINGS = Settings(
     emr=emr_settings(),
 )
 SENSOR_INTERVAL = int(os.environ.get("ML_PLATFORM_SENSOR_INTERVAL", "15"))
-SPECS = builtin_specs()
 
-defs = Definitions(
-    assets=[a for spec in SPECS.values() for a in build_dataset_assets(spec)],
-    sensors=[
-        *[build_new_batch_sensor(spec, interval_seconds=SENSOR_INTERVAL) for spec in SPECS.values()],
-        *[build_live_metrics_sensor(spec, interval_seconds=max(SENSOR_INTERVAL, 30)) for spec in SPECS.values()],
-        AutomationConditionSensorDefinition(
-            "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=SENSOR_INTERVAL,
-            description="Evaluates every asset's automation condition: downstream layers follow new batches."),
-    ],
-    resources=resources_for(ENV, SETTINGS),
-    # one process and one Spark JVM per run: Spark parallelises inside a step, and a second Python process per
-    # step only adds start-up time on a small machine
-    executor=in_process_executor,
-)
+
+def chosen_specs(loaded: SpecSet, datasets: str | None) -> tuple[list, dict[str, str]]:
+    """The specs to build, in the order asked, and every error to show: broken spec files, and names in
+    ML_PLATFORM_DATASETS that no loaded spec has."""
+    errors = dict(loaded.errors)
+    if not datasets:
+        return list(loaded.specs.values()), errors
+    specs = []
+    for name in dict.fromkeys(n.strip() for n in datasets.split(",") if n.strip()):
+        if name in loaded.specs:
+            specs.append(loaded.specs[name])
+        else:
+            errors[name] = (f"ML_PLATFORM_DATASETS names {name!r}, but no spec in {loaded.directory} has that name; "
+                            f"loaded: {sorted(loaded.specs)}")
+    return specs, errors
+
+
+def build_defs(loaded: SpecSet, datasets: str | None, resources: dict, sensor_interval: int = 15) -> Definitions:
+    specs, errors = chosen_specs(loaded, datasets)
+    return Definitions(
+        assets=[a for spec in specs for a in build_dataset_assets(spec)]
+        + [build_spec_error(source, error) for source, error in errors.items()],
+        sensors=[
+            *[build_new_batch_sensor(spec, interval_seconds=sensor_interval) for spec in specs],
+            *[build_live_metrics_sensor(spec, interval_seconds=max(sensor_interval, 30)) for spec in specs],
+            AutomationConditionSensorDefinition(
+                "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=sensor_interval,
+                description="Evaluates every asset's automation condition: downstream layers follow new batches."),
+        ],
+        resources=resources,
+        # one process and one Spark JVM per run: Spark parallelises inside a step, and a second Python process per
+        # step only adds start-up time on a small machine
+        executor=in_process_executor,
+    )
+
+
+# read once, here: which specs, which datasets
+SPECS = load_spec_dir(os.environ.get("ML_PLATFORM_SPECS") or None)
+defs = build_defs(SPECS, os.environ.get("ML_PLATFORM_DATASETS"), resources_for(ENV, SETTINGS), SENSOR_INTERVAL)

@@ -4,7 +4,6 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AutomationCondition,
-    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -12,13 +11,10 @@ from dagster import (
     asset,
 )
 
-from assets.common import asset_key, batch_partitions, check_results, check_specs
-from ml_platform.data.checks import CLEANED_CHECKS, cleaned_checks
-from ml_platform.jobs import JobFailed
-from ml_platform.layout import quarantine_rows_dir, silver_dir
+from assets.common import asset_key, batch_partitions, check_specs, job_check_results, run_job
+from ml_platform.data.checks import CLEANED_CHECKS
 from ml_platform.spec import DatasetSpec
-from ml_platform.train.training_set import mark_accepted
-from resources import SparkResource, StorageResource
+from resources import SparkResource
 
 # follow each new raw partition, but never past a failed blocking check on it
 FOLLOW_UPSTREAM = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
@@ -36,14 +32,13 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
            group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "parquet"},
            automation_condition=FOLLOW_UPSTREAM,
            description=f"Cleaned {spec.name} rows: units, sentinels, signs, booleans and dates parsed, features "
-                       f"derived, one row per key. Rows that fail are quarantined with their reason.")
-    def cleaned_features(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
-        store = storage.store()
-        try:
-            s = spark.run_job(context, "clean", storage, spec, {"partition": context.partition_key})
-        except JobFailed as e:
-            raise Failure(description=str(e)) from None
-        metadata = {"rows_in": s["rows_in"], "cleaned_rows": s["cleaned"], "quarantined_rows": s["quarantined"],
+                       f"derived, one row per key. Rows that fail are quarantined with their reason. A batch "
+                       f"is trained on only if its blocking checks pass (the cleaning job records that).")
+    def cleaned_features(context: AssetExecutionContext, spark: SparkResource):
+        s = run_job(context, spark, spec, "clean", {"partition": context.partition_key})
+        why_not = "; ".join(s["not_accepted_because"])
+        metadata = {"accepted_for_training": s["accepted"], "not_accepted_because": why_not,
+                    "rows_in": s["rows_in"], "cleaned_rows": s["cleaned"], "quarantined_rows": s["quarantined"],
                     "duplicates_removed": s["duplicates_removed"], "duplicate_of": s["duplicate_of"] or ""}
         if not s["duplicate_of"]:
             metadata |= {
@@ -54,13 +49,11 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
                 "dagster/column_schema": TableSchema(
                     columns=[TableColumn(c, t) for c, t in s["schema"].items()]),
                 "dagster/row_count": s["cleaned"],
-                "path": MetadataValue.path(store.uri(silver_dir(spec, context.partition_key))),
-                "quarantine_path": MetadataValue.path(store.uri(quarantine_rows_dir(spec, context.partition_key))),
+                "path": MetadataValue.path(s["path"]),
+                "quarantine_path": MetadataValue.path(s["quarantine_path"]),
             }
-        outcomes = cleaned_checks(spec, s)
-        # training reads only batches whose blocking checks passed
-        mark_accepted(store, spec, context.partition_key, not s["duplicate_of"] and all(
-            o.passed for o in outcomes if o.blocking), s)
-        return MaterializeResult(metadata=metadata, check_results=check_results(key, outcomes))
+        if why_not:
+            context.log.warning(f"{spec.name} batch {context.partition_key} is not trained on: {why_not}")
+        return MaterializeResult(metadata=metadata, check_results=job_check_results(key, s["checks"]))
 
     return cleaned_features

@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from ml_platform.data.checks import Outcome
+from ml_platform.jobs import JobFailed
 from ml_platform.spec import DatasetSpec
 
 
@@ -42,6 +43,25 @@ def check_results(key: AssetKey, outcomes: list[Outcome]) -> list[AssetCheckResu
         description=o.description,
         metadata={k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in o.metadata.items()},
     ) for o in outcomes]
+
+
+def run_job(context, spark, spec: DatasetSpec, name: str, args: dict, registry=None) -> dict:
+    """Run a layer's job (ml_platform.jobs) on the Spark resource and return its summary. Data the job refused
+    (JobFailed) fails the step with the job's own reason; anything else is a defect and keeps its traceback."""
+    try:
+        return spark.run_job(context, name, spec, args, registry)
+    except JobFailed as e:
+        where = f"{spec.name} batch {context.partition_key!r}" if context.has_partition_key else spec.name
+        raise Failure(description=f"{where} {FAILED_AS.get(name, f'{name} failed')}: {e}",
+                      metadata={"reason": str(e)}) from None
+
+
+FAILED_AS = {"ingest": "rejected"}
+
+
+def job_check_results(key: AssetKey, checks: list[dict]) -> list[AssetCheckResult]:
+    """The check outcomes a job evaluated (and acted on), as Dagster's check results."""
+    return check_results(key, [Outcome(**c) for c in checks])
 
 
 def run_tags(context) -> dict[str, str]:

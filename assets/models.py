@@ -11,22 +11,24 @@ from dagster import (
     multi_asset,
 )
 
-from assets.common import asset_key, run_tags, upstream_value
+from assets.common import asset_key, run_job, run_tags, upstream_value
 from assets.training import FOLLOW
 from ml_platform.spec import DatasetSpec
 from ml_platform.train.algorithms import algorithm
-from ml_platform.train.release import mlflow_parent
-from resources import ModelRegistryResource, SparkResource, StorageResource
+from ml_platform.train.models import labelled
+from resources import ModelRegistryResource, SparkResource
 
 
-def _metadata(r: dict, link: str) -> dict:
+def _metadata(spec: DatasetSpec, r: dict) -> dict:
     hold = {k: round(v, 6) if isinstance(v, float) else v for k, v in r["holdout"].items()}
+    cv = labelled(spec, "cv")
     return {
-        **{f"holdout_{k}": v for k, v in hold.items() if isinstance(v, int | float)},
-        f"cv_{r['cv_metric']}_mean": r["cv_mean"], f"cv_{r['cv_metric']}_std": r["cv_std"],
+        **{f"holdout {labelled(spec, k)}": v for k, v in hold.items() if isinstance(v, int | float)},
+        f"{cv} mean": r["cv_mean"], f"{cv} std": r["cv_std"],
         "best_params": MetadataValue.json(r["best_params"]), "param_maps_tried": r["param_maps"],
         "train_seconds": r["train_seconds"], "validation_seconds": r["validation_seconds"],
-        "version": r["version"], "mlflow_run": MetadataValue.url(link), "path": MetadataValue.path(r["model"]),
+        "version": r["version"], "mlflow_run": MetadataValue.url(r["mlflow_run"]),
+        "path": MetadataValue.path(r["model"]),
     }
 
 
@@ -35,28 +37,22 @@ def build_models(spec: DatasetSpec) -> AssetsDefinition:
     for n in names:
         algorithm(spec, n)  # an unknown algorithm fails at load time, naming the spec
     specs = [AssetSpec(asset_key(spec, f"model_{n}"), deps=[asset_key(spec, "feature_pipeline")],
-                       group_name=spec.name, kinds={"spark"}, automation_condition=FOLLOW, skippable=True,
+                       group_name=spec.name, kinds={"spark", "mlflow"}, automation_condition=FOLLOW, skippable=True,
                        description=f"{n} for {spec.name}: k-fold cross-validated search, out-of-fold scores for "
-                                   f"stacking, refit on all of train.")
+                                   f"stacking, refit on all of train. The run's log follows each model's progress.")
              for n in names]
 
     @multi_asset(name=f"{spec.name}__models", specs=specs, can_subset=True)
-    def models(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
-               registry: ModelRegistryResource):
-        store = storage.store()
+    def models(context: AssetExecutionContext, spark: SparkResource, registry: ModelRegistryResource):
         version = upstream_value(context, [asset_key(spec, "feature_pipeline")], "version")
         selected = [n for n in names if asset_key(spec, f"model_{n}") in context.selected_asset_keys]
-        tracker, parent, tags = registry.tracker(), mlflow_parent(store, spec, version), run_tags(context)
-        results = spark.run_job(context, "models", storage, spec, {"version": version, "algorithms": selected})
-        failed = {}
+        # the job logs each model's MLflow run (nested under the version's parent run) as it finishes
+        results = run_job(context, spark, spec, "models",
+                          {"version": version, "algorithms": selected, "tags": run_tags(context)}, registry)
+        failed = {n: r["error"] for n, r in results.items() if "error" in r}
         for n, r in results.items():
-            if "error" in r:
-                failed[n] = r["error"]
-                tracker.log_failed_model(parent, spec.name, n, r["error"], tags)
-                continue
-            run = tracker.log_model_run(parent, spec.name, r, tags)
-            yield MaterializeResult(asset_key=asset_key(spec, f"model_{n}"),
-                                    metadata=_metadata(r, tracker.run_link(run)))
+            if n not in failed:
+                yield MaterializeResult(asset_key=asset_key(spec, f"model_{n}"), metadata=_metadata(spec, r))
         if failed:
             # the models that trained are materialized above; these are not, and the stack waits for them
             raise Failure(description="; ".join(failed.values()), metadata={"failed": MetadataValue.json(failed)})

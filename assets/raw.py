@@ -1,13 +1,13 @@
 """The bronze layer: <dataset>/raw_batches, one partition per landed file."""
 
-from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from assets.common import asset_key, batch_partitions, check_results, check_specs
-from ml_platform.data.checks import RAW_CHECKS, raw_checks
-from ml_platform.jobs import JobFailed
-from ml_platform.layout import bronze_dir
+from assets.common import asset_key, batch_partitions, check_specs, job_check_results, run_job
+from ml_platform.data.checks import RAW_CHECKS
 from ml_platform.spec import DatasetSpec
-from resources import SparkResource, StorageResource
+from resources import SparkResource
+
+FILE_TAG = "ml_platform/file"  # set by the new-batch sensor on each run it requests
 
 
 def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
@@ -17,13 +17,10 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
            check_specs=check_specs(spec, key, RAW_CHECKS), kinds={"spark", "parquet"},
            description=f"Landed {spec.name} CSV batches, parsed by Spark and stored as Parquet with every value "
                        f"still a string. Malformed rows are kept and flagged; a re-landed file adds nothing.")
-    def raw_batches(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
-        store = storage.store()
-        try:
-            record = spark.run_job(context, "ingest", storage, spec, {"partition": context.partition_key})
-        except JobFailed as e:
-            raise Failure(description=f"{spec.name} batch {context.partition_key!r} rejected: {e}",
-                          metadata={"reason": str(e)}) from None
+    def raw_batches(context: AssetExecutionContext, spark: SparkResource):
+        # the sensor names the file; a run launched by hand (no tag) finds it by its partition key
+        args = {"partition": context.partition_key, "file": context.run.tags.get(FILE_TAG)}
+        record = run_job(context, spark, spec, "ingest", args)
         return MaterializeResult(
             metadata={
                 "rows": record["rows"],
@@ -34,9 +31,9 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
                 "duplicate_of": record["duplicate_of"] or "",
                 "missing_columns": MetadataValue.json(record["missing_columns"]),
                 "extra_columns": MetadataValue.json(record["extra_columns"]),
-                "path": MetadataValue.path(store.uri(bronze_dir(spec, context.partition_key))),
+                "path": MetadataValue.path(record["path"]),
             },
-            check_results=check_results(key, raw_checks(spec, record)),
+            check_results=job_check_results(key, record["checks"]),
         )
 
     return raw_batches

@@ -9,16 +9,15 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
-from assets.common import asset_key, run_tags, upstream_value
+from assets.common import asset_key, run_job, run_tags, upstream_value
 from assets.training import FOLLOW
-from ml_platform.jobs import JobFailed
-from resources import ModelRegistryResource, SparkResource, StorageResource
+from ml_platform.train.models import labelled
+from resources import ModelRegistryResource, SparkResource
 
 
 def _image(png: bytes) -> str:
@@ -34,19 +33,15 @@ def build_stacked_model(spec) -> AssetsDefinition:
            kinds={"spark", "mlflow"}, automation_condition=FOLLOW, check_specs=checks,
            description=f"The {spec.name} stack: a {'linear' if spec.task == 'regression' else 'logistic'} "
                        f"meta-model on the base models' out-of-fold scores, registered in MLflow as challenger.")
-    def stacked_model(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
-                      registry: ModelRegistryResource):
+    def stacked_model(context: AssetExecutionContext, spark: SparkResource, registry: ModelRegistryResource):
         version = upstream_value(context, [asset_key(spec, f"model_{n}") for n in spec.algorithms], "version")
-        try:
-            s = spark.run_job(context, "stack", storage, spec, {"version": version, "tags": run_tags(context)},
-                              registry)
-        except JobFailed as e:
-            raise Failure(description=str(e)) from None
+        s = run_job(context, spark, spec, "stack", {"version": version, "tags": run_tags(context)}, registry)
         metadata = {
             "leaderboard": MetadataValue.md(s["leaderboard"]),
-            **{f"holdout_{k}": v for k, v in s["holdout"].items() if isinstance(v, int | float)},
+            **{f"holdout {labelled(spec, k)}": v for k, v in s["holdout"].items() if isinstance(v, int | float)},
             "meta_coefficients": MetadataValue.json(s["meta_coefficients"]),
             "registered_model": spec.name, "model_version": s["model_version"],
+            **({"registry_page": MetadataValue.url(s["model_page"])} if s.get("model_page") else {}),
             "mlflow_run": MetadataValue.url(s["mlflow_run"]), "version": s["version"],
             "batches": MetadataValue.json(s["training"]["batches"]), "data_hash": s["training"]["data_hash"],
             **{name.removesuffix(".png"): MetadataValue.md(_image(png)) for name, png in s["plots"].items()},

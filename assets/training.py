@@ -5,17 +5,14 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AutomationCondition,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
-from assets.common import asset_key, run_tags, upstream_value
-from ml_platform.jobs import JobFailed
-from ml_platform.layout import mlflow_record
+from assets.common import asset_key, run_job, upstream_value
 from ml_platform.spec import DatasetSpec
-from resources import ModelRegistryResource, SparkResource, StorageResource
+from resources import SparkResource
 
 LATER_LAYERS = ["feature_pipeline", "stacked_model", "serving_deployment"]
 
@@ -43,16 +40,9 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
            kinds={"spark", "parquet"}, automation_condition=retrain_condition(spec),
            description=f"Every accepted cleaned {spec.name} batch in the training window, one row per key, split "
                        f"into train and holdout by a hash of the key.")
-    def training_set(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
-                     registry: ModelRegistryResource):
-        store = storage.store()
-        try:
-            s = spark.run_job(context, "training_set", storage, spec, {"version": context.run.run_id})
-        except JobFailed as e:
-            raise Failure(description=str(e)) from None
-        tracker = registry.tracker()
-        parent = tracker.start_parent(spec.name, s, run_tags(context))
-        store.write_json(mlflow_record(spec, s["version"]), {"parent_run_id": parent})
+    def training_set(context: AssetExecutionContext, spark: SparkResource):
+        # the run id names the version; the models job opens its MLflow parent run, tagged with it
+        s = run_job(context, spark, spec, "training_set", {"version": context.run.run_id})
         t = s["target"]
         return MaterializeResult(metadata={
             "version": s["version"], "dagster/row_count": s["rows"], "train_rows": s["train_rows"],
@@ -62,7 +52,7 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
             f"{spec.target}_stats": MetadataValue.json({k: t[k] for k in ("mean", "std", "min", "max")}),
             **({"positives_in_train": int(t["train_positives"]),
                 "class_weights": MetadataValue.json(s["class_weights"])} if spec.task == "classification" else {}),
-            "path": MetadataValue.path(s["train"]), "mlflow_run": MetadataValue.url(tracker.run_link(parent)),
+            "path": MetadataValue.path(s["train"]),
         })
 
     return training_set
@@ -73,12 +63,9 @@ def build_feature_pipeline_asset(spec: DatasetSpec) -> AssetsDefinition:
            kinds={"spark"}, automation_condition=FOLLOW,
            description=f"The fitted {spec.name} feature pipeline: imputation, rare and unseen levels kept as their "
                        f"own level, indexing for trees, one-hot and scaling for linear models.")
-    def feature_pipeline(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource):
+    def feature_pipeline(context: AssetExecutionContext, spark: SparkResource):
         version = upstream_value(context, [asset_key(spec, "training_set")], "version")
-        try:
-            s = spark.run_job(context, "feature_pipeline", storage, spec, {"version": version})
-        except JobFailed as e:
-            raise Failure(description=str(e)) from None
+        s = run_job(context, spark, spec, "feature_pipeline", {"version": version})
         return MaterializeResult(metadata={
             "version": version, "numeric_features": len(s["numeric"]), "categorical_features": len(s["categorical"]),
             "levels_kept": MetadataValue.json(s["levels"]), "stages": MetadataValue.json(s["stages"]),

@@ -1,5 +1,5 @@
 """The Spark application EMR runs for one asset layer: `spark-submit emr_job.py` on a cluster whose bootstrap
-installed this package (see README, "Run on a cluster"). Dagster Pipes brings the job's name, the dataset, where
+installed this package (see README, "Run on a cluster"). Dagster Pipes brings the job's name, the dataset's spec, where
 the store and MLflow are (never a credential: those are the cluster's instance role or its environment), and
 takes the summary back through S3. The work itself is `ml_platform.jobs.run_job`, the very function the local
 backends call.
@@ -26,23 +26,24 @@ def session(job: str, store_options: dict):
     return builder.getOrCreate()
 
 
-def execute(extras: dict, report) -> None:
-    """Run the job the extras name and report its summary (or why the data was refused) through `report`."""
-    from ml_platform.jobs import JobFailed, run_job, to_wire
-    from ml_platform.spec import builtin_specs
+def execute(extras: dict, report, log=print) -> None:
+    """Run the job the extras name and report its summary (or why the data was refused) through `report`; progress
+    lines go to `log` (Pipes' log, so they appear in the Dagster run as the job goes)."""
+    from ml_platform.jobs import JobFailed, run_job, spec_from_wire, to_wire
     from ml_platform.stores import open_store
 
     job, store_options = extras["job"], dict(extras["store"])
-    spec = builtin_specs()[extras["dataset"]]
+    # the spec itself travels, not its name: a user's spec directory exists only where Dagster runs
+    spec = spec_from_wire(extras["spec"])
     store = open_store(store_options.pop("root"), **store_options)
     tracker = None
-    if extras.get("registry"):  # only the stack and promotion jobs use MLflow
+    if extras.get("registry"):  # only the models, stack and promotion jobs use MLflow
         from ml_platform.train.registry import Tracker
 
         tracker = Tracker(**extras["registry"])
     spark = session(job, extras["store"])
     try:
-        report({"summary": to_wire(run_job(job, spark, store, spec, extras["args"], tracker))})
+        report({"summary": to_wire(run_job(job, spark, store, spec, extras["args"], tracker, log))})
     except JobFailed as e:
         report({"failed": str(e)})
     finally:
@@ -58,7 +59,7 @@ def main() -> int:
     with open_dagster_pipes(message_writer=PipesS3MessageWriter(client=client)) as pipes:
         pipes.log.info(f"ml-platform job {pipes.extras['job']} for {pipes.extras['dataset']} on Spark "
                        f"{__import__('pyspark').__version__}, Python {sys.version.split()[0]}")
-        execute(pipes.extras, pipes.report_custom_message)
+        execute(pipes.extras, pipes.report_custom_message, pipes.log.info)
     return 0
 
 

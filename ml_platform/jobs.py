@@ -1,13 +1,22 @@
 """The Spark work of each asset layer, by name: one function per layer, the same code wherever Spark runs. In the
 Dagster process (local threads, a standalone cluster) the Spark resource calls `run_job` directly; on EMR the same
 `run_job` runs inside the Spark application (`ml_platform/emr_job.py`), and its summary travels back as a Dagster
-Pipes message. So a summary is plain JSON (`to_wire` / `from_wire` carry bytes, such as plots)."""
+Pipes message. So a summary is plain JSON (`to_wire` / `from_wire` carry bytes, such as plots).
+
+A job owns its side effects: the cleaning job writes its batch's acceptance, the models and stack jobs log their
+MLflow runs (the parent run of a training version is found by its tags, so no run id passes between processes).
+The asset that launched it only turns the summary into Dagster events. `log` is how a job reports progress: the
+run's log in the Dagster process, Pipes' log on EMR."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
+import threading
+import types
+import typing
 from collections.abc import Callable
 
 from ml_platform.spec import DatasetSpec
@@ -18,45 +27,82 @@ class JobFailed(RuntimeError):
     """The data, not the machinery, was wrong (a rejected file, too few rows, …): the message says what."""
 
 
-def _ingest(spark, store, spec, a, tracker):
+def _checks(outcomes) -> list[dict]:
+    return [dataclasses.asdict(o) for o in outcomes]
+
+
+def _ingest(spark, store, spec, a, tracker, log):
+    from ml_platform.data.checks import raw_checks
     from ml_platform.data.layers import ingest_batch
 
-    return ingest_batch(spark, store, spec, a["partition"])
+    # the file the new-batch sensor named; a run launched by hand without it finds the file by its partition key
+    from ml_platform.layout import bronze_dir
+
+    record = ingest_batch(spark, store, spec, a["partition"], a.get("file"))
+    return record | {"checks": _checks(raw_checks(spec, record)), "path": store.uri(bronze_dir(spec, a["partition"]))}
 
 
-def _clean(spark, store, spec, a, tracker):
+def _clean(spark, store, spec, a, tracker, log):
+    from ml_platform.data.checks import cleaned_checks
     from ml_platform.data.layers import clean_stored_batch
+    from ml_platform.layout import quarantine_rows_dir, silver_dir
+    from ml_platform.train.training_set import mark_accepted
 
-    return clean_stored_batch(spark, store, spec, a["partition"])
+    s = clean_stored_batch(spark, store, spec, a["partition"])
+    outcomes = cleaned_checks(spec, s)
+    blocked = [f"{o.name}: {o.description}" for o in outcomes if o.blocking and not o.passed]
+    if s.get("duplicate_of"):
+        blocked = [f"duplicate of batch {s['duplicate_of']}: nothing new to train on"]
+    # training reads only batches whose blocking checks passed; the job that wrote the batch says so
+    mark_accepted(store, spec, a["partition"], not blocked, s)
+    return s | {"accepted": not blocked, "not_accepted_because": blocked, "checks": _checks(outcomes),
+                "path": store.uri(silver_dir(spec, a["partition"])),
+                "quarantine_path": store.uri(quarantine_rows_dir(spec, a["partition"]))}
 
 
-def _training_set(spark, store, spec, a, tracker):
+def _training_set(spark, store, spec, a, tracker, log):
     from ml_platform.train.training_set import build_training_set
 
     return build_training_set(spark, store, spec, a["version"])
 
 
-def _feature_pipeline(spark, store, spec, a, tracker):
+def _feature_pipeline(spark, store, spec, a, tracker, log):
     from ml_platform.train.features import build_feature_pipeline
 
     return build_feature_pipeline(spark, store, spec, a["version"])
 
 
-def _models(spark, store, spec, a, tracker):
+def _models(spark, store, spec, a, tracker, log):
     from ml_platform.train.models import train_models
+    from ml_platform.train.training_set import training_version
 
-    results = train_models(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism)
+    parent = tracker.parent_run(spec.name, training_version(store, spec, a["version"]), a.get("tags", {}))
+    lock = threading.Lock()  # models finish in worker threads; MLflow calls and log lines one at a time
+
+    def done(name: str, r: dict | Exception) -> None:
+        with lock:
+            if isinstance(r, Exception):
+                tracker.log_failed_model(parent, spec.name, name, str(r), a.get("tags", {}))
+            else:
+                r["mlflow_run"] = tracker.run_link(tracker.log_model_run(parent, spec.name, r, a.get("tags", {})))
+
+    def say(line: str) -> None:
+        with lock:
+            log(line)
+
+    results = train_models(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism,
+                           log=say, on_done=done)
     # a failed model is reported beside the ones that trained, never raised: they are still materialized
     return {n: {"error": str(r)} if isinstance(r, Exception) else r for n, r in results.items()}
 
 
-def _stack(spark, store, spec, a, tracker):
+def _stack(spark, store, spec, a, tracker, log):
     from ml_platform.train.release import stack_and_register
 
-    return stack_and_register(spark, store, tracker, spec, a["version"], a["tags"])
+    return stack_and_register(spark, store, tracker, spec, a["version"], a.get("tags", {}))
 
 
-def _promote(spark, store, spec, a, tracker):
+def _promote(spark, store, spec, a, tracker, log):
     from ml_platform.train.release import promotion_gate
 
     return promotion_gate(spark, store, tracker, spec, a["challenger"])
@@ -66,19 +112,50 @@ def _promote(spark, store, spec, a, tracker):
 JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set": _training_set,
                              "feature_pipeline": _feature_pipeline, "models": _models, "stack": _stack,
                              "promote": _promote}
+NEEDS_TRACKER = {"models", "stack", "promote"}
 
 
-def run_job(name: str, spark, store: Store, spec: DatasetSpec, args: dict, tracker=None) -> dict:
+def run_job(name: str, spark, store: Store, spec: DatasetSpec, args: dict, tracker=None,
+            log: Callable[[str], None] = print) -> dict:
     from ml_platform.data.ingest import RejectedFile
     from ml_platform.train.features import FeatureError
     from ml_platform.train.training_set import TrainingError
 
     if name not in JOBS:
         raise ValueError(f"unknown job {name!r}; one of {sorted(JOBS)}")
+    if name in NEEDS_TRACKER and tracker is None:
+        raise ValueError(f"the {name} job logs to MLflow: pass a tracker (the model registry resource)")
     try:
-        return JOBS[name](spark, store, spec, args, tracker)
+        return JOBS[name](spark, store, spec, args, tracker, log)
     except (RejectedFile, TrainingError, FeatureError) as e:
         raise JobFailed(str(e)) from e
+
+
+def spec_to_wire(spec: DatasetSpec) -> dict:
+    """A spec as plain JSON, so a job elsewhere (EMR) runs on the very spec Dagster loaded, from any directory."""
+    return to_wire(dataclasses.asdict(spec))
+
+
+def spec_from_wire(obj: dict) -> DatasetSpec:
+    return _rebuild(DatasetSpec, obj)
+
+
+def _rebuild(tp, value):
+    """Undo dataclasses.asdict + JSON by the field types: nested dataclasses, tuples (JSON lists), optionals."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _rebuild(hints[f.name], value[f.name]) for f in dataclasses.fields(tp)
+                     if f.name in value})
+    if origin in (typing.Union, types.UnionType):
+        return _rebuild(next(t for t in args if t is not type(None)), value)
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_rebuild(args[0], v) for v in value)
+        return tuple(_rebuild(t, v) for t, v in zip(args, value, strict=False))
+    return value
 
 
 def _encode(o):

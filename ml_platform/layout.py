@@ -108,7 +108,3 @@ def stacked_model_dir(spec: _Named, version: str) -> str:
 
 def stacked_model_record(spec: _Named, version: str) -> str:
     return f"{version_dir(spec, version)}/stacked_model.json"
-
-
-def mlflow_record(spec: _Named, version: str) -> str:
-    return f"{version_dir(spec, version)}/mlflow.json"

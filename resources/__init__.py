@@ -50,8 +50,7 @@ def storage_for(settings: Settings) -> StorageResource:
 
 
 def spark_for(env: str, settings: Settings, storage: StorageResource) -> SparkResource:
-    common = {"jars_dir": settings.jars_dir, "shuffle_partitions": settings.shuffle_partitions,
-              "jar_groups": ["spark", *storage.jar_groups()], "extra_conf": storage.spark_conf()}
+    common = {"storage": storage, "jars_dir": settings.jars_dir, "shuffle_partitions": settings.shuffle_partitions}
     if env == "cluster":
         if not settings.spark_master_url:
             raise ValueError("ML_PLATFORM_ENV=cluster needs SPARK_MASTER_URL, e.g. spark://127.0.0.1:7077")
@@ -65,7 +64,8 @@ def spark_for(env: str, settings: Settings, storage: StorageResource) -> SparkRe
         if missing:
             names = {"entry_point": "ML_PLATFORM_EMR_ENTRY_POINT", "pipes_bucket": "ML_PLATFORM_EMR_PIPES_BUCKET"}
             raise ValueError(f"ML_PLATFORM_ENV=emr needs {' and '.join(names[k] for k in missing)}")
-        return EmrSparkResource(region=settings.aws_region, shuffle_partitions=settings.shuffle_partitions, **emr)
+        return EmrSparkResource(storage=storage, region=settings.aws_region,
+                                shuffle_partitions=settings.shuffle_partitions, **emr)
     return LocalSparkResource(**common)
 
 

@@ -14,7 +14,7 @@ import boto3
 from dagster import Failure, MetadataValue
 from dagster_aws.pipes import PipesEMRClient, PipesEMRServerlessClient, PipesS3MessageReader
 
-from ml_platform.jobs import JobFailed, from_wire
+from ml_platform.jobs import JobFailed, from_wire, spec_to_wire
 from resources.spark import SparkResource
 
 CLUSTER_LIVE = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
@@ -187,13 +187,14 @@ class EmrSparkResource(SparkResource):
         return PipesS3MessageReader(bucket=self.pipes_bucket, client=s3, interval=min(self.poll_seconds, 5),
                                     include_stdio_in_messages=True)
 
-    def run_job(self, context, name: str, storage, spec, args: dict, registry=None) -> dict:
+    def run_job(self, context, name: str, spec, args: dict, registry=None) -> dict:
         from resources.storage import S3Storage
 
+        storage = self.storage
         if not isinstance(storage, S3Storage):
             raise Failure(description="ML_PLATFORM_ENV=emr needs the store on S3: set ML_PLATFORM_DATA to "
                                       "s3://<bucket>/<prefix> (EMR cannot see this machine's folders)")
-        extras = {"job": name, "dataset": spec.name, "args": args,
+        extras = {"job": name, "dataset": spec.name, "spec": spec_to_wire(spec), "args": args,
                   "store": storage.describe() | {"spark_scheme": self.spark_scheme},
                   "registry": registry.describe() if registry is not None else None}
         try:

@@ -1,6 +1,7 @@
 """Spark as a Dagster resource: one role, one subclass per backend (local threads and a standalone cluster here;
 EMR in resources/emr.py). Assets hand it a layer's job by name (ml_platform.jobs); where that job runs is the
-backend's business."""
+backend's business. Spark holds the storage it works on as a nested resource: the store the jobs read and write,
+and what Spark needs to reach it (jars, Hadoop settings), come from one object."""
 
 from __future__ import annotations
 
@@ -9,27 +10,30 @@ from dagster_pyspark.resources import spark_session_from_config
 
 from ml_platform.jobs import from_wire, run_job, to_wire
 from ml_platform.spark import local_jars, prepare_environment, session_conf, storage_hint
+from resources.storage import StorageResource
 
 
 class SparkResource(ConfigurableResource):
     """Builds (or reuses) the process's SparkSession for the configured backend, bound to loopback."""
 
+    storage: StorageResource
     app_name: str = "ml-platform"
     jars_dir: str | None = None
     shuffle_partitions: int = 8
     driver_memory: str = "4g"
     ui_enabled: bool = False
     extra_conf: dict[str, str] = {}
-    # which folders of .jars go on Spark's classpath: the Kafka connector always, hadoop-aws for s3a:// stores
+    # which folders of .jars go on Spark's classpath besides what the storage needs (hadoop-aws for s3a://)
     jar_groups: list[str] = ["spark"]
 
     def master(self) -> str:
         raise NotImplementedError
 
     def spark_conf(self) -> dict[str, str]:
-        return session_conf(self.master(), self.app_name, local_jars(self.jars_dir, self.jar_groups),
+        groups = list(dict.fromkeys([*self.jar_groups, *self.storage.jar_groups()]))
+        return session_conf(self.master(), self.app_name, local_jars(self.jars_dir, groups),
                             self.shuffle_partitions, self.driver_memory, self.ui_enabled,
-                            self.backend_conf() | self.extra_conf)
+                            self.storage.spark_conf() | self.backend_conf() | self.extra_conf)
 
     def backend_conf(self) -> dict[str, str]:
         return {}
@@ -38,12 +42,13 @@ class SparkResource(ConfigurableResource):
         prepare_environment()
         return spark_session_from_config(self.spark_conf())
 
-    def run_job(self, context, name: str, storage, spec, args: dict, registry=None) -> dict:
-        """Run one layer's Spark job here, in this process's SparkSession. The summary goes through the same
-        JSON round trip as on EMR, so an asset sees the same types on every backend."""
+    def run_job(self, context, name: str, spec, args: dict, registry=None) -> dict:
+        """Run one layer's Spark job here, in this process's SparkSession, its progress lines in the run's log. The
+        summary goes through the same JSON round trip as on EMR, so an asset sees the same types on every backend."""
         tracker = registry.tracker() if registry is not None else None
         try:
-            return from_wire(to_wire(run_job(name, self.get_session(), storage.store(), spec, args, tracker)))
+            return from_wire(to_wire(run_job(name, self.get_session(), self.storage.store(), spec, args, tracker,
+                                             context.log.info)))
         except Exception as e:
             hint = storage_hint(e)
             if hint is None:

@@ -11,15 +11,15 @@ from resources import LocalSparkResource, LocalStorage
 def run(spark, specs, store):
     spec = specs["used_cars"]
     assets = build_dataset_assets(spec)
-    resources = {"spark": LocalSparkResource(threads="2", shuffle_partitions=2),
-                 "storage": LocalStorage(root=str(store.root))}
+    storage = LocalStorage(root=str(store.root))
+    resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage}
     instance = DagsterInstance.ephemeral()
 
-    def go(key: str, layers=("raw", "cleaned")):
+    def go(key: str, layers=("raw", "cleaned"), tags=None):
         instance.add_dynamic_partitions("used_cars_batches", [key])
         chosen = [a for a, name in zip(assets[:2], ("raw", "cleaned"), strict=True) if name in layers]
         return materialize(chosen, partition_key=key, instance=instance, resources=resources,
-                           raise_on_error=False)
+                           raise_on_error=False, tags=tags)
 
     yield go
     instance.dispose()
@@ -41,11 +41,14 @@ def test_good_batch_flows_and_relanding_adds_nothing(run, landing, store, used_c
     raw, cleaned = _metadata(r, "raw_batches"), _metadata(r, "cleaned_features")
     assert raw["rows"] >= 400 and raw["malformed_rows"] > 0 and len(raw["sha256"]) == 64
     assert cleaned["cleaned_rows"] + cleaned["quarantined_rows"] + cleaned["duplicates_removed"] == raw["rows"]
-    assert "price" in cleaned["quarantine_reasons"]
+    assert "malformed CSV row" in cleaned["quarantine_reasons"]  # reasons are listed with their row counts
     checks = _checks(r)
     assert checks["raw_rows"] and checks["quarantine_share"] and checks["cleaned_schema"] and checks["label_range"]
     assert checks["all_null_columns"] is False  # the real data set never fills three columns; a warning
     assert list(store.path("silver/used_cars/batch=batch-00001").glob("*.parquet"))
+    # the cleaning job, not the asset, decided and wrote the acceptance; the asset reports it
+    assert cleaned["accepted_for_training"] is True and cleaned["not_accepted_because"] == ""
+    assert store.path("silver/used_cars/_accepted/batch-00001.json").exists()
 
     landing("batch-00001-again.csv", used_cars_csv)  # same bytes, new name
     r2 = run("batch-00001-again")
@@ -77,6 +80,9 @@ def test_bad_batches_fail_clearly_and_leave_earlier_partitions_alone(run, landin
     r = run("wrongtype")
     checks = _checks(r)
     assert year == len(cols) - 1 and checks["quarantine_share"] is False and checks["cleaned_rows"] is False
+    refused = _metadata(r, "cleaned_features")
+    assert refused["accepted_for_training"] is False and "quarantine_share" in refused["not_accepted_because"]
+    assert not store.path("silver/used_cars/_accepted/wrongtype.json").exists()
 
     assert {p.name: p.stat().st_mtime_ns for p in silver.iterdir()} == before
 
@@ -108,3 +114,21 @@ def test_truncated_file_and_shifted_columns(run, landing, store, used_cars_csv):
     assert raw["missing_columns"] == ["bed"] and raw["extra_columns"] == ["surprise"]
     assert _checks(r)["raw_columns"] is False  # a warning, not a block
     assert _metadata(r, "cleaned_features")["cleaned_rows"] > 0
+
+
+def test_ingest_takes_the_file_the_sensor_named(run, landing, used_cars_csv):
+    # two landed files share a partition key: the landing zone alone cannot say which one the batch is
+    landing("batch-00007.csv", used_cars_csv)
+    landing("batch-00007", "year,price\n2001,100\n")
+    by_hand = run("batch-00007", layers=("raw",))
+    assert not by_hand.success
+    failure = [e for e in by_hand.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "several landed files map to partition key 'batch-00007'" in str(failure.event_specific_data)
+    named = run("batch-00007", layers=("raw",), tags={"ml_platform/file": "batch-00007.csv"})
+    assert named.success
+    raw = _metadata(named, "raw_batches")
+    assert raw["source_file"] == "batch-00007.csv" and raw["rows"] >= 400
+    wrong = run("batch-00007", layers=("raw",), tags={"ml_platform/file": "batch-00008.csv"})
+    assert not wrong.success
+    failure = [e for e in wrong.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "belongs to partition 'batch-00008', not 'batch-00007'" in str(failure.event_specific_data)

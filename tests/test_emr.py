@@ -40,7 +40,7 @@ def platform(emr, minio, specs, monkeypatch, tmp_path):
 
     def resources(**overrides):
         spark = EmrSparkResource(**{
-            "endpoint_url": server.endpoint, "entry_point": "s3://platform/code/emr_job.py",
+            "storage": storage, "endpoint_url": server.endpoint, "entry_point": "s3://platform/code/emr_job.py",
             "pipes_bucket": "platform", "log_uri": "s3://platform/emr-logs/", "spark_scheme": "s3a",
             "python": str(ROOT / ".venv-emr" / "bin" / "python"), "poll_seconds": 0.5, **overrides})
         return {"spark": spark, "storage": storage}

@@ -30,9 +30,10 @@ def platform(spark, specs, tmp_path_factory):
                                                  "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}})
     root = tmp_path_factory.mktemp("platform")
     store = LocalStore(root / "data")
-    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    resources = {"spark": LocalSparkResource(threads="2", shuffle_partitions=2),
-                 "storage": LocalStorage(root=str(store.root)), "registry": registry}
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db", ui_url="http://127.0.0.1:5000")
+    storage = LocalStorage(root=str(store.root))
+    resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage,
+                 "registry": registry}
     instance = DagsterInstance.ephemeral()
     yield spec, store, build_dataset_assets(spec), resources, instance, registry.tracker()
     instance.dispose()
@@ -89,6 +90,24 @@ def test_new_batches_retrain_once_and_promote_a_champion(platform):
     assert sorted(r.data.tags["algorithm"] for r in nested) == ["linear", "random_forest"]
     assert all("holdout_rmse" in r.data.metrics and "best.regParam" in r.data.params or
                r.data.tags["algorithm"] != "linear" for r in nested)
+    # the jobs found the version's parent run by its tags: one parent, and no run id left in a file
+    parent = tracker.client.get_run(mv.run_id)
+    assert parent.data.tags["training_version"] == run.run_id and parent.data.tags["role"] == "parent"
+    assert parent.data.params["data.batches"] == "batch-00001,batch-00002"
+    assert not list(store.root.glob("gold/**/mlflow.json"))
+    linear = _meta(run, AssetKey([spec.name, "model_linear"]))
+    linear_run = [r for r in nested if r.data.tags["algorithm"] == "linear"][0].info.run_id
+    assert linear["mlflow_run"].endswith(f"/runs/{linear_run}")
+    assert linear["cv rmse (log1p price) mean"] < 1 < linear["holdout rmse (price)"]
+    # the model step said which model it was on, while it trained
+    logs = [e.user_message for e in instance.all_logs(run.run_id)]
+    for n in ("linear", "random_forest"):
+        assert any(m.startswith(f"used_cars/model_{n}: CV done in ") for m in logs), n
+        assert any(m.startswith(f"used_cars/model_{n}: finished in ") for m in logs), n
+    # MLflow's registry page, not its GenAI landing view
+    assert serving["registry_page"] == "http://127.0.0.1:5000/#/models/used_cars"
+    assert stacked["registry_page"] == "http://127.0.0.1:5000/#/models/used_cars/versions/1"
+    assert "| rmse (price) |" in stacked["leaderboard"] and "| cv rmse (log1p price) |" in stacked["leaderboard"]
 
     tick = evaluate_automation_conditions(defs=_defs(assets, resources), instance=instance, cursor=tick.cursor)
     assert tick.total_requested == 0  # handled: no second retrain for the same batches
@@ -155,7 +174,7 @@ def test_a_retrain_waits_for_the_running_one_and_each_run_keeps_its_own_version(
 def _register(spark, tracker, spec, store, model, checks="passed"):
     champion = tracker.version_for(spec.name, CHAMPION)
     cur = training_version(store, spec, tracker.version_tags(spec.name, champion)["training_version"])
-    parent = tracker.start_parent(spec.name, cur, {})
+    parent = tracker.parent_run(spec.name, cur, {})
     rows = spark.read.parquet(store.uri(holdout_dir(spec, cur['version']))).limit(3)
     example = rows.select("year", "mileage").toPandas()
     pred = model.transform(rows).select("prediction").toPandas()

@@ -4,13 +4,14 @@ silver, the training-set export, the feature pipeline and models (Spark through 
 
 import uuid
 
-import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from services import post_form
 
 from assets import build_dataset_assets
 from ml_platform.data.landing import partition_key
+from ml_platform.layout import holdout_dir, stacked_model_dir
 from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.train.algorithms import ROW_ID
 from resources import LocalSparkResource, MlflowRegistry, S3Storage
 from tests.training_data import small
 
@@ -23,8 +24,7 @@ def _meta(result, key):
     return {k: v.value for k, v in mats[-1].materialization.metadata.items()}
 
 
-@pytest.mark.usefixtures("s3_spark")
-def test_graph_runs_on_s3(minio, specs, tmp_path):
+def test_graph_runs_on_s3(minio, specs, tmp_path, s3_spark):
     spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01, 0.3]}},
                                                  "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}})
     run_id = uuid.uuid4().hex[:8]
@@ -33,7 +33,7 @@ def test_graph_runs_on_s3(minio, specs, tmp_path):
     store.check()
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                               artifact_root=f"s3://platform/mlflow-{run_id}")
-    resources = {"spark": LocalSparkResource(threads="2", shuffle_partitions=2), "storage": storage,
+    resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage,
                  "registry": registry}
     assets = build_dataset_assets(spec)
     with DagsterInstance.ephemeral() as instance:
@@ -66,7 +66,20 @@ def test_graph_runs_on_s3(minio, specs, tmp_path):
     artifacts = s3.list_objects_v2(Bucket="platform", Prefix=f"mlflow-{run_id}/{spec.name}/")
     assert artifacts.get("KeyCount", 0) > 0, "no MLflow artifacts on S3"
 
-    # the registered champion loads back from S3 and scores
-    tracker = registry.tracker()
-    model = tracker.load(spec.name, serving["champion_after"])
-    assert model.stages, "empty model"
+    # the registered champion loads back from S3 and scores the holdout exactly as the stack the job fitted
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import functions as F
+
+    spark = s3_spark
+    stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
+    holdout = spark.read.parquet(store.uri(holdout_dir(spec, stacked["version"])))
+    champion = registry.tracker().load(spec.name, serving["champion_after"])
+    batch = PipelineModel.load(store.uri(stacked_model_dir(spec, stacked["version"])))
+    served = champion.transform(holdout).select(ROW_ID, F.col("prediction").alias("served"))
+    fitted = batch.transform(holdout).select(ROW_ID, F.col("prediction").alias("fitted"))
+    both = served.join(fitted, ROW_ID).agg(
+        F.count(F.lit(1)).alias("n"), F.max(F.abs(F.col("served") - F.col("fitted"))).alias("diff"),
+        F.sum(F.when(F.isnan("served") | F.col("served").isNull(), 1).otherwise(0)).alias("bad")).first()
+    assert both["n"] == holdout.count() > 50 and both["bad"] == 0
+    assert both["diff"] < 1e-6, f"the reloaded champion scores differently: max diff {both['diff']}"
+    assert "prediction" in champion.transform(holdout.limit(1)).columns

@@ -13,7 +13,7 @@ from ml_platform.stores import LocalStore
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
 from ml_platform.train.features import FeatureError, build_feature_pipeline
 from ml_platform.train.models import featurized, train_models
-from ml_platform.train.stacking import fit_stack
+from ml_platform.train.stacking import fit_stack, leaderboard
 from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import SMALL, land_batches, small
 
@@ -27,12 +27,14 @@ def trained(spark, specs, tmp_path_factory):
     land_batches(spark, store, spec, [1, 2])
     ts = build_training_set(spark, store, spec, "v1")
     build_feature_pipeline(spark, store, spec, "v1")
-    results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2)
-    return spec, store, ts, results
+    lines, ended = [], []
+    results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2, log=lines.append,
+                           on_done=lambda n, r: ended.append((n, len(lines))))
+    return spec, store, ts, results, lines, ended
 
 
 def test_training_set_split_is_deterministic_and_disjoint(spark, trained):
-    spec, store, ts, _ = trained
+    spec, store, ts, *_ = trained
     train = spark.read.parquet(ts["train"])
     holdout = spark.read.parquet(ts["holdout"])
     assert ts["batches"] == ["batch-00001", "batch-00002"] and ts["train_rows"] + ts["holdout_rows"] == ts["rows"]
@@ -45,7 +47,7 @@ def test_training_set_split_is_deterministic_and_disjoint(spark, trained):
 
 
 def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, trained):
-    spec, store, ts, results = trained
+    spec, store, ts, results, *_ = trained
     r = results["linear"]
     oof = spark.read.parquet(r["oof"])
     train, _ = featurized(spark, store, spec, "v1")
@@ -65,7 +67,7 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, tra
 
 
 def test_stack_is_one_pipeline_that_composes_its_base_models(spark, trained):
-    spec, store, ts, results = trained
+    spec, store, ts, results, *_ = trained
     stack = fit_stack(spark, store, spec, "v1", results)
     model = PipelineModel.load(stack["path"])
     out = model.transform(spark.read.parquet(ts["holdout"]))
@@ -107,7 +109,7 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
 
 
 def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):
-    spec, store, _, _ = trained
+    spec, store, *_ = trained
     bad = small(spec, algorithms={"gbt": {"grid": {"maxDepth": [40]}}, "linear": {"grid": {"regParam": [0.1]}}})
     res = train_models(spark, store, bad, "v1", ["gbt", "linear"], 2)
     assert isinstance(res["gbt"], TrainingError) and "used_cars/model_gbt" in str(res["gbt"])
@@ -116,7 +118,7 @@ def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained
 
 
 def test_bad_training_inputs_fail_clearly(spark, trained, specs, tmp_path):
-    spec, store, _, _ = trained
+    spec, store, *_ = trained
     # constant target
     const = dataclasses.replace(spec, target="year", key="listing_id")
     silver = spark.read.parquet(store.uri("silver/used_cars/batch=batch-00001"))
@@ -150,3 +152,25 @@ def test_single_class_window_fails_clearly(spark, specs, tmp_path):
     store.write_json("bronze/fraud/_batches/b1.json", {"partition": "b1", "ingested_at": "x", "sha256": "0"})
     with pytest.raises(TrainingError, match="single class"):
         build_training_set(spark, store, spec, "v1")
+
+
+def test_models_report_progress_as_they_train(trained):
+    spec, store, ts, results, lines, ended = trained
+    for n in spec.algorithms:
+        mine = [ln for ln in lines if ln.startswith(f"used_cars/model_{n}: ")]
+        assert mine[0].startswith(f"used_cars/model_{n}: started:") and "parameter maps x 3 folds" in mine[0]
+        cv = [ln for ln in mine if ": CV done in " in ln][0]
+        assert "cv rmse (log1p price)" in cv and str(results[n]["best_params"]) in cv
+        assert "finished in" in mine[-1] and f"holdout rmse {results[n]['holdout']['rmse']:.4g}" in mine[-1]
+    assert lines[-1] == f"used_cars: {len(spec.algorithms)} of {len(spec.algorithms)} models done"
+    # each model was handed on (to MLflow) as it finished, not all at the end
+    assert sorted(n for n, _ in ended) == sorted(spec.algorithms) and ended[0][1] < len(lines) - 1
+
+
+def test_leaderboard_labels_the_scale_of_every_error_column(spark, trained):
+    spec, store, ts, results, *_ = trained
+    board, rows = leaderboard(spec, results, fit_stack(spark, store, spec, "v1", results))
+    head = board.splitlines()[0]
+    assert "| rmse (price) | mae (price) | r2 | cv rmse (log1p price) |" in head
+    cv = {r["model"]: r["cv"] for r in rows}
+    assert all(cv[n] == results[n]["cv_mean"] < 1 for n in results)  # log scale: under 1, while rmse is dollars

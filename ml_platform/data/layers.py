@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from contextlib import contextmanager
 
 from pyspark.sql import functions as F
 
 from ml_platform.data.cleaning import REASON, classify, cleaned_rows, quarantined_rows
-from ml_platform.data.ingest import CORRUPT, RejectedFile, check_header, content_hash, read_csv
+from ml_platform.data.ingest import CORRUPT, RejectedFile, check_header, read_csv
 from ml_platform.data.landing import partition_key
 from ml_platform.layout import (
     batch_record_path,
@@ -25,6 +26,8 @@ from ml_platform.stores import Store
 
 
 def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
+    """The landed file of a partition, by listing the landing zone: for a run launched without the sensor's
+    `ml_platform/file` tag (by hand, or a backfill)."""
     names = [f.name for f in store.list_files(landing_dir(spec)) if partition_key(f.name) == key]
     if not names:
         raise RejectedFile(f"no file in {landing_dir(spec)}/ has partition key {key!r}")
@@ -33,13 +36,23 @@ def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
     return names[0]
 
 
-def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict:
-    """Landed CSV -> bronze Parquet for one batch. Same content landed again adds nothing."""
-    name = find_landed_file(store, spec, key)
+def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str, name: str | None = None) -> dict:
+    """Landed CSV -> bronze Parquet for one batch. `name` is the file the new-batch sensor saw (None: find it by
+    the partition key). Same content landed again adds nothing."""
+    if name is None:
+        name = find_landed_file(store, spec, key)
+    elif partition_key(name) != key:
+        raise RejectedFile(f"file {name!r} belongs to partition {partition_key(name)!r}, not {key!r}")
     rel = landed_file(spec, name)
-    size = next(f.size for f in store.list_files(landing_dir(spec)) if f.name == name)
+    if not store.exists(rel):
+        raise RejectedFile(f"{rel} is no longer in the landing zone (moved or deleted after the sensor saw it)")
+    digest, size = hashlib.sha256(), 0
+    with store.open_read(rel) as f:  # one pass for the content hash and the size, no listing
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
     header = check_header(store.read_head(rel), spec, size)
-    digest = content_hash(store, rel)
+    digest = digest.hexdigest()
     record = {"partition": key, "file": name, "bytes": size, "sha256": digest, "missing_columns": header.missing,
               "extra_columns": header.extra, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
     first = store.create_exclusive(content_hash_marker(spec, digest), key)
@@ -78,7 +91,7 @@ def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict
     if record.get("duplicate_of"):
         for d in (silver_dir(spec, key), quarantine_rows_dir(spec, key)):
             store.delete_tree(d)
-        return summary | {"cleaned": 0, "quarantined": 0, "duplicates_removed": 0}
+        return summary | {"cleaned": 0, "quarantined": 0, "duplicates_removed": 0, "unlabelled": 0}
     # two pruned passes over bronze beat caching it: the quarantine pass only parses the checked columns
     classified = classify(spark.read.parquet(store.uri(bronze_dir(spec, key))), spec)
     with per_operator_codegen(spark):
@@ -89,12 +102,26 @@ def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict
     out = summary | profile(spark.read.parquet(store.uri(silver_dir(spec, key))), spec)
     out["quarantined"] = sum(c for _, c in reasons)
     out["top_reasons"] = dict(reasons[:5])
+    out["quarantined_by_field"] = reasons_by_field(reasons)
+    # honest: cleaned_rows only drops second rows of a key and whole-row repeats, never null-key rows
     out["duplicates_removed"] = out["rows_in"] - out["quarantined"] - out["cleaned"]
     return out
 
 
+def reasons_by_field(reasons: list[tuple[str, int]]) -> dict[str, int]:
+    """Quarantined rows per field a reason names ('price: 1 outside ...' -> price), most first. The full reasons
+    embed each bad value, so on their own they scatter over many lines; a row with two reasons counts twice."""
+    out: dict[str, int] = {}
+    for text, n in reasons:
+        for part in text.split("; "):
+            f = part.split(":", 1)[0] if ":" in part else part.split(" (", 1)[0]
+            out[f] = out.get(f, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def profile(silver, spec: DatasetSpec) -> dict:
-    """Counts, null rates, label range and schema of a cleaned table, in one pass."""
+    """Counts, null rates, label range (over labelled rows), unlabelled rows and schema of a cleaned table, in one
+    pass."""
     cols = spec.cleaned_columns
     aggs = [F.count(F.lit(1)).alias("__n"), F.min(spec.target).alias("__min"), F.max(spec.target).alias("__max"),
             F.avg(spec.target).alias("__mean")] + [F.count(F.col(f"`{c}`")).alias(f"__nn_{c}") for c in cols]
@@ -107,6 +134,8 @@ def profile(silver, spec: DatasetSpec) -> dict:
         "null_rate": null_rate,
         "all_null_columns": [c for c in cols if n and row[f"__nn_{c}"] == 0],
         "schema": {f.name: f.dataType.simpleString() for f in silver.schema.fields},
+        # silver keeps a null target only for the spec's `unlabelled` values (a missing label is quarantined)
+        "unlabelled": n - row[f"__nn_{spec.target}"],
     }
 
 

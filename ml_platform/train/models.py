@@ -52,8 +52,24 @@ def evaluate(spec: DatasetSpec, scored: DataFrame, score: str, threshold: float 
     return regression_metrics(scored, spec.target, score)
 
 
+def scale(spec: DatasetSpec, metric: str) -> str:
+    """What a metric is measured on, for labels: CV of a log-target regression runs on log1p(target), holdout
+    errors on the target itself; scores and AUCs have no unit."""
+    if spec.task != "regression" or metric not in ("rmse", "mae", "log_rmse", "log_mae", "cv"):
+        return ""
+    return f"log1p {spec.target}" if metric.startswith("log_") or (metric == "cv" and spec.training.log_target) \
+        else spec.target
+
+
+def labelled(spec: DatasetSpec, metric: str) -> str:
+    """`rmse (price)`, `cv rmse (log1p price)`, `r2`: a metric's name with its scale."""
+    name = f"cv {primary(spec.task)[0]}" if metric == "cv" else metric
+    unit = scale(spec, metric)
+    return f"{name} ({unit})" if unit else name
+
+
 def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, train: DataFrame,
-                    holdout: DataFrame) -> dict:
+                    holdout: DataFrame, log=print) -> dict:
     where = f"{spec.name}/model_{name}"
     alg = algorithm(spec, name)
     est = alg.make(alg.features, spec.training.seed)
@@ -69,6 +85,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     folds = spec.training.folds
     cv = CrossValidator(estimator=est, estimatorParamMaps=maps, evaluator=ev, numFolds=folds, foldCol=FOLD,
                         collectSubModels=True, parallelism=spec.training.parallelism, seed=spec.training.seed)
+    log(f"{where}: started: {len(maps)} parameter maps x {folds} folds")
     t0 = time.perf_counter()
     try:
         cvm = cv.fit(train)
@@ -77,6 +94,8 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     train_seconds = time.perf_counter() - t0
     avg, std = [float(x) for x in cvm.avgMetrics], [float(x) for x in cvm.stdMetrics]
     best = max(range(len(avg)), key=lambda i: avg[i] if larger else -avg[i])
+    log(f"{where}: CV done in {train_seconds:.0f}s: best {settings[best]}, {labelled(spec, 'cv')} "
+        f"{avg[best]:.4g} ± {std[best]:.2g}; now scoring out-of-fold rows and the holdout")
     t1 = time.perf_counter()
     # out-of-fold: each row scored by the best setting's model that did not see it
     parts = [cvm.subModels[k][best].transform(train.where(F.col(FOLD) == k))
@@ -104,25 +123,34 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
         "model": model_uri, "oof": oof_uri, "ok": True,
     }
     store.write_json(model_result(spec, version, name), result)
+    log(f"{where}: finished in {time.perf_counter() - t0:.0f}s: holdout {metric} {hold[metric]:.4g}")
     return result
 
 
-def train_models(spark, store: Store, spec: DatasetSpec, version: str, names: list[str],
-                 concurrent: int) -> dict[str, dict | Exception]:
+def train_models(spark, store: Store, spec: DatasetSpec, version: str, names: list[str], concurrent: int,
+                 log=print, on_done=None) -> dict[str, dict | Exception]:
     """Train several algorithms on one cached training set, `concurrent` at a time (threads sharing the Spark
     session; Spark runs their jobs side by side). A failure is returned in place of its result, never raised, so
-    the other models still finish."""
+    the other models still finish. `on_done(name, result or error)` runs as each model ends (MLflow logging)."""
     for name in names:
         algorithm(spec, name)  # unknown names fail before any work starts
+    log(f"{spec.name}: training {len(names)} models, {max(1, concurrent)} at a time: {', '.join(names)}")
     train, holdout = featurized(spark, store, spec, version)
+    finished = []
     try:
         def one(name):
             try:
-                return train_algorithm(store, spec, version, name, train, holdout)
+                out = train_algorithm(store, spec, version, name, train, holdout, log)
             except Exception as e:  # noqa: BLE001
                 store.write_json(model_result(spec, version, name),
                                  {"algorithm": name, "ok": False, "error": str(e)})
-                return e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
+                out = e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
+                log(f"{spec.name}/model_{name}: failed: {out}")
+            if on_done is not None:
+                on_done(name, out)
+            finished.append(name)
+            log(f"{spec.name}: {len(finished)} of {len(names)} models done")
+            return out
         with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
             return dict(zip(names, pool.map(one, names), strict=True))
     finally:

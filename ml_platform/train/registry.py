@@ -1,5 +1,6 @@
 """MLflow tracking and the Model Registry, through an explicit client (no global active run: base models are
-trained in threads). One experiment per dataset, a parent run per training version, a nested run per model.
+trained in threads). One experiment per dataset, a parent run per training version
+(tagged `training_version`, found or created by the job that first logs to it), a nested run per model.
 
 Aliases on the registered model `<dataset>`:
   challenger         the newest stacked model
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -61,9 +63,23 @@ class Tracker:
             return f"{self.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
         return f"{self.uri} experiment {run.info.experiment_id} run {run_id}"
 
-    def start_parent(self, dataset: str, summary: dict, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(dataset), run_name=f"train {summary['version']}",
-                                     tags=tags | {"dataset": dataset})
+    def model_page(self, dataset: str, version: str | None = None) -> str | None:
+        """The registered model's page in the MLflow UI (its GenAI landing view has no Models entry)."""
+        if not self.ui_url:
+            return None
+        return f"{self.ui_url}/#/models/{dataset}" + (f"/versions/{version}" if version else "")
+
+    def parent_run(self, dataset: str, summary: dict, tags: dict[str, str]) -> str:
+        """The parent run of one training version: found by its tags, created by the first job that needs it (the
+        models job), so every job of the version logs under it wherever it runs and no run id travels."""
+        version = summary["version"]
+        exp = self.experiment_id(dataset)
+        found = self.client.search_runs([exp], f"tags.training_version = '{version}' and tags.role = 'parent'",
+                                        order_by=["attributes.start_time ASC"], max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(exp, run_name=f"train {version}",
+                                     tags=tags | {"dataset": dataset, "training_version": version, "role": "parent"})
         rid = run.info.run_id
         self.client.log_batch(rid, params=[_p(k, v) for k, v in _flat("data.", {
             "batches": ",".join(summary["batches"]), "data_hash": summary["data_hash"], "rows": summary["rows"],
@@ -111,14 +127,17 @@ class Tracker:
             mlflow.spark.save_model(
                 spark_model, str(local), signature=infer_signature(input_example, prediction_example),
                 input_example=input_example, pip_requirements=_requirements())
-            self.client.log_artifacts(parent_id, str(local), "model")
+            # a folder per registration: the stack of one training version may be registered again (a re-run),
+            # and an earlier version's source must not be overwritten under the shared parent run
+            artifact_path = f"model-{uuid.uuid4().hex[:12]}"
+            self.client.log_artifacts(parent_id, str(local), artifact_path)
         self.client.log_batch(parent_id, metrics=[_m(k, v) for k, v in _finite_metrics("stack_holdout_", metrics)
                                                   .items()])
         try:
             self.client.create_registered_model(dataset, description=f"Stacked model for {dataset}")
         except MlflowException:
             pass  # exists
-        source = f"{self.client.get_run(parent_id).info.artifact_uri}/model"
+        source = f"{self.client.get_run(parent_id).info.artifact_uri}/{artifact_path}"
         mv = self.client.create_model_version(dataset, source=source, run_id=parent_id, tags=tags)
         self.client.set_registered_model_alias(dataset, CHALLENGER, str(mv.version))
         self.client.set_terminated(parent_id, "FINISHED")

@@ -11,7 +11,7 @@ import math
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from ml_platform.layout import holdout_dir, mlflow_record
+from ml_platform.layout import holdout_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores import Store
 from ml_platform.train.algorithms import LABEL
@@ -67,7 +67,8 @@ def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str
 def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec, version: str,
                        tags: dict[str, str]) -> dict:
     """Fit the stack on one training version's base models, log the leaderboard and plots to its parent MLflow
-    run, register the PipelineModel as a new version of `<dataset>` with alias `challenger`."""
+    run (found by the version's tags), register the PipelineModel as a new version of `<dataset>` with alias
+    `challenger`."""
     cur = training_version(store, spec, version)
     results = model_results(store, spec, version)
     stack = fit_stack(spark, store, spec, version, results)
@@ -77,7 +78,7 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     stacked = PipelineModel.load(stack["path"])
     holdout_uri = store.uri(holdout_dir(spec, version))
     plots = diagnostics(spark, spec, stacked, holdout_uri)
-    parent = mlflow_parent(store, spec, version)
+    parent = tracker.parent_run(spec.name, cur, tags)
     for name, png in plots.items():
         tracker.log_artifact_bytes(parent, name, png)
     tracker.log_artifact_bytes(parent, "leaderboard.md", board)
@@ -86,14 +87,8 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
         "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
         CHECKS_TAG: "passed" if passed else "failed"})
     return stack | {"leaderboard": board, "rows": rows, "checks": checks, "plots": plots, "model_version": mv,
-                    "mlflow_run": tracker.run_link(parent), "training": cur}
-
-
-def mlflow_parent(store: Store, spec: DatasetSpec, version: str) -> str:
-    rec = store.read_json(mlflow_record(spec, version))
-    if not rec:
-        raise TrainingError(f"{spec.name}: version {version} has no MLflow parent run; rebuild the training set")
-    return rec["parent_run_id"]
+                    "mlflow_run": tracker.run_link(parent), "training": cur,
+                    "model_page": tracker.model_page(spec.name, mv)}
 
 
 def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, challenger: str | None = None) -> dict:
@@ -106,7 +101,8 @@ def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, cha
     champion = tracker.version_for(spec.name, CHAMPION)
     if challenger is None:
         raise TrainingError(f"{spec.name}: no registered challenger; materialize {spec.name}/stacked_model first")
-    out = {"metric": metric, "margin": margin, "challenger": challenger, "champion_before": champion}
+    out = {"metric": metric, "margin": margin, "challenger": challenger, "champion_before": champion,
+           "model_page": tracker.model_page(spec.name)}
     tags = tracker.version_tags(spec.name, challenger)
     if tags.get(CHECKS_TAG) != "passed":
         return out | {"decision": "rejected: challenger failed its checks", "champion_after": champion,

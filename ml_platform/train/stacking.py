@@ -28,7 +28,7 @@ from ml_platform.spec import DatasetSpec
 from ml_platform.stores import Store
 from ml_platform.train.algorithms import LABEL, ROW_ID, WEIGHT
 from ml_platform.train.metrics import curves, primary, regression_metrics, score_column
-from ml_platform.train.models import evaluate
+from ml_platform.train.models import evaluate, labelled
 from ml_platform.train.training_set import TrainingError
 
 META_FEATURES = "__meta_features"
@@ -135,7 +135,7 @@ def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_ur
 
 
 def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tuple[str, list[dict]]:
-    """A markdown table of the base models and the stack on the holdout, best first."""
+    """A markdown table of the base models and the stack on the holdout, best first, each column with its scale."""
     metric, larger = primary(spec.task)
     cols = ["rmse", "mae", "r2"] if spec.task == "regression" else ["pr_auc", "roc_auc", "f1", "precision", "recall"]
     rows = [{"model": n, **{c: r["holdout"][c] for c in cols}, "cv": r["cv_mean"], "train_s": r["train_seconds"]}
@@ -143,7 +143,9 @@ def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tup
     rows.append({"model": "stacked", **{c: stack["holdout"][c] for c in cols}, "cv": None,
                  "train_s": stack["fit_seconds"]})
     rows.sort(key=lambda r: -r[metric] if larger else r[metric])
-    head = "| model | " + " | ".join(cols) + f" | cv {metric} | train s |\n|---|" + "---|" * (len(cols) + 2)
+    # every error column names its scale: CV of a log-target model is on log1p(target), the holdout on the target
+    head = ("| model | " + " | ".join(labelled(spec, c) for c in cols) + f" | {labelled(spec, 'cv')} | train s |\n|---|"
+            + "---|" * (len(cols) + 2))
     body = "\n".join(f"| {r['model']} | " + " | ".join(f"{r[c]:.4g}" for c in cols)
                      + f" | {'' if r['cv'] is None else format(r['cv'], '.4g')} | {r['train_s']} |" for r in rows)
     return head + "\n" + body, rows
