@@ -19,7 +19,7 @@ def test_cleaning_runs_on_hdfs(spark, hdfs, specs, tmp_path):
     csv = write_batch(SimConfig(spec.name, rows_per_batch=200, seed=9), 1, tmp_path, None)
     store.write_text(f"landing/{spec.name}/{csv.name}", csv.read_text())
     key = partition_key(csv.name)
-    resources = {"spark": LocalSparkResource(threads="2", shuffle_partitions=2), "storage": storage}
+    resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage}
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
         result = materialize(build_dataset_assets(spec)[:2], partition_key=key, instance=instance,
