@@ -1,5 +1,7 @@
-"""The `ml-platform` command: simulate data, run the local stack, send prediction traffic, watch predictions
-and live metrics, roll a served model back, hand out presigned upload URLs."""
+"""The `ml-platform` command: infer and check dataset specs, simulate data, run the local stack, send prediction
+traffic, watch predictions and live metrics, roll a served model back, hand out presigned upload URLs.
+
+Datasets are the specs in the directory named by ML_PLATFORM_SPECS (default: the shipped examples)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,70 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _simulate(a) -> int:
-    from ml_platform.local.simulate import SimConfig, simulate
+def _spec(a, name: str | None = None):
+    """The spec of dataset `name` (default: a.dataset) from the configured spec directory; an unknown name ends
+    the command with exit code 2 and a message listing the datasets there and the spec files that are broken."""
+    from ml_platform.spec import load_spec_dir
 
+    name = name or a.dataset
+    found = load_spec_dir(a.specs)
+    if name in found.specs:
+        return found.specs[name]
+    lines = [f"unknown dataset {name!r}; datasets in {found.directory}: {sorted(found.specs) or 'none'}"]
+    lines += [f"  broken spec {f}: {err}" for f, err in sorted(found.errors.items())]
+    print("\n".join(lines), file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _infer(a) -> int:
+    from ml_platform.spec_infer import InferError, infer_spec
+
+    out = Path(a.out) if a.out else None
+    if out and out.exists() and not a.force:
+        print(f"{out} exists; give --force to overwrite it", file=sys.stderr)
+        return 2
+    try:
+        text = infer_spec(a.csv, a.target, a.name, a.sample_rows)
+    except InferError as e:
+        print(f"spec infer: {e}", file=sys.stderr)
+        return 2
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}: review the guesses (each has a comment), then put it in the spec directory "
+          f"(ML_PLATFORM_SPECS)", file=sys.stderr)
+    return 0
+
+
+def _check(a) -> int:
+    from ml_platform.spec import SpecError, load_spec, load_spec_dir
+
+    target = Path(a.path) if a.path else None
+    if target is not None and target.is_file():
+        try:
+            spec = load_spec(target)
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            return 1
+        print(f"{target}: dataset {spec.name} ({spec.task}, target {spec.target}) is valid")
+        return 0
+    found = load_spec_dir(target or a.specs)
+    for name, spec in sorted(found.specs.items()):
+        print(f"ok      {name} ({spec.task}, target {spec.target})")
+    for f, err in sorted(found.errors.items()):
+        print(f"broken  {f}: {err}")
+    return 1 if found.errors else 0
+
+
+def _simulate(a) -> int:
+    from ml_platform.local.simulate import GENERATORS, SimConfig, simulate
+
+    _spec(a)
+    if a.dataset not in GENERATORS:
+        print(f"no simulator for dataset {a.dataset!r}; simulators exist for {sorted(GENERATORS)}", file=sys.stderr)
+        return 2
     cfg = SimConfig(a.dataset, a.rows_per_batch, seed=a.seed, test_share=a.test_share, broken_share=a.broken_share)
     written = simulate(cfg, Path(a.landing), Path(a.test_dir) if a.test_dir else None, a.batches, a.every,
                        show_progress=not a.quiet,
@@ -27,6 +90,7 @@ def _simulate(a) -> int:
 def _rollback(a) -> int:
     from ml_platform.train.registry import Tracker
 
+    _spec(a)
     try:
         old, new = Tracker(a.tracking_uri).rollback(a.dataset)
     except ValueError as e:
@@ -39,9 +103,8 @@ def _rollback(a) -> int:
 
 def _produce(a) -> int:
     from ml_platform.local.loadgen import produce
-    from ml_platform.spec import builtin_specs
 
-    spec = builtin_specs()[a.dataset]
+    spec = _spec(a)
     test_dir = Path(a.test_dir or Path(os.environ.get("ML_PLATFORM_DATA", REPO / ".local" / "data")) / "test_stream"
                     / a.dataset)
     if a.wait_for_champion:
@@ -68,6 +131,7 @@ def _tail(a) -> int:
     from ml_platform.serve.kafka_io import follow
     from ml_platform.serve.messages import topic
 
+    _spec(a)
     topics = [topic(a.dataset, "metrics")] + ([] if a.metrics_only else [topic(a.dataset, "predictions")])
     try:
         for t, m in follow(a.bootstrap, topics, a.from_beginning):
@@ -90,10 +154,9 @@ def _upload_url(a) -> int:
     import json
 
     from ml_platform.layout import landing_dir
-    from ml_platform.spec import builtin_specs
     from ml_platform.stores import StorageError, open_store
 
-    spec = builtin_specs()[a.dataset]
+    spec = _spec(a)
     if "/" in a.file_name or not a.file_name.lower().endswith(".csv"):
         print(f"{a.file_name!r}: give a plain file name ending in .csv (it lands in {landing_dir(spec)}/)",
               file=sys.stderr)
@@ -115,6 +178,8 @@ def _upload_url(a) -> int:
 def _stack_config(a):
     from ml_platform.local.supervisor import StackConfig
 
+    for name in a.datasets.split(","):
+        _spec(a, name)
     return StackConfig(home=Path(a.home), repo=REPO, jars=Path(a.jars).resolve(), kafka_port=a.kafka_port,
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
                        datasets=tuple(a.datasets.split(",")), every=a.every, rows_per_batch=a.rows_per_batch,
@@ -123,10 +188,26 @@ def _stack_config(a):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ml-platform", description=__doc__)
+    p.add_argument("--specs", default=os.environ.get("ML_PLATFORM_SPECS"),
+                   help="spec directory (default: $ML_PLATFORM_SPECS, else the shipped examples)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    sp = sub.add_parser("spec", help="write a starter spec from a CSV file, or check specs")
+    spsub = sp.add_subparsers(dest="spec_command", required=True)
+    si = spsub.add_parser("infer", help="guess a spec from a sample of a CSV file; each guess is commented")
+    si.add_argument("csv", help="a CSV file with a header line")
+    si.add_argument("--target", required=True, help="the column to predict")
+    si.add_argument("--out", help="spec file to write (default: print it)")
+    si.add_argument("--name", help="dataset name (default: from the file name)")
+    si.add_argument("--sample-rows", type=int, default=1000, help="rows read from the top of the file")
+    si.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    si.set_defaults(func=_infer)
+    sc = spsub.add_parser("check", help="validate one spec file, or every spec of a directory")
+    sc.add_argument("path", nargs="?", help="a spec file or directory (default: --specs)")
+    sc.set_defaults(func=_check)
+
     s = sub.add_parser("simulate", help="write simulated batches into a landing zone")
-    s.add_argument("dataset", choices=["used_cars", "fraud"])
+    s.add_argument("dataset")
     s.add_argument("--landing", required=True, help="folder the batches are dropped into")
     s.add_argument("--test-dir", help="folder for the held-out test stream (one file per batch)")
     s.add_argument("--batches", type=int, default=1)
@@ -165,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     g = sub.add_parser("produce", help="send the held-out test stream as prediction requests, and actuals later")
-    g.add_argument("dataset", choices=["used_cars", "fraud"])
+    g.add_argument("dataset")
     g.add_argument("--bootstrap", default=bootstrap)
     g.add_argument("--test-dir", help="test-stream CSVs (default: <data>/test_stream/<dataset>)")
     g.add_argument("--rate", type=float, default=20.0, help="requests per second")
@@ -180,14 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     g.set_defaults(func=_produce)
 
     t = sub.add_parser("tail", help="follow predictions and live metrics in the terminal")
-    t.add_argument("dataset", choices=["used_cars", "fraud"])
+    t.add_argument("dataset")
     t.add_argument("--bootstrap", default=bootstrap)
     t.add_argument("--metrics-only", action="store_true")
     t.add_argument("--from-beginning", action="store_true")
     t.set_defaults(func=_tail)
 
     up = sub.add_parser("upload-url", help="a presigned S3 upload for one batch file: one key, a size cap, an expiry")
-    up.add_argument("dataset", choices=["used_cars", "fraud"])
+    up.add_argument("dataset")
     up.add_argument("file_name", help="the name the batch lands under, e.g. batch-2026-11-23.csv")
     up.add_argument("--max-mb", type=float, default=512, help="size cap (default 512 MB)")
     up.add_argument("--expires", type=int, default=3600, help="seconds the URL stays valid (default 3600)")

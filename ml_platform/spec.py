@@ -1,10 +1,12 @@
 """Dataset specs: the one description of a dataset that drives parsing, cleaning, checks and training.
 
-A spec is a YAML file (ml_platform/specs/*.yaml). A new CSV dataset needs a spec, not code.
+A spec is a YAML file in a spec directory (the shipped examples are in ml_platform/specs). A new CSV dataset needs
+a spec, not code: `ml-platform spec infer data.csv --target COLUMN` writes a starter one.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,6 +18,15 @@ PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating",
 DERIVE_RULES = {"years_between", "per_year"}
 TASKS = {"regression", "classification"}
 FEATURE_PARSES = {"number", "unit", "bool", "category", "rating"}
+# which parse rules a target may have: numeric labels are parsed, text labels are mapped by positive/classes
+TARGET_PARSES = {"regression": {"number", "unit"}, "classification": {"number", "bool"},
+                 "labels": {"string", "category"}}
+TOP_FIELDS = ("name", "task", "target", "key", "label_range", "positive", "classes", "unlabelled", "columns",
+              "derived", "checks", "algorithms", "training", "serving")
+COLUMN_FIELDS = ("name", "parse", "position", "required", "unit", "units", "range", "format", "strip")
+DERIVED_FIELDS = ("name", "rule", "from")
+CHECK_FIELDS = ("max_null_rate", "max_quarantine_share")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class SpecError(ValueError):
@@ -32,6 +43,7 @@ class ColumnSpec:
     range: tuple[float, float] | None = None
     format: str | None = None
     strip: str | None = None
+    position: int | None = None  # a column whose header is empty, found by its place (0 = first) in the header
 
     def output_names(self) -> list[str]:
         """Columns this source column becomes in the cleaned table."""
@@ -95,6 +107,14 @@ class DatasetSpec:
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     serving: ServingSpec = field(default_factory=ServingSpec)
+    positive: str | None = None        # text labels: this one is class 1, every other label class 0
+    classes: tuple[str, ...] = ()      # text labels: listed as [class 0, class 1]; others are quarantined
+    unlabelled: tuple[Any, ...] = ()   # target values meaning "no label": floats (numeric) or texts (labels)
+
+    @property
+    def text_labels(self) -> bool:
+        """The target is text mapped to 0/1 by `positive` or `classes` (not a number)."""
+        return bool(self.positive is not None or self.classes)
 
     @property
     def column_names(self) -> list[str]:
@@ -136,20 +156,36 @@ def _fail(src: str, msg: str) -> SpecError:
     return SpecError(f"spec {src}: {msg}")
 
 
+def _only(src: str, where: str, raw: dict, allowed: tuple[str, ...]) -> None:
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        what = "field" if len(unknown) == 1 else "fields"
+        raise _fail(src, f"{where} has unknown {what} {', '.join(repr(str(k)) for k in unknown)}; "
+                         f"allowed: {', '.join(allowed)}")
+
+
 def _column(src: str, i: int, raw: dict) -> ColumnSpec:
     where = f"columns[{i}]"
     if not isinstance(raw, dict) or "name" not in raw or "parse" not in raw:
         raise _fail(src, f"{where} needs 'name' and 'parse', got {raw!r}")
-    parse = raw["parse"]
+    _only(src, where, raw, COLUMN_FIELDS)
+    name, parse, pos = raw["name"], raw["parse"], raw.get("position")
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(src, f"{where}: name must be a non-empty text, got {name!r}; a column whose header is empty is "
+                         "declared by position, e.g. {position: 0, name: row_index, parse: drop}")
+    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int) or pos < 0):
+        raise _fail(src, f"{where} ({name}): position must be a column number (0 = first), got {pos!r}")
     if parse not in PARSE_RULES:
-        raise _fail(src, f"{where} ({raw['name']}): unknown parse rule {parse!r}; one of {sorted(PARSE_RULES)}")
+        raise _fail(src, f"{where} ({name}): unknown parse rule {parse!r}; one of {sorted(PARSE_RULES)}")
     if parse == "unit" and not raw.get("unit"):
-        raise _fail(src, f"{where} ({raw['name']}): parse 'unit' needs 'unit'")
+        raise _fail(src, f"{where} ({name}): parse 'unit' needs 'unit'")
     if parse == "rating" and len(raw.get("units") or []) != 2:
-        raise _fail(src, f"{where} ({raw['name']}): parse 'rating' needs two 'units', e.g. [hp, rpm]")
+        raise _fail(src, f"{where} ({name}): parse 'rating' needs two 'units', e.g. [hp, rpm]")
     rng = raw.get("range")
+    if rng is not None and (not isinstance(rng, list) or len(rng) != 2):
+        raise _fail(src, f"{where} ({name}): range must be [low, high], got {rng!r}")
     return ColumnSpec(
-        name=str(raw["name"]),
+        name=name,
         parse=parse,
         required=bool(raw.get("required", False)),
         unit=raw.get("unit"),
@@ -157,42 +193,147 @@ def _column(src: str, i: int, raw: dict) -> ColumnSpec:
         range=(float(rng[0]), float(rng[1])) if rng else None,
         format=raw.get("format"),
         strip=raw.get("strip"),
+        position=pos,
     )
 
 
-def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
-    """Build and validate a spec from parsed YAML; every error names `src` and the field."""
-    if not isinstance(data, dict):
-        raise _fail(src, "top level must be a mapping")
-    for k in ("name", "task", "target", "columns"):
-        if k not in data:
-            raise _fail(src, f"missing '{k}'")
-    if data["task"] not in TASKS:
-        raise _fail(src, f"task must be one of {sorted(TASKS)}, got {data['task']!r}")
-    columns = tuple(_column(src, i, c) for i, c in enumerate(data["columns"]))
+def _columns(src: str, raw) -> tuple[ColumnSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail(src, "columns must be a non-empty list of {name, parse} entries")
+    columns = tuple(_column(src, i, c) for i, c in enumerate(raw))
     names = [c.name for c in columns]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise _fail(src, f"duplicate columns {dupes}")
-    for k in ("target", "key"):
-        if data.get(k) is not None and data[k] not in names:
-            raise _fail(src, f"{k} {data[k]!r} is not among the columns")
+    positions = [c.position for c in columns if c.position is not None]
+    if len(set(positions)) != len(positions):
+        raise _fail(src, f"two columns declare the same position: {sorted(positions)}")
+    return columns
+
+
+def _label(src: str, where: str, v) -> str:
+    """A class label as the text it has in the file. YAML reads Yes/No/true as booleans, which would not match."""
+    if isinstance(v, bool) or v is None or not isinstance(v, str | int | float):
+        raise _fail(src, f"{where}: {v!r} is not a label; quote labels as they appear in the file, e.g. 'Yes'")
+    return str(v)
+
+
+def _labels(src: str, data: dict, target: ColumnSpec) -> tuple[str | None, tuple[str, ...]]:
+    """(positive, classes) of a classification target; numeric 0/1 targets have neither."""
+    positive, classes = data.get("positive"), data.get("classes")
+    if positive is None and classes is None:
+        if target.parse not in TARGET_PARSES[data["task"]]:
+            hint = " or give 'positive: <label>' / 'classes: [negative, positive]'" \
+                if data["task"] == "classification" else ""
+            raise _fail(src, f"target {target.name!r} has parse {target.parse!r}; a {data['task']} target needs parse "
+                             f"{' or '.join(sorted(TARGET_PARSES[data['task']]))}{hint}")
+        return None, ()
+    if data["task"] != "classification":
+        raise _fail(src, "positive / classes are for classification targets; this spec's task is regression")
+    if positive is not None and classes is not None:
+        raise _fail(src, "give either positive (binary: every other label is the negative class) or classes "
+                         "([negative, positive]), not both")
+    if target.parse not in TARGET_PARSES["labels"]:
+        raise _fail(src, f"target {target.name!r} with positive/classes needs parse string or category, "
+                         f"got {target.parse!r}")
+    if "label_range" in data:
+        raise _fail(src, "label_range is for numeric labels; with positive/classes the labels map to 0 and 1")
+    if positive is not None:
+        return _label(src, "positive", positive), ()
+    if not isinstance(classes, list):
+        raise _fail(src, f"classes must be a list of labels, [negative, positive], got {classes!r}")
+    labels = tuple(_label(src, f"classes[{i}]", c) for i, c in enumerate(classes))
+    if len(set(labels)) != len(labels) or len(labels) < 2:
+        raise _fail(src, f"classes must list two different labels, [negative, positive], got {list(labels)}")
+    if len(labels) > 2:
+        raise _fail(src, f"classes lists {len(labels)} labels {list(labels)}: only binary classification is "
+                         "supported (multi-class arrives with issue 14); use positive: <label> for one-vs-rest")
+    return None, labels
+
+
+def _unlabelled(src: str, raw, text_labels: bool) -> tuple:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail(src, f"unlabelled must be a list of target values that mean 'no label', got {raw!r}")
+    if text_labels:
+        return tuple(_label(src, f"unlabelled[{i}]", v) for i, v in enumerate(raw))
+    out = []
+    for i, v in enumerate(raw):
+        try:
+            out.append(float(str(v).replace(",", "")) if not isinstance(v, bool) else None)
+        except ValueError:
+            out.append(None)
+        if out[-1] is None:
+            raise _fail(src, f"unlabelled[{i}]: {v!r} is not a number; the target is numeric")
+    return tuple(out)
+
+
+def _column_ref(src: str, data: dict, field_name: str, columns: tuple[ColumnSpec, ...]) -> ColumnSpec | None:
+    v = data.get(field_name)
+    if v is None:
+        return None
+    names = [c.name for c in columns]
+    if v == "":
+        raise _fail(src, f"{field_name} is empty; name the column as declared under columns (a column whose header "
+                         f"is empty is declared with position: and a name, and named by that name here)"
+                         + ("; for no key write key: null" if field_name == "key" else ""))
+    if not isinstance(v, str) or v not in names:
+        raise _fail(src, f"{field_name} {v!r} is not among the columns; declared: {names}")
+    c = columns[names.index(v)]
+    if c.parse == "drop":
+        raise _fail(src, f"{field_name} {v!r} has parse 'drop'; the {field_name} must be kept")
+    return c
+
+
+def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
+    """Build and validate a spec from parsed YAML; every error names `src`, the field and what is allowed."""
+    if not isinstance(data, dict):
+        raise _fail(src, "top level must be a mapping")
+    _only(src, "the top level", data, TOP_FIELDS)
+    for k in ("name", "task", "target", "columns"):
+        if k not in data:
+            raise _fail(src, f"missing '{k}'")
+    if not isinstance(data["name"], str) or not NAME.fullmatch(data["name"]):
+        raise _fail(src, f"name must be letters, digits and _ starting with a letter (it prefixes asset keys and "
+                         f"topics), got {data['name']!r}")
+    if data["task"] not in TASKS:
+        raise _fail(src, f"task must be one of {sorted(TASKS)}, got {data['task']!r}")
+    columns = _columns(src, data["columns"])
+    target = _column_ref(src, data, "target", columns)
+    if target is None:
+        raise _fail(src, "target must name a column")
+    _column_ref(src, data, "key", columns)
+    if data.get("key") == data["target"]:
+        raise _fail(src, f"key and target are the same column {data['target']!r}")
+    positive, classes = _labels(src, data, target)
     known = {n for c in columns for n in c.output_names()}
     derived = []
     for i, d in enumerate(data.get("derived") or []):
+        if not isinstance(d, dict):
+            raise _fail(src, f"derived[{i}] must be a mapping with {', '.join(DERIVED_FIELDS)}")
+        _only(src, f"derived[{i}]", d, DERIVED_FIELDS)
         if d.get("rule") not in DERIVE_RULES:
             raise _fail(src, f"derived[{i}]: unknown rule {d.get('rule')!r}; one of {sorted(DERIVE_RULES)}")
         missing = [x for x in d.get("from", []) if x not in known]
         if missing or len(d.get("from", [])) != 2:
             raise _fail(src, f"derived[{i}] ({d.get('name')}): needs two known inputs, unknown: {missing}")
+        if not d.get("name") or d["name"] in known:
+            raise _fail(src, f"derived[{i}]: name {d.get('name')!r} is missing or already a column")
         derived.append(DerivedSpec(d["name"], d["rule"], tuple(d["from"])))
         known.add(d["name"])
     checks = data.get("checks") or {}
+    if not isinstance(checks, dict):
+        raise _fail(src, f"checks must be a mapping with {', '.join(CHECK_FIELDS)}")
+    _only(src, "checks", checks, CHECK_FIELDS)
     bad_null = [c for c in (checks.get("max_null_rate") or {}) if c not in known]
     if bad_null:
-        raise _fail(src, f"checks.max_null_rate names unknown columns {bad_null}")
+        raise _fail(src, f"checks.max_null_rate names unknown columns {bad_null}; cleaned columns: {sorted(known)}")
+    share = float(checks.get("max_quarantine_share", 0.25))
+    if not 0 <= share <= 1:
+        raise _fail(src, f"checks.max_quarantine_share must be in [0, 1], got {share}")
     training = _training(src, data.get("training") or {}, known)
-    lr = data.get("label_range") or [float("-inf"), float("inf")]
+    lr = data.get("label_range") or ([0, 1] if positive is not None or classes else [float("-inf"), float("inf")])
     return DatasetSpec(
         name=str(data["name"]),
         task=data["task"],
@@ -202,10 +343,13 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         columns=columns,
         derived=tuple(derived),
         max_null_rate={k: float(v) for k, v in (checks.get("max_null_rate") or {}).items()},
-        max_quarantine_share=float(checks.get("max_quarantine_share", 0.25)),
+        max_quarantine_share=share,
         algorithms=dict(data.get("algorithms") or {}),
         training=training,
         serving=_serving(src, data.get("serving") or {}),
+        positive=positive,
+        classes=classes,
+        unlabelled=_unlabelled(src, data.get("unlabelled"), positive is not None or bool(classes)),
     )
 
 
@@ -215,9 +359,7 @@ SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision"
 def _serving(src: str, raw: dict) -> ServingSpec:
     if not isinstance(raw, dict):
         raise _fail(src, "serving must be a mapping")
-    unknown = sorted(set(raw) - set(ServingSpec.__dataclass_fields__))
-    if unknown:
-        raise _fail(src, f"serving has unknown fields {unknown}")
+    _only(src, "serving", raw, tuple(ServingSpec.__dataclass_fields__))
     s = ServingSpec(**raw)
     if (s.degrade_metric is None) != (s.degrade_threshold is None):
         raise _fail(src, "serving.degrade_metric and serving.degrade_threshold go together")
@@ -231,9 +373,7 @@ def _serving(src: str, raw: dict) -> ServingSpec:
 def _training(src: str, raw: dict, known: set[str]) -> TrainingSpec:
     if not isinstance(raw, dict):
         raise _fail(src, "training must be a mapping")
-    unknown = sorted(set(raw) - set(TrainingSpec.__dataclass_fields__))
-    if unknown:
-        raise _fail(src, f"training has unknown fields {unknown}")
+    _only(src, "training", raw, tuple(TrainingSpec.__dataclass_fields__))
     bad = [c for c in raw.get("exclude") or [] if c not in known]
     if bad:
         raise _fail(src, f"training.exclude names unknown columns {bad}")

@@ -33,3 +33,88 @@ def test_bad_spec_names_the_field(mutate, message):
     mutate(data)
     with pytest.raises(SpecError, match=message):
         parse_spec(data, "t.yaml")
+
+
+def _base(**extra) -> dict:
+    return {"name": "t", "task": "classification", "target": "y", "key": "k", "columns": [
+        {"name": "k", "parse": "string"}, {"name": "x", "parse": "number"}, {"name": "y", "parse": "category"}],
+        "positive": "bad"} | extra
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(bogus=1), "spec t.yaml: the top level has unknown field 'bogus'; allowed: name, task,"),
+    (lambda d: d["columns"][1].update(rnage=[0, 1]), r"columns\[1\] has unknown field 'rnage'; allowed: name, parse,"),
+    (lambda d: d.update(derived=[{"name": "d", "rule": "per_year", "from": ["x", "x"], "form": 1}]),
+     r"derived\[0\] has unknown field 'form'; allowed: name, rule, from"),
+    (lambda d: d.update(checks={"max_quarantine_shares": 0.1}),
+     "checks has unknown field 'max_quarantine_shares'; allowed: max_null_rate, max_quarantine_share"),
+    (lambda d: d.update(training={"fold": 3}), "training has unknown field 'fold'; allowed: window, holdout, folds"),
+    (lambda d: d.update(serving={"poll": 1}), "serving has unknown field 'poll'; allowed: window_seconds,"),
+    (lambda d: d.update(key=""), "key is empty; .*position: .*key: null"),
+    (lambda d: d.update(key="ghost"), r"key 'ghost' is not among the columns; declared: \['k', 'x', 'y'\]"),
+    (lambda d: d["columns"].append({"name": "", "parse": "drop"}), "name must be a non-empty text.*position: 0"),
+    (lambda d: d["columns"].append({"name": "i", "parse": "drop", "position": -1}), "position must be a column"),
+    (lambda d: d.pop("positive"), "target 'y' has parse 'category'; a classification target needs parse bool or "
+                                  "number or give 'positive: <label>'"),
+    (lambda d: d.update(classes=["a", "b"]), "either positive .* or classes"),
+    (lambda d: d.pop("positive") and d.update(classes=["a", "b", "c"]), "multi-class arrives with issue 14"),
+    (lambda d: d.pop("positive") and d.update(classes=["a", "a"]), "two different labels"),
+    (lambda d: d.update(positive=True), "True is not a label; quote labels as they appear in the file"),
+    (lambda d: d.update(label_range=[0, 1]), "label_range is for numeric labels"),
+    (lambda d: d.update(task="regression"), "positive / classes are for classification targets"),
+    (lambda d: d.update(name="my data"), "name must be letters, digits and _"),
+])
+def test_spec_errors_name_file_field_and_allowed_values(mutate, message):
+    data = _base()
+    mutate(data)
+    with pytest.raises(SpecError, match=message):
+        parse_spec(data, "t.yaml")
+
+
+def test_text_labels_positions_and_unlabelled_parse():
+    s = parse_spec(_base(columns=[{"position": 0, "name": "row_index", "parse": "drop"}] + _base()["columns"],
+                         unlabelled=["?", 0]), "t.yaml")
+    assert (s.positive, s.classes, s.text_labels, s.label_range) == ("bad", (), True, (0.0, 1.0))
+    assert s.column("row_index").position == 0 and "row_index" not in s.cleaned_columns
+    assert s.unlabelled == ("?", "0")  # text labels compare as text
+    two = parse_spec({k: v for k, v in _base(classes=["good", 1]).items() if k != "positive"}, "t.yaml")
+    assert two.classes == ("good", "1") and two.positive is None
+    cars = parse_spec(_base(task="regression", target="x", positive=None, unlabelled=[0, "99,999,999"]), "t.yaml")
+    assert cars.unlabelled == (0.0, 99999999.0) and not cars.text_labels
+    with pytest.raises(SpecError, match=r"unlabelled\[0\]: 'none' is not a number"):
+        parse_spec(_base(task="regression", target="x", positive=None, unlabelled=["none"]), "t.yaml")
+
+
+def test_shipped_used_cars_marks_price_sentinels_unlabelled(specs):
+    assert specs["used_cars"].unlabelled == (0.0, 99999999.0)
+
+
+def test_empty_header_cells_take_the_name_declared_by_position():
+    from ml_platform.data.ingest import check_header
+
+    spec = parse_spec(_base(columns=[{"position": 0, "name": "row_index", "parse": "string"}]
+                            + _base()["columns"]), "t.yaml")
+    head = b",k,x,,y\n0,a,1,zz,good\n"
+    h = check_header(head, spec, len(head))
+    assert h.columns == ["row_index", "k", "x", "_c3", "y"]
+    assert h.extra == ["_c3"] and h.missing == []
+
+
+def test_quarantine_message_names_dominant_reasons_and_unlabelled_are_not_nulls(specs):
+    from ml_platform.data.checks import cleaned_checks, expected_schema
+
+    spec = specs["used_cars"]
+    s = {"duplicate_of": None, "rows_in": 100, "cleaned": 50, "quarantined": 50, "unlabelled": 10,
+         "target_min": 600.0, "target_max": 9e4, "null_rate": {c: 0.0 for c in spec.cleaned_columns} | {"price": 0.2},
+         "all_null_columns": [], "schema": expected_schema(spec),
+         "top_reasons": {"year: missing or invalid value 'unknown'": 30, "price: 1 outside [500, 2e+06]": 5},
+         "quarantined_by_field": {"year": 30, "price": 20}}
+    out = {o.name: o for o in cleaned_checks(spec, s)}
+    q = out["quarantine_share"]
+    assert not q.passed and "mostly year (30 rows, e.g. \"year: missing or invalid value 'unknown'\"), " \
+                             "price (20 rows, e.g. 'price: 1 outside [500, 2e+06]')" in q.description
+    assert "10 unlabelled" in out["cleaned_rows"].description
+    # the 10 null prices of unlabelled rows are kept on purpose; only other null prices count against the 0.0 limit
+    assert out["null_rates"].passed
+    worse = {o.name: o for o in cleaned_checks(spec, s | {"null_rate": s["null_rate"] | {"price": 0.3}})}
+    assert not worse["null_rates"].passed and "'price': 0.1" in worse["null_rates"].description

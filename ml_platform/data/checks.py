@@ -50,6 +50,20 @@ def raw_checks(spec: DatasetSpec, record: dict) -> list[Outcome]:
     ]
 
 
+def _dominant(s: dict, n: int = 3) -> str:
+    """'; mostly price (812 rows, e.g. "price: 1 outside [500, 2e+06]"), year (40 rows)': what to fix first."""
+    by_field, top = s.get("quarantined_by_field") or {}, s.get("top_reasons") or {}
+    if not s.get("quarantined") or not (by_field or top):
+        return ""
+    if not by_field:
+        return "; mostly " + ", ".join(f"{r} ({c} rows)" for r, c in list(top.items())[:n])
+    parts = []
+    for f, c in list(by_field.items())[:n]:
+        example = next((r for r in top if r.startswith(f)), None)
+        parts.append(f"{f} ({c} rows" + (f", e.g. {example!r})" if example else ")"))
+    return "; mostly " + ", ".join(parts)
+
+
 def cleaned_checks(spec: DatasetSpec, s: dict) -> list[Outcome]:
     if s.get("duplicate_of"):
         return [Outcome(n, True, b, f"duplicate of batch {s['duplicate_of']}: skipped")
@@ -57,8 +71,11 @@ def cleaned_checks(spec: DatasetSpec, s: dict) -> list[Outcome]:
     expected = expected_schema(spec)
     diff = {c: (expected.get(c), s["schema"].get(c)) for c in set(expected) | set(s["schema"])
             if expected.get(c) != s["schema"].get(c)}
-    too_null = {c: round(s["null_rate"][c], 4) for c, lim in spec.max_null_rate.items()
-                if s["null_rate"].get(c, 1.0) > lim}
+    rates = dict(s["null_rate"])
+    if s.get("unlabelled") and s["cleaned"] and spec.target in rates:
+        # unlabelled rows are kept on purpose with a null target: only other nulls count against its limit
+        rates[spec.target] = max(0.0, rates[spec.target] - s["unlabelled"] / s["cleaned"])
+    too_null = {c: round(rates[c], 4) for c, lim in spec.max_null_rate.items() if rates.get(c, 1.0) > lim}
     rows_in = max(s["rows_in"], 1)
     share = s["quarantined"] / rows_in
     lo, hi = spec.label_range
@@ -66,12 +83,15 @@ def cleaned_checks(spec: DatasetSpec, s: dict) -> list[Outcome]:
     return [
         Outcome("cleaned_schema", not diff, True, "columns and types match the spec" if not diff
                 else f"{len(diff)} columns differ from the spec", {"expected vs actual": diff}),
-        Outcome("cleaned_rows", s["cleaned"] > 0, True, f"{s['cleaned']} cleaned rows", {"rows": s["cleaned"]}),
+        Outcome("cleaned_rows", s["cleaned"] > 0, True, f"{s['cleaned']} cleaned rows"
+                + (f" ({s['unlabelled']} unlabelled: kept, not trained on)" if s.get("unlabelled") else ""),
+                {"rows": s["cleaned"], "unlabelled": s.get("unlabelled", 0)}),
         Outcome("null_rates", not too_null, True, "key columns within their null-rate limits" if not too_null
                 else f"null rate over the limit: {too_null}", {"limits": spec.max_null_rate}),
         Outcome("quarantine_share", share <= spec.max_quarantine_share, True,
                 f"{s['quarantined']} of {s['rows_in']} rows quarantined ({share:.1%}; "
-                f"limit {spec.max_quarantine_share:.0%})", {"top reasons": s.get("top_reasons", {})}),
+                f"limit {spec.max_quarantine_share:.0%}){_dominant(s)}",
+                {"top reasons": s.get("top_reasons", {}), "by field": s.get("quarantined_by_field", {})}),
         Outcome("label_range", in_range, True, f"{spec.target} in [{s['target_min']}, {s['target_max']}], "
                 f"allowed [{lo:g}, {hi:g}]"),
         Outcome("all_null_columns", not s["all_null_columns"], False,

@@ -7,13 +7,14 @@ this code to each request with no training/serving skew.
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ml_platform.data.ingest import CORRUPT
 from ml_platform.spec import ColumnSpec, DatasetSpec
 
 REASON = "_reject_reason"
+UNLABELLED = "__unlabelled"  # the row's label is one of the spec's "no label" values: kept, not trained on
 MISSING_TOKENS = ["", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 TRUE_TOKENS = ["TRUE", "T", "YES", "Y", "1"]
 FALSE_TOKENS = ["FALSE", "F", "NO", "N", "0"]
@@ -41,7 +42,9 @@ def _number(text: Column) -> Column:
 
 def try_double(text: Column) -> Column:
     """Null where the text is not a number. Column.try_cast is Spark 4; on Spark 3.5 (EMR 7.x) a plain cast does
-    the same when ANSI mode is off, its default there (the EMR job also sets it off explicitly)."""
+    the same when ANSI mode is off, its default there (the EMR job also sets it off explicitly). Every text ->
+    number conversion in cleaning goes through here: a plain cast under ANSI mode aborts the whole job
+    (CAST_INVALID_INPUT) on the first bad value, naming neither the column nor the spec."""
     return text.try_cast("double") if hasattr(Column, "try_cast") else text.cast("double")
 
 
@@ -98,6 +101,40 @@ def _derive(rule: str, a: Column, b: Column) -> Column:
     raise ValueError(f"unknown derive rule {rule!r}")
 
 
+def _label(spec: DatasetSpec) -> Column:
+    """The target as 0.0/1.0 (null: not a known label). Text labels map by `positive` or `classes`; numeric
+    labels are already doubles (parse number) or booleans (parse bool), whose cast to double cannot fail."""
+    t = F.col(spec.target)
+    if spec.classes:
+        return F.when(t == spec.classes[0], 0.0).when(t == spec.classes[1], 1.0)
+    if spec.positive is not None:
+        return F.when(t == spec.positive, 1.0).when(t.isNotNull(), 0.0)
+    return t.cast("double")
+
+
+def _unlabelled(spec: DatasetSpec) -> Column:
+    """True where the target holds one of the spec's "no label" values (compared as parsed numbers, or as the
+    label text), so '99,999,999' matches 99999999."""
+    if not spec.unlabelled:
+        return F.lit(False)
+    return F.coalesce(F.col(spec.target).isin(list(spec.unlabelled)), F.lit(False))
+
+
+def _target_reasons(spec: DatasetSpec) -> list[Column]:
+    t, raw_t = F.col(spec.target), F.coalesce(_t(spec.target), F.lit(""))
+    if spec.text_labels:
+        allowed = list(spec.classes) or [f"{spec.positive} (positive) or any other label"]
+        return [F.when(_t(spec.target).isNull(), F.lit(f"{spec.target}: missing label")),
+                F.when(t.isNull() & _t(spec.target).isNotNull(),
+                       F.concat(F.lit(f"{spec.target}: label '"), raw_t, F.lit(f"' is not one of {allowed}")))]
+    lo, hi = spec.label_range
+    out = [F.when(t.isNull(), F.concat(F.lit(f"{spec.target}: missing or not a number '"), raw_t, F.lit("'"))),
+           F.when(~t.between(lo, hi), F.concat(F.lit(f"{spec.target}: "), raw_t, F.lit(f" outside [{lo:g}, {hi:g}]")))]
+    if spec.task == "classification":
+        out.append(F.when(t != F.floor(t), F.concat(F.lit(f"{spec.target}: not a class label "), raw_t)))
+    return out
+
+
 def _value_reasons(spec: DatasetSpec, serving: bool) -> list[Column]:
     out = []
     for c in spec.columns:
@@ -107,20 +144,14 @@ def _value_reasons(spec: DatasetSpec, serving: bool) -> list[Column]:
                                        F.coalesce(_t(c.name), F.lit("")), F.lit("'"))))
     if serving:  # a prediction request has no label yet
         return out
-    lo, hi = spec.label_range
-    t = F.col(spec.target)
-    raw_t = F.coalesce(_t(spec.target), F.lit(""))
-    out.append(F.when(t.isNull(), F.concat(F.lit(f"{spec.target}: missing or not a number '"), raw_t, F.lit("'"))))
-    out.append(F.when(~t.between(lo, hi), F.concat(F.lit(f"{spec.target}: "), raw_t,
-                                                     F.lit(f" outside [{lo:g}, {hi:g}]"))))
-    if spec.task == "classification":
-        out.append(F.when(t != F.floor(t), F.concat(F.lit(f"{spec.target}: not a class label "), raw_t)))
-    return out
+    # an unlabelled row is not a bad row: its label is simply unknown
+    return out + [F.when(~F.col(UNLABELLED), r) for r in _target_reasons(spec)]
 
 
 def classify(df: DataFrame, spec: DatasetSpec, serving: bool = False) -> DataFrame:
     """Typed cleaned columns plus `_reject_reason` (null for good rows), and the source columns as `__src_*`.
-    `serving`: the rows are prediction requests, so the target is not checked (nor expected).
+    `serving`: the rows are prediction requests, so the target is not checked (nor expected). A classification
+    target becomes 0.0/1.0; a row whose target is an `unlabelled` value keeps a null target and no reason.
 
     Built as stacked projections (text -> parsed -> checked) so that each value is trimmed and parsed once: a
     single projection repeating those expressions generates more than the JVM's 64 KB per method and Spark
@@ -141,8 +172,10 @@ def classify(df: DataFrame, spec: DatasetSpec, serving: bool = False) -> DataFra
     )
     for d in spec.derived:
         typed = typed.withColumn(d.name, _derive(d.rule, F.col(d.inputs[0]), F.col(d.inputs[1])))
+    typed = typed.withColumn(UNLABELLED, _unlabelled(spec))
     if spec.task == "classification":
-        typed = typed.withColumn(spec.target, F.col(spec.target).cast("double"))
+        typed = typed.withColumn(spec.target, _label(spec))
+    typed = typed.withColumn(spec.target, F.when(~F.col(UNLABELLED), F.col(spec.target)))
     reason = F.concat_ws("; ", *_value_reasons(spec, serving))
     reason = F.when(reason != "", reason)
     if has_corrupt:  # a malformed row's values are shifted or missing: one reason says it all
@@ -152,9 +185,19 @@ def classify(df: DataFrame, spec: DatasetSpec, serving: bool = False) -> DataFra
 
 
 def cleaned_rows(classified: DataFrame, spec: DatasetSpec) -> DataFrame:
-    """The accepted rows, typed, one per key (or per distinct row where the spec has no key)."""
+    """The accepted rows, typed: one per key, and one per distinct row where there is no key (the spec has none,
+    or the row's key is null: rows without a key are never collapsed by it, only whole-row duplicates go).
+    Where a key has both a labelled and an unlabelled row, the labelled one is kept."""
     good = classified.filter(F.col(REASON).isNull()).select(*spec.cleaned_columns)
-    return good.dropDuplicates([spec.key]) if spec.key else good.dropDuplicates()
+    if not spec.key:
+        return good.dropDuplicates()
+    # one pass: keyed rows group by key alone, null-key rows by the whole row (a struct of every column)
+    whole = F.when(F.col(spec.key).isNull(), F.struct(*[F.col(f"`{c}`") for c in spec.cleaned_columns]))
+    good = good.withColumn("__row", whole)
+    if not spec.unlabelled:
+        return good.dropDuplicates([spec.key, "__row"]).drop("__row")
+    w = Window.partitionBy(spec.key, "__row").orderBy(F.col(spec.target).isNull())
+    return good.withColumn("__rn", F.row_number().over(w)).filter(F.col("__rn") == 1).drop("__rn", "__row")
 
 
 def quarantined_rows(classified: DataFrame) -> DataFrame:

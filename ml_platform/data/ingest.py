@@ -29,6 +29,13 @@ class HeaderCheck:
     extra: list[str] = field(default_factory=list)  # columns the spec does not know: dropped
 
 
+def name_empty_headers(header: list[str], spec: DatasetSpec) -> list[str]:
+    """Give each empty header cell a name: the spec's column declared at that position, else `_c<i>` (Spark's
+    own name for it), which the spec does not know and so is dropped like any extra column."""
+    by_position = {c.position: c.name for c in spec.columns if c.position is not None}
+    return [h or by_position.get(i, f"_c{i}") for i, h in enumerate(header)]
+
+
 def check_header(head: bytes, spec: DatasetSpec, file_size: int) -> HeaderCheck:
     """Validate the first bytes of a batch file; raise RejectedFile with a reason a person can act on."""
     if not head:
@@ -44,8 +51,7 @@ def check_header(head: bytes, spec: DatasetSpec, file_size: int) -> HeaderCheck:
     first_line = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     if not first_line.strip():
         raise RejectedFile("no header line: the file starts with an empty line")
-    header = next(csv.reader([first_line]))
-    header = [h.strip() for h in header]
+    header = name_empty_headers([h.strip() for h in next(csv.reader([first_line]))], spec)
     if len(header) == 1:
         for delim, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
             if first_line.count(delim) >= 2:
