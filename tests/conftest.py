@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs"}
 # parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
 SERVICE_PARAMS = {"s3", "hdfs"}
-FAST_TEST_SECONDS = 30
+FAST_TEST_SECONDS = 60
 _running: list = []  # the test being set up, for the service fixtures' fast-run check
 
 
