@@ -10,11 +10,19 @@ LOOPBACK = "127.0.0.1"
 
 
 def local_jars(jars_dir: str | Path | None, groups=("spark",)) -> list[str]:
-    """Absolute paths of the jars `make jars` copied: `spark` (the Kafka connector), `aws` (hadoop-aws and the AWS
-    SDK, for s3a://). Local files on spark.jars, never Ivy."""
+    """Absolute paths of the jars `make` copied: `spark` (the Kafka connector), `aws` (hadoop-aws and the AWS SDK,
+    for s3a://). Local files on spark.jars, never Ivy. A missing set fails here, naming the make target, rather
+    than later inside Spark with a ClassNotFoundException."""
     if not jars_dir:
         return []
-    return [str(p.resolve()) for g in groups for p in sorted((Path(jars_dir) / g).glob("*.jar"))]
+    out = []
+    for g in groups:
+        found = sorted((Path(jars_dir) / g).glob("*.jar"))
+        if not found:
+            hint = " (an s3:// data root needs them)" if g == "aws" else ""
+            raise FileNotFoundError(f"no {g} jars in {Path(jars_dir) / g}: run `make jars-{g}`{hint}")
+        out += [str(p.resolve()) for p in found]
+    return out
 
 
 def s3a_conf(endpoint_url: str | None = None, region: str | None = None) -> dict[str, str]:
