@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ml_platform.serve.live import finish, joined_windows, window_rows
-from ml_platform.serve.messages import topic
+from ml_platform.serve.messages import ContractError, encode, topic
 from ml_platform.serve.scoring import score_batch
 from ml_platform.serve.spark_kafka import kafka_source, write_kafka
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
@@ -32,8 +32,14 @@ from ml_platform.spark import local_jars, prepare_environment, session_conf
 from ml_platform.spec import DatasetSpec, builtin_specs
 
 
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class Status:
-    """What the scorer is doing, as a JSON file (atomic replace) that `make run`, tests and humans read."""
+    """What the scorer is doing, as a JSON file (atomic replace) that `make run`, tests and humans read.
+    state: starting -> waiting (no champion yet; `updated_at` moves with every poll) -> serving (from the moment
+    a model is taken and the queries start) -> stopped. Times are ISO-8601 UTC."""
 
     def __init__(self, path: Path | None, dataset: str):
         self.path = path
@@ -43,7 +49,7 @@ class Status:
 
     def update(self, **kw) -> None:
         with self._lock:
-            self.data.update(kw, updated_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            self.data.update(kw, updated_at=iso(time.time()))
             if self.path:
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(self.data, default=str, indent=1))
@@ -51,6 +57,12 @@ class Status:
 
     def add(self, **counts: int) -> None:
         self.update(**{k: self.data.get(k, 0) + v for k, v in counts.items()})
+
+    def serving(self, watcher: ChampionWatcher, **kw) -> None:
+        """state serving, with the model in use, its swaps as [from, to, ISO time] and the watcher's last error."""
+        self.update(state="serving", model_version=watcher.current.version if watcher.current else None,
+                    swaps=[[old, new, iso(at)] for old, new, at in watcher.swaps], last_error=watcher.last_error,
+                    **kw)
 
 
 def log(msg: str) -> None:
@@ -75,8 +87,7 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
                 df.unpersist()
         p, d = counts.get(topic(spec, "predictions"), 0), counts.get(topic(spec, "dlq"), 0)
         status.add(requests=p + d, predictions=p, dlq=d, batches=1)
-        status.update(state="serving", model_version=loaded.version, last_batch_id=batch_id,
-                      swaps=[list(s) for s in watcher.swaps], last_error=watcher.last_error)
+        status.serving(watcher, last_batch_id=batch_id)
         if on_batch:
             on_batch(batch_id, loaded.version, p, d, time.perf_counter() - t0)
 
@@ -91,10 +102,16 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
     out_topic = topic(spec, "metrics")
 
     def each(batch, batch_id: int) -> None:
-        msgs = [finish(spec, r) for r in window_rows(batch)]
-        if not msgs:
+        rows, msgs = [], []
+        for m in (finish(spec, r) for r in window_rows(batch)):
+            try:  # a window that breaks the contract is reported, never written, and never stops the query
+                rows.append((out_topic, f"{m['window_start']}/{m['model_version']}", encode("metrics", m).decode()))
+                msgs.append(m)
+            except (ContractError, ValueError) as e:
+                status.update(last_error=f"metrics window not written: {e}")
+                log(f"error: metrics window not written: {e}")
+        if not rows:
             return
-        rows = [(out_topic, f"{m['window_start']}/{m['model_version']}", json.dumps(m)) for m in msgs]
         write_kafka(spark.createDataFrame(rows, "topic string, key string, value string"), bootstrap)
         status.update(last_metrics=msgs[-1])
 
@@ -119,46 +136,33 @@ def build_session(dataset: str, master: str, jars_dir: str | None):
     return spark
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scorer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset")
-    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
-    ap.add_argument("--state", default=os.environ.get("ML_PLATFORM_HOME", ".local"),
-                    help="checkpoints go to <state>/checkpoints/<dataset>/, the status file to <state>/")
-    ap.add_argument("--jars", default=os.environ.get("ML_PLATFORM_JARS", ".jars"))
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--max-per-trigger", type=int, default=20000)
-    ap.add_argument("--trigger-ms", type=int, default=0, help="0: start the next micro-batch as soon as possible")
-    ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
-    a = ap.parse_args(argv)
-    spec = builtin_specs()[a.dataset]
-    state = Path(a.state).resolve()
-    (state / "checkpoints" / spec.name).mkdir(parents=True, exist_ok=True)
-    status = Status(state / f"scorer-{spec.name}.json", spec.name)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    spark = build_session(spec.name, a.master, a.jars)
-    watcher = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
-                               on_error=lambda msg: status.update(last_error=msg))
+def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, state: Path, status: Status,
+          stop: threading.Event, max_per_trigger: int | None = 20000, trigger_ms: int = 0, metrics: bool = True,
+          describe: str = "a champion", heartbeat_seconds: float = 10.0) -> None:
+    """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint."""
+    checkpoints = state / "checkpoints" / spec.name
+    checkpoints.mkdir(parents=True, exist_ok=True)
     status.update(state="waiting")
-    if not watcher.wait_first(stop, describe=f"a champion (models:/{spec.name}@champion at {a.tracking_uri})"):
-        return 0
+    if not watcher.wait_first(stop, describe=describe, heartbeat=lambda: status.update(state="waiting")):
+        return
     watcher.take()
     watcher.start()
     log(f"serving {spec.name} with model version {watcher.current.version}; requests from "
-        f"{topic(spec, 'requests')} at {a.bootstrap}")
+        f"{topic(spec, 'requests')} at {bootstrap}")
     while not stop.is_set():
         queries = []
         try:
-            queries.append(scoring_query(spark, spec, watcher, a.bootstrap, str(state / "checkpoints" / spec.name /
-                                         "score"), status, a.max_per_trigger, a.trigger_ms))
-            if not a.no_metrics:
-                queries.append(metrics_query(spark, spec, a.bootstrap,
-                                             str(state / "checkpoints" / spec.name / "metrics"), status))
+            queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
+                                         max_per_trigger, trigger_ms))
+            if metrics:
+                queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics"), status))
+            status.serving(watcher)  # serving from now on, not from the first micro-batch with requests
+            beat = time.monotonic()
             while not stop.is_set() and all(q.isActive for q in queries):
                 stop.wait(1.0)
+                if time.monotonic() - beat > heartbeat_seconds:  # idle traffic still shows a live scorer
+                    status.serving(watcher)
+                    beat = time.monotonic()
             for q in queries:
                 if q.exception() is not None:
                     raise RuntimeError(f"query {q.name} failed: {str(q.exception())[:2000]}")
@@ -175,6 +179,33 @@ def main(argv: list[str] | None = None) -> int:
     watcher.stop()
     status.update(state="stopped")
     log("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scorer", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    ap.add_argument("--state", default=os.environ.get("ML_PLATFORM_HOME", ".local"),
+                    help="checkpoints go to <state>/checkpoints/<dataset>/, the status file to <state>/")
+    ap.add_argument("--jars", default=os.environ.get("ML_PLATFORM_JARS", ".jars"))
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--max-per-trigger", type=int, default=20000)
+    ap.add_argument("--trigger-ms", type=int, default=0, help="0: start the next micro-batch as soon as possible")
+    ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
+    a = ap.parse_args(argv)
+    spec = builtin_specs()[a.dataset]
+    state = Path(a.state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    status = Status(state / f"scorer-{spec.name}.json", spec.name)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    spark = build_session(spec.name, a.master, a.jars)
+    watcher = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
+                               on_error=lambda msg: status.update(last_error=msg))
+    serve(spark, spec, watcher, a.bootstrap, state, status, stop, a.max_per_trigger, a.trigger_ms,
+          not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})")
     spark.stop()
     return 0
 

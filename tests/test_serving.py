@@ -15,7 +15,7 @@ from ml_platform.local.loadgen import FUZZ_KINDS, fuzz, stream_rows
 from ml_platform.local.simulate import SimConfig, write_batch
 from ml_platform.serve.kafka_io import ensure_topics, producer, read_topic
 from ml_platform.serve.live import offline_metrics
-from ml_platform.serve.messages import contract, request, topic
+from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, contract, errors, request, topic
 from ml_platform.serve.watcher import registry_watcher
 from ml_platform.train.registry import CHAMPION, Tracker
 from spark_streaming.scorer import Status, metrics_query, scoring_query
@@ -88,7 +88,8 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
         if i % 3 == 0:  # a third of the traffic is fuzzed, every kind
             kind = FUZZ_KINDS[(i // 3) % len(FUZZ_KINDS)]
             key, value = fuzz(spec, kind, rid, row, rng)
-            if kind in ("not_json", "truncated", "no_request_id", "huge", "empty"):
+            if kind in ("not_json", "truncated", "no_request_id", "huge", "empty", "trailing_garbage",
+                        "bad_request_id"):
                 expect_dlq[i] = kind
         else:
             key, value = rid, json.dumps(request(spec, rid, row)).encode()
@@ -106,11 +107,16 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
     assert sum("missing request_id" in r for r in reasons) == sum(k == "no_request_id" for k in expect_dlq.values())
     assert sum("not a JSON object" in r for r in reasons) == sum(
         k in ("not_json", "truncated", "empty") for k in expect_dlq.values())
-    assert all({"raw", "topic", "partition", "offset", "reason"} <= set(m["value"]) for m in dlq)
+    assert sum(r.startswith("not a single JSON object") for r in reasons) == sum(
+        k == "trailing_garbage" for k in expect_dlq.values())
+    assert sum(r.startswith("invalid request_id") for r in reasons) == sum(
+        k == "bad_request_id" for k in expect_dlq.values())
+    assert [e for m in dlq for e in errors("dlq", m["value"])] == []
+    assert [e for m in preds for e in errors("predictions", m["value"])] == []
     assert {m["value"]["topic"] for m in dlq} == {topic(spec, "requests")}
     # a required feature that is missing or invalid (year) is dead-lettered with the column named
-    assert all(r.startswith(("message too large", "missing request_id", "not a JSON", "year:", "event_time:"))
-               for r in reasons), set(reasons)
+    assert all(r.startswith(("message too large", "missing request_id", "not a JSON", "not a single JSON",
+                             "invalid request_id", "year:", "event_time:")) for r in reasons), set(reasons)
     # predictions: the request's own id as key, version stamped, value = 1.0 * the cleaned year
     by_id = {m["key"]: m["value"] for m in preds}
     for i in range(1, 2400, 3):
@@ -206,3 +212,27 @@ def test_wire_format_with_kcat(spark, served, kafka):
         assert set(schema["required"]) <= set(msg) and msg["request_id"] == key and msg["model_version"] == v
         assert msg["prediction"] == float(rows[int(key[1:])]["year"]) and msg["probability"] is None
         assert msg["event_time"].endswith("Z") and "T" in msg["scored_at"]
+
+
+def test_a_megabyte_of_control_bytes_is_a_bounded_dlq_record_and_scoring_goes_on(spark, served, kafka):
+    """1 MB of 0x01 is 6 MB once JSON-escaped, over the 4 MB producer limit: the DLQ record carries an excerpt,
+    the size and a hash, so the micro-batch's write succeeds and the requests after it are scored."""
+    import hashlib
+
+    spec, tracker, rows, status, tmp = served
+    v = register(spark, tracker, spec.name, year_model(1.0))
+    watcher = _watcher(spec, tracker, [])
+    watcher.check()
+    watcher.take()
+    control = b"\x01" * (1024 * 1024)
+    _send(kafka.bootstrap, spec, [("c0", json.dumps(request(spec, "c0", rows[0])).encode()), ("ctl", control)]
+          + [(f"c{i}", json.dumps(request(spec, f"c{i}", rows[i])).encode()) for i in range(1, 6)])
+    _run(scoring_query(spark, spec, watcher, kafka.bootstrap, str(tmp / "ckpt"), status))
+    dlq = read_topic(kafka.bootstrap, topic(spec, "dlq"))
+    assert len(dlq) == 1 and dlq[0]["key"] == "ctl"
+    d = dlq[0]["value"]
+    assert errors("dlq", d) == [] and d["raw"] == "\x01" * DLQ_EXCERPT_CHARS and d["raw_truncated"] is True
+    assert d["raw_bytes"] == len(control) and d["raw_sha256"] == hashlib.sha256(control).hexdigest()
+    preds = read_topic(kafka.bootstrap, topic(spec, "predictions"))
+    assert sorted(m["key"] for m in preds) == [f"c{i}" for i in range(6)]
+    assert {m["value"]["model_version"] for m in preds} == {v} and status.data["dlq"] == 1

@@ -1,6 +1,5 @@
 import io
 
-import numpy as np
 import pandas as pd
 
 from ml_platform.local.simulate import SimConfig, batch_text_chunks, next_batch_index, simulate
@@ -55,7 +54,7 @@ def test_fraud_rate_duplicates_and_quoted_labels():
 
 
 def test_drip_mode_resumes_numbering(tmp_path):
-    cfg = SimConfig("fraud", 50)
+    cfg = SimConfig("fraud", 50, broken_share=0.0)
     first = simulate(cfg, tmp_path / "landing", tmp_path / "test", 2, show_progress=False)
     assert [p.name for p in first] == ["batch-00001.csv", "batch-00002.csv"]
     assert next_batch_index(tmp_path / "landing") == 3
@@ -63,4 +62,11 @@ def test_drip_mode_resumes_numbering(tmp_path):
     assert again[0].name == "batch-00003.csv"
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == [f"test-0000{i}.csv" for i in (1, 2, 3)]
     assert not list((tmp_path / "landing").glob(".*"))  # no temp file left behind
-    assert np.isfinite(len(first))
+    generated = round(50 / (1 - cfg.test_share))
+    for i in (1, 2, 3):  # every generated row went to exactly one side: the landing batch or the test stream
+        train = _frame((tmp_path / "landing" / f"batch-0000{i}.csv").read_text())
+        test = _frame((tmp_path / "test" / f"test-0000{i}.csv").read_text())
+        assert len(train) + len(test) == generated and list(train.columns) == list(test.columns)
+        assert 0 < len(test) < len(train)
+    assert (tmp_path / "landing" / "batch-00001.csv").read_bytes() != (tmp_path / "landing" / "batch-00003.csv"
+                                                                       ).read_bytes()

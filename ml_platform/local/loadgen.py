@@ -18,7 +18,9 @@ from ml_platform.serve.messages import actual, encode, request, topic
 from ml_platform.spec import DatasetSpec
 
 FUZZ_KINDS = ("not_json", "truncated", "no_request_id", "wrong_types", "nan_inf", "absurd", "unknown_category",
-              "huge", "duplicate", "empty")
+              "huge", "duplicate", "empty", "trailing_garbage", "bad_request_id")
+# the request_ids of "bad_request_id": not a JSON string, or a string with whitespace or control characters
+BAD_REQUEST_IDS = ({"id": 7}, 12345, ["a"], True, "tab\there", "two words", "line\nbreak", "x" * 201)
 
 
 def stream_rows(test_dir: Path) -> Iterator[tuple[str, dict]]:
@@ -74,6 +76,11 @@ def fuzz(spec: DatasetSpec, kind: str, rid: str, row: dict, rng: random.Random) 
         return rid, json.dumps(good).encode()
     if kind == "empty":
         return rid, b""
+    if kind == "trailing_garbage":
+        return rid, (json.dumps(good) + rng.choice([" xyz", " {}", "}", ",1", "\n\"more\""])).encode()
+    if kind == "bad_request_id":
+        good["request_id"] = rng.choice(BAD_REQUEST_IDS)
+        return rid, json.dumps(good).encode()
     raise ValueError(f"unknown fuzz kind {kind!r}")
 
 

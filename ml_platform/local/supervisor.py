@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml_platform.serve.messages import MAX_MESSAGE_BYTES, topic
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -180,8 +182,26 @@ def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "transaction.state.log.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
-        "message.max.bytes=4194304",  # = serving.MAX_MESSAGE_BYTES: a DLQ record may carry a 1 MB request
+        f"message.max.bytes={MAX_MESSAGE_BYTES}",  # the contract's limit: a request may be up to 4 MB
     ]) + "\n"
+
+
+KAFKA_LOG4J = """status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.target = SYSTEM_OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+# the per-request log and the clients' config dumps repeat on every connection: warnings only
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = warn
+logger.config.name = org.apache.kafka.common.config
+logger.config.level = warn
+"""
 
 
 def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> list[str]:
@@ -192,7 +212,12 @@ def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> li
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
     props.write_text(kafka_properties(kdir / "data", port, controller_port))
-    java = [os.environ.get("JAVA", "java"), "-Xmx512m", "-cp", str(jars / "kafka" / "*")]
+    log4j = kdir / "log4j2.properties"
+    log4j.write_text(KAFKA_LOG4J)
+    # without a log4j2 configuration the broker falls back to log4j's default (errors only), so its log stayed
+    # empty; this one writes to stdout, which the supervisor (and the tests' broker) send to kafka.log
+    java = [os.environ.get("JAVA", "java"), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", str(jars / "kafka" / "*")]
     if not (kdir / "data" / "meta.properties").exists():
         cluster_id = "-"
         while cluster_id.startswith("-"):  # the tool's argument parser would take a leading '-' for an option
@@ -272,13 +297,14 @@ def build_services(cfg: StackConfig) -> list[Service]:
             f"scorer-{ds}",
             [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
              "--trigger-ms", "1000"],
-            None, f"{ds}.requests -> {ds}.predictions / {ds}.dlq, live metrics -> {ds}.metrics (status: {status})",
+            None, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
+                  f"{topic(ds, 'metrics')} (status: {status})",
             lambda status=status: status.exists(), platform_env))
         services.append(Service(
             f"producer-{ds}",
             [str(bin_dir / "ml-platform"), "produce", ds, "--wait-for-champion", "--loop", "--rate", "20",
              "--actual-delay", "20"],
-            None, f"20 requests/s into {ds}.requests once a champion exists; watch: ml-platform tail {ds}",
+            None, f"20 requests/s into {topic(ds, 'requests')} once a champion exists; watch: ml-platform tail {ds}",
             lambda: True, platform_env))
     return services
 

@@ -4,9 +4,14 @@ tail`, the Dagster live-metrics sensor, tests and the fault checker."""
 from __future__ import annotations
 
 import json
+import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
-from ml_platform.serve.messages import KINDS, MAX_MESSAGE_BYTES, topic
+from ml_platform.serve.messages import KINDS, MAX_MESSAGE_BYTES, encode, topic
 
 
 def ensure_topics(bootstrap: str, dataset: str, partitions: int = 2) -> list[str]:
@@ -35,6 +40,11 @@ def producer(bootstrap: str):
 
     return KafkaProducer(bootstrap_servers=bootstrap, key_serializer=lambda k: k.encode() if k else None,
                          linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, acks="all", retries=10)
+
+
+def send(p, dataset: str, kind: str, key: str | None, message: dict):
+    """Validate `message` against its kind's contract and send it to the dataset's topic of that kind."""
+    return p.send(topic(dataset, kind), key=key, value=encode(kind, message))
 
 
 def read_topic(bootstrap: str, name: str, timeout_s: float = 5.0) -> list[dict]:
@@ -117,3 +127,69 @@ def read_new(bootstrap: str, name: str, offsets: dict[int, int], max_messages: i
         return out, new
     finally:
         c.close()
+
+
+def describe(kind: str, m) -> str:
+    """One terminal line for one message of a topic kind."""
+    v = m if isinstance(m, dict) else {"raw": m}
+    if kind == "metrics":
+        scores = "  ".join(f"{k}={v[k]:.4g}" for k in ("rmse", "mae", "precision", "recall", "pr_auc_approx")
+                           if isinstance(v.get(k), int | float))
+        return (f"METRICS {v.get('window_start')}..{v.get('window_end')} v{v.get('model_version')} "
+                f"n={v.get('count')}  {scores}")
+    if kind == "dlq":
+        excerpt = repr(str(v.get("raw"))[:80]) + ("..." if v.get("raw_truncated") or len(str(v.get("raw"))) > 80
+                                                  else "")
+        return f"DLQ {v.get('reason')}  raw={excerpt} ({v.get('raw_bytes')} bytes, offset {v.get('offset')})"
+    prob = f" p={v['probability']:.3f}" if isinstance(v.get("probability"), float) else ""
+    return f"pred {v.get('request_id')} -> {v.get('prediction')}{prob} (v{v.get('model_version')})"
+
+
+def scorer_state(status_path: Path | None) -> str:
+    """The scorer's status file in a few words, or why it cannot be read."""
+    if status_path is None:
+        return "scorer status unknown"
+    try:
+        s = json.loads(Path(status_path).read_text())
+    except (OSError, ValueError) as e:
+        return f"no scorer status at {status_path} ({type(e).__name__}): is the scorer running?"
+    words = f"scorer {s.get('state')} (updated {s.get('updated_at')}"
+    if s.get("model_version"):
+        words += f", model version {s['model_version']}"
+    if s.get("last_error"):
+        words += f", last error: {str(s['last_error'])[:200]}"
+    return words + ")"
+
+
+def tail(bootstrap: str, dataset: str, out=sys.stdout, status_path: Path | None = None, from_beginning=False,
+         metrics_only=False, stop: threading.Event | None = None, say_every: float = 15.0) -> Counter:
+    """`ml-platform tail`: predictions, DLQ records and live metrics as terminal lines until Ctrl-C (or `stop`).
+    While no prediction has arrived it says so every `say_every` seconds, with the scorer's state; on exit it
+    prints the count of each kind seen. Returns those counts."""
+    from kafka import KafkaConsumer
+
+    kinds = ["metrics", "dlq"] + ([] if metrics_only else ["predictions"])
+    names = {topic(dataset, k): k for k in kinds}
+    counts = Counter({k: 0 for k in kinds})
+    awaited = "metrics" if metrics_only else "predictions"
+    c = KafkaConsumer(*names, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      auto_offset_reset="earliest" if from_beginning else "latest",
+                      max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+    print(f"following {', '.join(names)} at {bootstrap}; Ctrl-C ends with a summary", file=out, flush=True)
+    said = 0.0
+    try:
+        while stop is None or not stop.is_set():
+            for records in c.poll(timeout_ms=500).values():
+                for m in records:
+                    kind = names[m.topic]
+                    counts[kind] += 1
+                    print(describe(kind, _decode(m.value)), file=out, flush=True)
+            if not counts[awaited] and time.monotonic() - said >= say_every:
+                print(f"waiting: no {awaited} yet; {scorer_state(status_path)}", file=out, flush=True)
+                said = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
+        print("summary: " + "  ".join(f"{k}={counts[k]}" for k in kinds), file=out, flush=True)
+    return counts

@@ -39,7 +39,9 @@ def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec
          .where(F.col("request_id").isNotNull() & F.col("p_ts").isNotNull())
          .withWatermark("p_ts", wm).dropDuplicatesWithinWatermark(["request_id"]))
     a = (_json(actuals, ACTUAL).withColumn("a_ts", F.try_to_timestamp("event_time"))
-         .where(F.col("request_id").isNotNull() & F.col("a_ts").isNotNull() & F.col("actual").isNotNull())
+         # a NaN or Infinity actual (a careless producer's token) makes a window's rmse non-finite, against the contract
+         .where(F.col("request_id").isNotNull() & F.col("a_ts").isNotNull() & F.col("actual").isNotNull()
+                & ~F.isnan("actual") & (F.abs("actual") != float("inf")))
          .select(F.col("request_id").alias("a_id"), "a_ts", "actual")
          .withWatermark("a_ts", wm)
          .dropDuplicatesWithinWatermark(["a_id"]))
@@ -115,7 +117,8 @@ def offline_metrics(spec: DatasetSpec, predictions: list[dict], actuals: list[di
     for m in predictions:
         first_p.setdefault(m["request_id"], m)
     for m in actuals:
-        first_a.setdefault(m["request_id"], m)
+        if isinstance(m.get("actual"), int | float) and math.isfinite(m["actual"]):
+            first_a.setdefault(m["request_id"], m)
     sums: dict[tuple[float, str], dict] = {}
     for rid, p in first_p.items():
         a = first_a.get(rid)

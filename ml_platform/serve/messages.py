@@ -22,8 +22,16 @@ SCHEMA_OF = {"requests": "request", "actuals": "actual", "predictions": "predict
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # broker message.max.bytes and the writers' max.request.size
 # A request_id is the Kafka key and the join key of actuals: printable, no whitespace, at most 200 characters.
 # Anything else (an object, a number, a tab) is a DLQ record "invalid request_id", not a guess at what was meant.
-REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,200}$"
+# A JSON number (12345) is not an id: the schema says string, and 1e3 / 1000 / 01000 would be one id or three
+# depending on who reads the number. `(?![\s\S])` is "end of text" in Python, Java (Spark's rlike) and ECMA
+# (JSON Schema) alike; a bare `$` would let a trailing newline through in Python and Java.
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,200}(?![\s\S])"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+# A DLQ record never carries the whole rejected message: a 1 MB request of control bytes is 6 MB once
+# JSON-escaped, over the producer limit, and a write that always fails stops the scorer. It carries the first
+# DLQ_EXCERPT_CHARS characters, the original size and the SHA-256 of the original bytes.
+DLQ_EXCERPT_CHARS = 2048
+DLQ_REASON_CHARS = 1000
 
 
 class ContractError(ValueError):

@@ -7,18 +7,21 @@ The shapes of the messages it writes are serve/messages.py's (the JSON Schemas i
 
 from __future__ import annotations
 
+import logging
+
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from ml_platform.data.cleaning import REASON, classify
-from ml_platform.serve.messages import topic
+from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
 from ml_platform.spec import DatasetSpec
 
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
 PRE = "__pre_reason"
 CORRUPT_JSON = "__corrupt_json"
+KEEP = ["__topic", "__partition", "__offset", "__key", "__value", "__bytes", "request_id", "event_ts"]
 
 
 def request_schema(spec: DatasetSpec) -> StructType:
@@ -32,38 +35,65 @@ def iso(col: Column) -> Column:
     return F.date_format(col, ISO)
 
 
+def single_object(raw: Column, depth: int = 4) -> Column:
+    """True when the text is one JSON value and nothing after it. Spark's JSON readers (from_json, parse_json)
+    stop at the end of the first value and ignore the rest, so `{...} xyz` would be scored. Column expressions
+    only: drop escapes, blank out string literals (so braces in strings do not count), then collapse innermost
+    {...} / [...] groups `depth` times; one value leaves exactly one token. Deeper nesting counts as not one value
+    (a request is a flat object; a nested value in a feature is wrong-typed anyway)."""
+    skeleton = F.regexp_replace(F.regexp_replace(raw, r"(?s)\\.", ""), r'"[^"]*"', '""')
+    for _ in range(depth):
+        skeleton = F.regexp_replace(skeleton, r"[{\[][^{}\[\]]*[}\]]", "0")
+    return skeleton.rlike(r"^\s*0\s*$")
+
+
+def string_request_id(raw: Column) -> Column:
+    """True when the message's request_id is a JSON string, not a number, object, array or boolean: from_json
+    reads any of those as its text, so the type is seen in the message itself (escapes dropped first, so a
+    quote inside a string cannot pose as a delimiter). A key given twice counts as invalid."""
+    text = F.regexp_replace(raw, r"(?s)\\.", "")
+    return (F.regexp_count(text, F.lit(r'"request_id"\s*:')) == 1) & text.rlike(r'"request_id"\s*:\s*"')
+
+
 def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> DataFrame:
     """Kafka source rows -> one row per message: the cleaned typed columns, `request_id`, `event_ts`, the Kafka
-    coordinates, `__raw` and `_reject_reason` (null when the request can be scored)."""
+    coordinates, `__value` (the original bytes) and `_reject_reason` (null when the request can be scored)."""
     raw = F.col("value").cast("string")
     size = F.octet_length(F.col("value"))
     big = size > max_bytes
     df = kafka_rows.select(
         F.col("topic").alias("__topic"), F.col("partition").alias("__partition"), F.col("offset").alias("__offset"),
-        F.col("key").cast("string").alias("__key"), raw.alias("__raw"), size.alias("__bytes"),
+        F.col("key").cast("string").alias("__key"), F.col("value").alias("__value"), size.alias("__bytes"),
         # one JSON parse: PERMISSIVE from_json puts anything that is not a JSON object in the corrupt column;
         # NaN and Infinity tokens (which careless producers write) parse, and count as missing values later
         F.when(~big, F.from_json(raw, request_schema(spec).add(CORRUPT_JSON, StringType()),
-                                 {"columnNameOfCorruptRecord": CORRUPT_JSON})).alias("__json"))
-    rid = F.trim(F.col("__json.request_id"))
+                                 {"columnNameOfCorruptRecord": CORRUPT_JSON})).alias("__json"),
+        F.when(~big, single_object(raw)).alias("__single"), F.when(~big, string_request_id(raw)).alias("__sid"))
+    given = F.col("__json.request_id")
     ts = F.try_to_timestamp(F.trim(F.col("__json.event_time")))
+    valid_id = F.col("__sid") & given.rlike(REQUEST_ID_PATTERN)
     pre = (F.when(F.col("__bytes") > max_bytes, F.concat(F.lit("message too large: "), F.col("__bytes").cast("string"),
                                                        F.lit(f" bytes (limit {max_bytes})")))
            .when(F.col("__json").isNull() | F.col(f"__json.{CORRUPT_JSON}").isNotNull(),
                  F.lit("not a JSON object (malformed or truncated JSON)"))
-           .when(rid.isNull() | (rid == ""), F.lit("missing request_id"))
+           .when(~F.col("__single"), F.lit("not a single JSON object: text after the closing brace, or values "
+                                           "nested too deep"))
+           .when(given.isNull() | (given == ""), F.lit("missing request_id"))
+           .when(~valid_id, F.concat(F.lit("invalid request_id '"), F.substring(given, 1, 60), F.lit(
+               "': it must be a JSON string of 1-200 printable ASCII characters, no whitespace or control "
+               "characters")))
            .when(ts.isNull(), F.concat(F.lit("event_time: missing or not an ISO-8601 time '"),
-                                       F.coalesce(F.col("__json.event_time"), F.lit("")), F.lit("'"))))
-    flat = df.select("__topic", "__partition", "__offset", "__key", "__raw", "__bytes",
-                     rid.alias("request_id"), ts.alias("event_ts"), pre.alias(PRE),
+                                       F.substring(F.coalesce(F.col("__json.event_time"), F.lit("")), 1, 60),
+                                       F.lit("'"))))
+    flat = df.select("__topic", "__partition", "__offset", "__key", "__value", "__bytes",
+                     F.when(valid_id, given).alias("request_id"), ts.alias("event_ts"), pre.alias(PRE),
                      *[F.col("__json").getField(c).alias(c) for c in spec.column_names])
     typed = classify(flat.withColumn(spec.target, F.lit(None).cast("string")), spec, serving=True)
-    keep = ["__topic", "__partition", "__offset", "__key", "__raw", "__bytes", "request_id", "event_ts"]
     numeric, categorical = spec.feature_columns()
     needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
         {spec.key} if spec.key else set())
     # only the columns a model can read: Spark then skips parsing the rest (free text, excluded columns)
-    out = typed.select(*[F.col(f"__src_{c}").alias(c) for c in keep],
+    out = typed.select(*[F.col(f"__src_{c}").alias(c) for c in KEEP],
                        *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
                        F.coalesce(F.col(f"__src_{PRE}"), F.col(REASON)).alias(REASON))
     return out
@@ -71,12 +101,15 @@ def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> 
 
 def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: str) -> DataFrame:
     """The champion's predictions for cleaned requests, with a reason where the model gave a non-finite one."""
+    # xgboost.spark's predict UDF logs "Do the inference on the CPUs" at INFO from the Python worker on every
+    # micro-batch, at the level its driver-side logger has when transform() is called; warnings still show
+    logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     out = model.transform(good)
     pred = F.col("prediction").cast("double")
     prob = (vector_to_array("probability")[1] if spec.task == "classification" else F.lit(None)).cast("double")
     finite = ~F.isnan(pred) & (F.abs(pred) != float("inf"))
     return out.select(
-        "__topic", "__partition", "__offset", "__key", "__raw", "__bytes", "request_id", "event_ts",
+        *KEEP,
         pred.alias("prediction"), prob.alias("probability"), F.lit(model_name).alias("model_name"),
         F.lit(str(version)).alias("model_version"),
         F.when(~finite, F.lit("the model produced a non-finite prediction")).alias(REASON))
@@ -91,10 +124,16 @@ def prediction_messages(scored: DataFrame, pred_topic: str) -> DataFrame:
 
 
 def dlq_messages(rejected: DataFrame, dlq_topic: str) -> DataFrame:
-    body = F.struct(F.col("__raw").alias("raw"), F.col("__bytes").alias("raw_bytes"), F.col("__topic").alias("topic"),
-                    F.col("__partition").alias("partition"), F.col("__offset").alias("offset"),
-                    F.col(REASON).alias("reason"), iso(F.current_timestamp()).alias("dlq_at"))
-    return rejected.select(F.lit(dlq_topic).alias("topic"), F.coalesce("request_id", "__key").alias("key"),
+    """Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS): a DLQ write that cannot fail for size."""
+    text = F.col("__value").cast("string")
+    body = F.struct(F.substring(text, 1, DLQ_EXCERPT_CHARS).alias("raw"), F.col("__bytes").alias("raw_bytes"),
+                    F.sha2(F.col("__value"), 256).alias("raw_sha256"),
+                    F.coalesce(F.char_length(text) > DLQ_EXCERPT_CHARS, F.lit(False)).alias("raw_truncated"),
+                    F.col("__topic").alias("topic"), F.col("__partition").alias("partition"),
+                    F.col("__offset").alias("offset"), F.substring(REASON, 1, DLQ_REASON_CHARS).alias("reason"),
+                    iso(F.current_timestamp()).alias("dlq_at"))
+    key = F.substring(F.coalesce("request_id", "__key"), 1, DLQ_REASON_CHARS)
+    return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"),
                            F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
 
 
@@ -107,7 +146,6 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
     bad = parsed.where(F.col(REASON).isNotNull())
     scored = score(model, parsed.where(F.col(REASON).isNull()).drop(REASON), spec, model_name, version).persist()
     out_pred = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"))
-    out_bad = dlq_messages(bad.select("__topic", "__partition", "__offset", "__key", "__raw", "__bytes",
-                                      "request_id", REASON), topic(spec, "dlq"))
+    out_bad = dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq"))
     out_bad_model = dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq"))
     return out_pred.unionByName(out_bad).unionByName(out_bad_model), [parsed, scored]

@@ -86,12 +86,16 @@ class ChampionWatcher:
                 self.log(f"now serving model version {self.current.version}" + (f" (was {old})" if old else ""))
             return self.current
 
-    def wait_first(self, stop: threading.Event, say_every: float = 30.0, describe: str = "a champion") -> bool:
-        """Block until a first model is loaded (or `stop` is set), saying that it waits."""
+    def wait_first(self, stop: threading.Event, say_every: float = 30.0, describe: str = "a champion",
+                   heartbeat: Callable[[], None] | None = None) -> bool:
+        """Block until a first model is loaded (or `stop` is set), saying that it waits; `heartbeat` is called at
+        every poll, so a status file shows a live process that waits rather than a hung one."""
         last = 0.0
         while not stop.is_set():
             if self.check():
                 return True
+            if heartbeat is not None:
+                heartbeat()
             if time.monotonic() - last > say_every:
                 self.log(f"waiting for {describe}; no model to serve yet")
                 last = time.monotonic()
