@@ -18,6 +18,8 @@ PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating",
 DERIVE_RULES = {"years_between", "per_year"}
 TASKS = {"regression", "classification"}
 FEATURE_PARSES = {"number", "unit", "bool", "category", "rating"}
+# source text meaning "unknown", as null: shared by cleaning (Spark), spec inference and label_value (plain Python)
+MISSING_TOKENS = ("", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 # which parse rules a target may have: numeric labels are parsed, text labels are mapped by positive/classes
 TARGET_PARSES = {"regression": {"number", "unit"}, "classification": {"number", "bool"},
                  "labels": {"string", "category"}}
@@ -115,6 +117,26 @@ class DatasetSpec:
     def text_labels(self) -> bool:
         """The target is text mapped to 0/1 by `positive` or `classes` (not a number)."""
         return bool(self.positive is not None or self.classes)
+
+    def label_value(self, text: Any) -> float | None:
+        """The label cleaning gives a raw target value (0.0/1.0 for classification), in plain Python for producers
+        of actuals; None where cleaning would keep no label (missing, unlabelled, unknown or out of range)."""
+        t = str(text if text is not None else "").strip().translate({ord(c): None for c in self.column(
+            self.target).strip or ""})
+        if t in MISSING_TOKENS:
+            return None
+        if self.text_labels:
+            if t in self.unlabelled:
+                return None
+            if self.classes:
+                return float(self.classes.index(t)) if t in self.classes else None
+            return 1.0 if t == self.positive else 0.0
+        try:
+            v = float(t.replace(",", ""))
+        except ValueError:
+            return None
+        lo, hi = self.label_range
+        return None if v in self.unlabelled or not lo <= v <= hi else v
 
     @property
     def column_names(self) -> list[str]:

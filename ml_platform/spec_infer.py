@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from ml_platform.spec import SpecError, parse_spec
+from ml_platform.spec import MISSING_TOKENS, SpecError, parse_spec
 
-MISSING = {"", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"}  # as cleaning.MISSING_TOKENS (no pyspark)
-TRUE, FALSE = {"TRUE", "T", "YES", "Y"}, {"FALSE", "F", "NO", "N"}
+MISSING = set(MISSING_TOKENS)
+TRUE, FALSE = {"TRUE", "T", "YES", "Y"}, {"FALSE", "F", "NO", "N"}  # cleaning's tokens, less 1/0 (see FLAG_NAME)
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 UNIT = re.compile(r"([+-]?[\d,]*\.?\d+)\s*([A-Za-z][A-Za-z./]*)")
 CURRENCY = "$€£%"

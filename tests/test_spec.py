@@ -118,3 +118,12 @@ def test_quarantine_message_names_dominant_reasons_and_unlabelled_are_not_nulls(
     assert out["null_rates"].passed
     worse = {o.name: o for o in cleaned_checks(spec, s | {"null_rate": s["null_rate"] | {"price": 0.3}})}
     assert not worse["null_rates"].passed and "'price': 0.1" in worse["null_rates"].description
+
+
+def test_label_value_matches_cleaning_rules(specs):
+    cars, fraud = specs["used_cars"], specs["fraud"]
+    assert [cars.label_value(v) for v in ("23,450", "0", "99999999", "1", "", "call")] == [23450.0] + [None] * 5
+    assert [fraud.label_value(v) for v in ("'1'", '"0"', "2", None)] == [1.0, 0.0, None, None]
+    two = parse_spec({k: v for k, v in _base(classes=["good", "bad"], unlabelled=["?"]).items() if k != "positive"})
+    assert [two.label_value(v) for v in (" bad ", "good", "meh", "?")] == [1.0, 0.0, None, None]
+    assert [parse_spec(_base()).label_value(v) for v in ("bad", "meh", "NA")] == [1.0, 0.0, None]

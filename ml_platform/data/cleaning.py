@@ -11,11 +11,10 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ml_platform.data.ingest import CORRUPT
-from ml_platform.spec import ColumnSpec, DatasetSpec
+from ml_platform.spec import MISSING_TOKENS, ColumnSpec, DatasetSpec
 
 REASON = "_reject_reason"
 UNLABELLED = "__unlabelled"  # the row's label is one of the spec's "no label" values: kept, not trained on
-MISSING_TOKENS = ["", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 TRUE_TOKENS = ["TRUE", "T", "YES", "Y", "1"]
 FALSE_TOKENS = ["FALSE", "F", "NO", "N", "0"]
 
@@ -23,7 +22,7 @@ FALSE_TOKENS = ["FALSE", "F", "NO", "N", "0"]
 def _text(name: str) -> Column:
     """Trimmed source text, with the source's 'unknown' tokens as null."""
     v = F.trim(F.col(f"`{name}`"))
-    return F.when(v.isin(MISSING_TOKENS), F.lit(None)).otherwise(v)
+    return F.when(v.isin(list(MISSING_TOKENS)), F.lit(None)).otherwise(v)
 
 
 def _t(name: str) -> Column:
