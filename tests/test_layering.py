@@ -129,12 +129,13 @@ def test_the_store_follows_the_data_root_and_spark_gets_what_it_needs():
     from resources import EmrSparkResource, HdfsStorage, S3Storage, Settings, resources_for
 
     r = resources_for("local", Settings(data_root="s3://bucket/platform", s3_endpoint="http://127.0.0.1:9000"))
-    assert isinstance(r["storage"], S3Storage) and r["spark"].jar_groups == ["spark", "aws"]
+    assert isinstance(r["storage"], S3Storage) and r["spark"].storage == r["storage"]
+    assert r["storage"].jar_groups() == ["aws"], "s3a needs hadoop-aws on Spark's classpath"
     conf = r["spark"].spark_conf()
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
     assert not any("secret" in k.lower() or "access.key" in k.lower() for k in conf), "credentials in Spark conf"
     r = resources_for("cluster", Settings(data_root="hdfs://nn:8020/platform", spark_master_url="spark://m:7077"))
-    assert isinstance(r["storage"], HdfsStorage) and r["spark"].jar_groups == ["spark"]
+    assert isinstance(r["storage"], HdfsStorage) and r["storage"].jar_groups() == []
     r = resources_for("emr", Settings(data_root="s3://b/p", emr={"entry_point": "s3://b/code/emr_job.py",
                                                                   "pipes_bucket": "b", "core_instances": 3}))
     assert isinstance(r["spark"], EmrSparkResource)

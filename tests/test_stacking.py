@@ -174,3 +174,25 @@ def test_leaderboard_labels_the_scale_of_every_error_column(spark, trained):
     assert "| rmse (price) | mae (price) | r2 | cv rmse (log1p price) |" in head
     cv = {r["model"]: r["cv"] for r in rows}
     assert all(cv[n] == results[n]["cv_mean"] < 1 for n in results)  # log scale: under 1, while rmse is dollars
+
+
+def test_rows_without_a_key_are_kept_across_batches(spark, tmp_path):
+    """A null key is no identity: keyless rows of every batch stay (a keyed row is replaced by its latest batch)."""
+    from ml_platform.layout import accepted_marker, batch_record_path, silver_dir
+
+    spec = parse_spec({"name": "keyless", "task": "regression", "target": "y", "key": "id", "columns": [
+        {"name": "id", "parse": "string"}, {"name": "x", "parse": "number"}, {"name": "y", "parse": "number"}],
+        "training": {"folds": 2}})
+    store = LocalStore(tmp_path / "data")
+    batches = {"b1": [("1", 1.0, 10.0), ("2", 2.0, 20.0)] + [(None, float(i), float(i)) for i in range(3, 9)],
+               "b2": [("1", 1.5, 11.0)] + [(None, float(i), float(i)) for i in range(9, 13)]}
+    for n, (key, rows) in enumerate(batches.items()):
+        spark.createDataFrame(rows, "id string, x double, y double").write.parquet(store.uri(silver_dir(spec, key)))
+        store.write_json(batch_record_path(spec, key), {"partition": key, "ingested_at": f"2026-01-0{n + 1}",
+                                                       "sha256": key, "duplicate_of": None})
+        store.write_json(accepted_marker(spec, key), {"partition": key})
+    ts = build_training_set(spark, store, spec, "v1")
+    rows = spark.read.parquet(ts["train"]).unionByName(spark.read.parquet(ts["holdout"]))
+    assert ts["rows"] == 2 + 6 + 4, ts  # id 1 once (its b2 version), id 2, and all ten keyless rows
+    assert rows.where(F.col("id") == "1").first()["y"] == 11.0
+    assert rows.where(F.col("id").isNull()).count() == 10

@@ -67,8 +67,12 @@ def training_version(store: Store, spec: DatasetSpec, version: str) -> dict:
 
 
 def _row_hash(df: DataFrame, spec: DatasetSpec, salt: int):
-    cols = [F.col(spec.key)] if spec.key else [F.col(f"`{c}`") for c in spec.cleaned_columns if c in df.columns]
-    return F.xxhash64(F.lit(salt), *cols)
+    """Where a row stays (train or holdout, which fold) as data grows: by its key, or by all its columns where it
+    has none (a null key must not send every keyless row to the same side)."""
+    by_row = F.xxhash64(F.lit(salt), *[F.col(f"`{c}`") for c in spec.cleaned_columns if c in df.columns])
+    if not spec.key:
+        return by_row
+    return F.when(F.col(spec.key).isNotNull(), F.xxhash64(F.lit(salt), F.col(spec.key))).otherwise(by_row)
 
 
 def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
@@ -91,7 +95,9 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
         # a listing seen again in a later batch replaces the earlier row (its price may have changed)
         rank = F.create_map(*[x for k, i in order.items() for x in (F.lit(k), F.lit(i))])[F.col(BATCH)]
         w = Window.partitionBy(spec.key).orderBy(rank.desc())
-        df = df.withColumn("__rn", F.row_number().over(w)).where("__rn = 1").drop("__rn")
+        # rows without a key are not versions of one listing: keep them all (cleaning already dropped exact repeats)
+        df = (df.withColumn("__rn", F.row_number().over(w))
+              .where((F.col("__rn") == 1) | F.col(spec.key).isNull()).drop("__rn"))
     h = _row_hash(df, spec, t.seed)
     target = F.col(spec.target).cast("double")
     df = (df.withColumn("__holdout", F.pmod(h, F.lit(1000)) < int(round(t.holdout * 1000)))
