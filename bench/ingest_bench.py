@@ -104,7 +104,7 @@ def bench_sensor_tick(n_files: int) -> dict:
         out = {}
         with DagsterInstance.ephemeral() as instance:
             instance.add_dynamic_partitions("used_cars_batches", [partition_key(f.name) for f in old])
-            for label, cursor in (("steady", Cursor(last.mtime_ns, last.name).dump()), ("lost_cursor", None)):
+            for label, cursor in (("steady", Cursor(last.mtime_ns).dump()), ("lost_cursor", None)):
                 ticks = []
                 for _ in range(3):
                     ctx = build_sensor_context(instance=instance, cursor=cursor, resources=res)

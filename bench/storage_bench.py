@@ -113,13 +113,15 @@ def emr_overhead(minio, spec, csv, key, spark):
     nodes.start()
     os.environ["AWS_ENDPOINT_URL_S3"] = minio.endpoint
     minio.client().upload_file(str(ROOT / "ml_platform" / "emr_job.py"), "bench", "code/emr_job.py")
-    emr = EmrSparkResource(endpoint_url=server.endpoint, entry_point="s3://bench/code/emr_job.py",
-                           pipes_bucket="bench", spark_scheme="s3a", poll_seconds=0.5,
-                           python=str(ROOT / ".venv-emr" / "bin" / "python"))
     out = []
     try:
-        for spark_resource in (LocalSparkResource(threads="2", shuffle_partitions=4), emr):
+        for backend in ("local", "emr"):
             storage = S3Storage(root=f"s3://bench/emr-{uuid.uuid4().hex[:6]}", endpoint_url=minio.endpoint)
+            spark_resource = LocalSparkResource(storage=storage, threads="2", shuffle_partitions=4) \
+                if backend == "local" else \
+                EmrSparkResource(storage=storage, endpoint_url=server.endpoint, entry_point="s3://bench/code/emr_job.py",
+                                 pipes_bucket="bench", spark_scheme="s3a", poll_seconds=0.5,
+                                 python=str(ROOT / ".venv-emr" / "bin" / "python"))
             storage.store().write_text(f"landing/{spec.name}/{csv.name}", csv.read_text())
             with DagsterInstance.ephemeral() as instance:
                 instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
