@@ -16,15 +16,26 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
+from ml_platform.serve.messages import contract
 from ml_platform.spec import DatasetSpec
 
 BINS = 20  # probability bins behind pr_auc_approx
 
-PREDICTION = StructType([StructField("request_id", StringType()), StructField("prediction", DoubleType()),
-                         StructField("probability", DoubleType()), StructField("model_version", StringType()),
-                         StructField("event_time", StringType())])
-ACTUAL = StructType([StructField("request_id", StringType()), StructField("event_time", StringType()),
-                     StructField("actual", DoubleType())])
+
+def read_schema(name: str, fields: list[str]) -> StructType:
+    """The Spark schema to read `fields` of a message kind, from its JSON Schema (the contract's owner), so a field
+    renamed there fails here at import rather than reading as null."""
+    props = contract(name)["properties"]
+
+    def spark_type(p: dict):
+        types = p["type"] if isinstance(p["type"], list) else [p["type"]]
+        return DoubleType() if "number" in types else StringType()
+
+    return StructType([StructField(f, spark_type(props[f])) for f in fields])
+
+
+PREDICTION = read_schema("prediction", ["request_id", "prediction", "probability", "model_version", "event_time"])
+ACTUAL = read_schema("actual", ["request_id", "event_time", "actual"])
 
 
 def _json(rows: DataFrame, schema: StructType) -> DataFrame:

@@ -1,0 +1,73 @@
+"""A real stacked champion through the Kafka scorer: trained by the product's own functions (training set, feature
+pipeline, two base models with out-of-fold scores, the meta-model), registered and promoted in a real MLflow
+registry, served from Kafka; its predictions equal the same PipelineModel applied in batch to the same rows
+cleaned the batch way."""
+
+import dataclasses
+import json
+
+from pyspark.ml import PipelineModel
+from pyspark.sql.types import StringType, StructField, StructType
+
+from ml_platform.data.cleaning import clean_batch
+from ml_platform.local.loadgen import stream_rows
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.serve.kafka_io import ensure_topics, read_topic
+from ml_platform.serve.messages import errors, request, topic
+from ml_platform.serve.watcher import registry_watcher
+from ml_platform.stores import LocalStore
+from ml_platform.train.features import build_feature_pipeline
+from ml_platform.train.models import train_models
+from ml_platform.train.registry import CHAMPION, Tracker
+from ml_platform.train.release import stack_and_register
+from ml_platform.train.training_set import build_training_set
+from spark_streaming.scorer import Status, scoring_query
+from tests.test_serving import _run, _send
+from tests.training_data import land_batches, small
+
+
+def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, kafka, tmp_path):
+    spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01]}},
+                                                 "random_forest": {"grid": {"numTrees": [5], "maxDepth": [3]}}},
+                 folds=2)
+    store = LocalStore(tmp_path / "data")
+    land_batches(spark, store, spec, [1], rows=300)
+    build_training_set(spark, store, spec, "v1")
+    build_feature_pipeline(spark, store, spec, "v1")
+    results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2, log=lambda _: None)
+    assert not [n for n, r in results.items() if isinstance(r, Exception)], results
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    stack = stack_and_register(spark, store, tracker, spec, "v1", {"test": "stacked-champion"})
+    tracker.promote(spec.name, stack["model_version"])
+    assert tracker.version_for(spec.name, CHAMPION) == stack["model_version"]
+    model = PipelineModel.load(stack["path"])
+    names = [type(s).__name__ for s in model.stages]
+    assert len(names) >= 5 and "LinearRegressionModel" in names and "RandomForestRegressionModel" in names
+
+    # requests: the simulator's held-out stream, raw as in the files; served under their own topics
+    write_batch(SimConfig("used_cars", 60, test_share=0.5, broken_share=0.0, seed=21), 9, tmp_path / "land",
+                tmp_path / "test")
+    rows = [r for _, r in stream_rows(tmp_path / "test")][:40]
+    served = dataclasses.replace(spec, name="t_stacked")
+    ensure_topics(kafka.bootstrap, served.name)
+    _send(kafka.bootstrap, served, [(f"s{i}", json.dumps(request(spec, f"s{i}", r)).encode())
+                                    for i, r in enumerate(rows)])
+    watcher = registry_watcher(spec.name, tracker.uri, 0.2)
+    assert watcher.check() and watcher.take().version == stack["model_version"]
+    status = Status(tmp_path / "status.json", served.name)
+    _run(scoring_query(spark, served, watcher, kafka.bootstrap, str(tmp_path / "ckpt"), status,
+                       model_name=spec.name))
+    preds = {m["key"]: m["value"] for m in read_topic(kafka.bootstrap, topic(served, "predictions"))}
+    assert [e for m in preds.values() for e in errors("predictions", m)] == []
+    assert {m["model_version"] for m in preds.values()} == {stack["model_version"]}
+
+    # the batch way: the same raw rows as strings, cleaned by the batch cleaning, through the same PipelineModel
+    schema = StructType([StructField(c, StringType()) for c in spec.column_names])
+    raw = spark.createDataFrame([tuple(r.get(c) for c in spec.column_names) for r in rows], schema)
+    batch = {r[spec.key]: r["prediction"] for r in model.transform(clean_batch(raw, spec))
+             .select(spec.key, "prediction").collect()}
+    by_request = {f"s{i}": r[spec.key].strip() for i, r in enumerate(rows)}  # the key is a string column
+    compared = [rid for rid in preds if by_request[rid] in batch]
+    assert len(compared) >= 0.8 * len(rows) and set(compared) == set(preds)
+    worst = max(abs(preds[rid]["prediction"] - batch[by_request[rid]]) for rid in compared)
+    assert worst <= 1e-9, worst
