@@ -12,7 +12,15 @@ from ml_platform.local.loadgen import BAD_REQUEST_IDS, FUZZ_KINDS, fuzz
 from ml_platform.local.simulate import batch_text_chunks
 from ml_platform.serve import messages
 from ml_platform.serve.live import BINS, finish
-from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, REQUEST_ID_PATTERN, ContractError, errors, topic, validate
+from ml_platform.serve.messages import (
+    DLQ_EXCERPT_CHARS,
+    DLQ_KEY_CHARS,
+    REQUEST_ID_PATTERN,
+    ContractError,
+    errors,
+    topic,
+    validate,
+)
 from ml_platform.serve.scoring import score_batch
 from tests.test_serving import year_model
 
@@ -42,7 +50,7 @@ def test_scorer_output_matches_the_prediction_and_dlq_schemas(spark, specs):
     sent = [(f"g{i}", json.dumps(messages.request(spec, f"g{i}", r)).encode()) for i, r in enumerate(rows)]
     sent += [fuzz(spec, kind, f"z{j}", rows[j % len(rows)], rng) for j, kind in enumerate(FUZZ_KINDS * 2)]
     control = b"\x01" * (1024 * 1024)
-    sent += [("ctl", control), ("tomb", None)]
+    sent += [("ctl", control), ("tomb", None), ("k" * 5000, b"not json, and a 5000-character Kafka key")]
     out, cached = score_batch(_kafka_rows(spark, spec, sent), spec, year_model(1.0), spec.name, "3",
                               spec.serving.max_request_bytes)
     try:
@@ -66,6 +74,7 @@ def test_scorer_output_matches_the_prediction_and_dlq_schemas(spark, specs):
     assert big["raw_sha256"] == hashlib.sha256(control).hexdigest()
     assert len(json.dumps(big)) < 20_000
     assert dlq["tomb"]["raw"] is None and dlq["tomb"]["raw_truncated"] is False
+    assert "k" * DLQ_KEY_CHARS in dlq and max(len(k) for k in dlq if k) == DLQ_KEY_CHARS  # the key is bounded too
 
 
 def test_request_validation_rejects_trailing_text_and_bad_request_ids(spark, specs):

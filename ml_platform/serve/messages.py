@@ -32,6 +32,7 @@ _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # DLQ_EXCERPT_CHARS characters, the original size and the SHA-256 of the original bytes.
 DLQ_EXCERPT_CHARS = 2048
 DLQ_REASON_CHARS = 1000
+DLQ_KEY_CHARS = 1000  # the key falls back to the Kafka key when request_id is invalid; any size may come
 
 
 class ContractError(ValueError):

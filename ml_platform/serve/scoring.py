@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from ml_platform.data.cleaning import REASON, classify
-from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
+from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_KEY_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
 from ml_platform.spec import DatasetSpec
 
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
@@ -132,7 +132,7 @@ def dlq_messages(rejected: DataFrame, dlq_topic: str) -> DataFrame:
                     F.col("__topic").alias("topic"), F.col("__partition").alias("partition"),
                     F.col("__offset").alias("offset"), F.substring(REASON, 1, DLQ_REASON_CHARS).alias("reason"),
                     iso(F.current_timestamp()).alias("dlq_at"))
-    key = F.substring(F.coalesce("request_id", "__key"), 1, DLQ_REASON_CHARS)
+    key = F.substring(F.coalesce("request_id", "__key"), 1, DLQ_KEY_CHARS)
     return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"),
                            F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
 
