@@ -17,6 +17,6 @@ def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | 
 
 
 def write_kafka(df, bootstrap: str) -> None:
-    # a DLQ record carries the whole rejected message, which may be over the producer's 1 MB default
+    # the contract's limit, as the broker's: DLQ records are bounded (messages.DLQ_EXCERPT_CHARS), the limit is headroom
     (df.write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
      .option("kafka.max.request.size", str(MAX_MESSAGE_BYTES)).save())
