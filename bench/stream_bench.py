@@ -36,11 +36,7 @@ from pyspark.ml import PipelineModel  # noqa: E402
 from ml_platform.local.loadgen import stream_rows  # noqa: E402
 from ml_platform.local.simulate import SimConfig, write_batch  # noqa: E402
 from ml_platform.serve.kafka_io import ensure_topics, producer  # noqa: E402
-from ml_platform.serve.messages import (  # noqa: E402
-    now_iso,
-    request,
-    topic,  # noqa: E402
-)
+from ml_platform.serve.messages import encode, now_iso, request, topic  # noqa: E402
 from ml_platform.serve.spark_kafka import kafka_source  # noqa: E402
 from ml_platform.serve.watcher import ChampionWatcher  # noqa: E402
 from ml_platform.spark import local_session  # noqa: E402
@@ -83,7 +79,7 @@ def preload(bootstrap, spec, rows, name, n) -> float:
     p = producer(bootstrap)
     size = 0
     for i in range(n):
-        v = json.dumps(request(spec, f"b{i}", rows[i % len(rows)])).encode()
+        v = encode("requests", request(spec, f"b{i}", rows[i % len(rows)]))
         size += len(v)
         p.send(name, key=f"b{i}", value=v)
     p.flush()
@@ -141,8 +137,8 @@ def load_at_rate(bootstrap, spec, rows, name, rate, seconds, prefix):
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        p.send(name, key=f"{prefix}{i}", value=json.dumps(request(spec, f"{prefix}{i}", rows[i % len(rows)],
-                                                                  now_iso())).encode())
+        p.send(name, key=f"{prefix}{i}", value=encode("requests", request(spec, f"{prefix}{i}", rows[i % len(rows)],
+                                                                          now_iso())))
     p.flush()
     p.close()
     return n

@@ -128,25 +128,12 @@ def _produce(a) -> int:
 
 
 def _tail(a) -> int:
-    from ml_platform.serve.kafka_io import follow
-    from ml_platform.serve.messages import topic
+    from ml_platform.serve.kafka_io import tail
 
     _spec(a)
-    topics = [topic(a.dataset, "metrics")] + ([] if a.metrics_only else [topic(a.dataset, "predictions")])
-    try:
-        for t, m in follow(a.bootstrap, topics, a.from_beginning):
-            v = m if isinstance(m, dict) else {"raw": m}
-            if t.endswith(".metrics"):
-                scores = "  ".join(f"{k}={v[k]:.4g}" for k in ("rmse", "mae", "precision", "recall", "pr_auc_approx")
-                                   if isinstance(v.get(k), int | float))
-                print(f"METRICS {v.get('window_start')}..{v.get('window_end')} v{v.get('model_version')} "
-                      f"n={v.get('count')}  {scores}", flush=True)
-            else:
-                prob = f" p={v['probability']:.3f}" if isinstance(v.get("probability"), float) else ""
-                print(f"pred {v.get('request_id')} -> {v.get('prediction')}{prob} (v{v.get('model_version')})",
-                      flush=True)
-    except KeyboardInterrupt:
-        return 0
+    home = Path(os.environ.get("ML_PLATFORM_HOME", ".local"))
+    tail(a.bootstrap, a.dataset, status_path=home / f"scorer-{a.dataset}.json", from_beginning=a.from_beginning,
+         metrics_only=a.metrics_only)
     return 0
 
 
@@ -260,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--tracking-uri", default=tracking)
     g.set_defaults(func=_produce)
 
-    t = sub.add_parser("tail", help="follow predictions and live metrics in the terminal")
+    t = sub.add_parser("tail", help="follow predictions, DLQ records and live metrics in the terminal")
     t.add_argument("dataset")
     t.add_argument("--bootstrap", default=bootstrap)
     t.add_argument("--metrics-only", action="store_true")

@@ -29,7 +29,7 @@ from ml_platform.serve.scoring import score_batch
 from ml_platform.serve.spark_kafka import kafka_source, write_kafka
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
 from ml_platform.spark import local_jars, prepare_environment, session_conf
-from ml_platform.spec import DatasetSpec, builtin_specs
+from ml_platform.spec import DatasetSpec, load_spec_dir
 
 
 def iso(epoch: float) -> str:
@@ -189,12 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", default=os.environ.get("ML_PLATFORM_HOME", ".local"),
                     help="checkpoints go to <state>/checkpoints/<dataset>/, the status file to <state>/")
     ap.add_argument("--jars", default=os.environ.get("ML_PLATFORM_JARS", ".jars"))
+    ap.add_argument("--specs", default=os.environ.get("ML_PLATFORM_SPECS"),
+                    help="spec directory (default: $ML_PLATFORM_SPECS, else the shipped examples)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--max-per-trigger", type=int, default=20000)
     ap.add_argument("--trigger-ms", type=int, default=0, help="0: start the next micro-batch as soon as possible")
     ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
     a = ap.parse_args(argv)
-    spec = builtin_specs()[a.dataset]
+    loaded = load_spec_dir(a.specs)
+    if a.dataset not in loaded.specs:
+        broken = "".join(f"\n  {f}: {e}" for f, e in loaded.errors.items())
+        raise SystemExit(f"no spec for dataset {a.dataset!r} in {loaded.directory} (have {sorted(loaded.specs)})"
+                         + broken)
+    spec = loaded.specs[a.dataset]
     state = Path(a.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     status = Status(state / f"scorer-{spec.name}.json", spec.name)

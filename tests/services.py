@@ -76,7 +76,7 @@ class MiniHdfs:
     def __init__(self, home: Path):
         jars = ROOT / ".jars" / "hdfs"
         if not jars.is_dir():
-            raise RuntimeError(f"{jars} is missing: run `make jars`")
+            raise RuntimeError(f"{jars} is missing: run `make setup` (it copies the test jars)")
         self.rpc_port, self.http_port = free_port(), free_port()
         details, self.log = home / "details.json", home / "hdfs.log"
         loopback = ["-D", "dfs.datanode.address=127.0.0.1:0", "-D", "dfs.datanode.http.address=127.0.0.1:0",

@@ -32,12 +32,7 @@ def stream_rows(test_dir: Path) -> Iterator[tuple[str, dict]]:
 
 
 def actual_value(spec: DatasetSpec, row: dict) -> float | None:
-    try:
-        v = float(str(row.get(spec.target, "")).replace(",", "").replace("$", "").strip().strip('"'))
-    except ValueError:
-        return None
-    lo, hi = spec.label_range
-    return v if lo <= v <= hi else None
+    return spec.label_value(row.get(spec.target))
 
 
 def fuzz(spec: DatasetSpec, kind: str, rid: str, row: dict, rng: random.Random) -> tuple[str | None, bytes]:

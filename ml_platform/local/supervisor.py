@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml_platform.local.simulate import GENERATORS
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES, topic
 
 LOOPBACK = "127.0.0.1"
@@ -207,7 +208,7 @@ logger.config.level = warn
 def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> list[str]:
     """Write the broker config and format its storage once (KRaft); return the broker command."""
     if not any((jars / "kafka").glob("kafka_2.13-*.jar")):
-        raise StackError(f"no Kafka broker jars in {jars / 'kafka'}: run `make jars`")
+        raise StackError(f"no Kafka broker jars in {jars / 'kafka'}: run `make jars-kafka` (or `make setup-run`)")
     kdir = home / "kafka"
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
@@ -270,7 +271,7 @@ def build_services(cfg: StackConfig) -> list[Service]:
     platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
                     "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
                     "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DAGSTER_HOME": str(dagster_home(home)),
-                    "SPARK_LOCAL_IP": LOOPBACK}
+                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_DATASETS": ",".join(cfg.datasets)}
     services = [
         Service("kafka", prepare_kafka(home, cfg.jars, cfg.kafka_port, cfg.kafka_controller_port), cfg.kafka_port,
                 f"kafka://{bootstrap}", lambda: kafka_ok(bootstrap)),
@@ -286,20 +287,16 @@ def build_services(cfg: StackConfig) -> list[Service]:
                 None, "(sensors, automation, run queue)", lambda: dagster_daemon_ok(cfg.dagster_port), platform_env),
     ]
     for ds in cfg.datasets:
+        if ds not in GENERATORS:  # a user's dataset: its batches are dropped into landing/ by hand, no simulator
+            services.append(_scorer(ds, home, cfg, platform_env))
+            continue
         services.append(Service(
             f"simulator-{ds}",
             [str(bin_dir / "ml-platform"), "simulate", ds, "--landing", str(data / "landing" / ds),
              "--test-dir", str(data / "test_stream" / ds), "--batches", "100000", "--every", str(cfg.every),
              "--rows-per-batch", str(cfg.rows_per_batch), "--quiet"],
             None, f"a batch every {cfg.every:g}s into {data / 'landing' / ds}", lambda: True, platform_env))
-        status = home / f"scorer-{ds}.json"
-        services.append(Service(
-            f"scorer-{ds}",
-            [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
-             "--trigger-ms", "1000"],
-            None, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
-                  f"{topic(ds, 'metrics')} (status: {status})",
-            lambda status=status: status.exists(), platform_env))
+        services.append(_scorer(ds, home, cfg, platform_env))
         services.append(Service(
             f"producer-{ds}",
             [str(bin_dir / "ml-platform"), "produce", ds, "--wait-for-champion", "--loop", "--rate", "20",
@@ -307,6 +304,17 @@ def build_services(cfg: StackConfig) -> list[Service]:
             None, f"20 requests/s into {topic(ds, 'requests')} once a champion exists; watch: ml-platform tail {ds}",
             lambda: True, platform_env))
     return services
+
+
+def _scorer(ds: str, home: Path, cfg: StackConfig, env: dict[str, str]) -> Service:
+    status = home / f"scorer-{ds}.json"
+    return Service(
+        f"scorer-{ds}",
+        [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
+         "--trigger-ms", "1000"],
+        None, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
+              f"{topic(ds, 'metrics')} (status: {status})",
+        lambda: status.exists(), env)
 
 
 class Stack:
