@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable
 
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 
 
 class JobFailed(RuntimeError):

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 
 CORRUPT = "_corrupt_record"
 HASH_CHUNK = 1 << 20

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ml_platform.data.ingest import RejectedFile, check_header
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import FileInfo
+from ml_platform.stores.base import FileInfo
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "._COPYING_", ".inprogress")
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")

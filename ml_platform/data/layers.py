@@ -22,7 +22,7 @@ from ml_platform.layout import (
     silver_dir,
 )
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 
 
 def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:

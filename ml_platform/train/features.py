@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from ml_platform.layout import feature_pipeline_dir, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LINEAR_FEATURES, TREE_FEATURES
 
 OTHER = "__other__"

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, param_maps, search_space
 from ml_platform.train.metrics import classification_metrics, curves, primary, regression_metrics, score_column
 from ml_platform.train.training_set import TrainingError

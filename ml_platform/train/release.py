@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from ml_platform.layout import holdout_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LABEL
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LABEL, ROW_ID, WEIGHT
 from ml_platform.train.metrics import curves, primary, regression_metrics, score_column
 from ml_platform.train.models import evaluate, labelled

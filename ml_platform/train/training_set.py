@@ -26,7 +26,7 @@ from ml_platform.layout import (
     training_set_record,
 )
 from ml_platform.spec import DatasetSpec
-from ml_platform.stores import Store
+from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT
 
 BATCH = "__batch"
