@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ml_platform.serve.kafka_io import ensure_topics
 from ml_platform.serve.live import finish, joined_windows, window_rows
 from ml_platform.serve.messages import ContractError, encode, topic
 from ml_platform.serve.scoring import score_batch
@@ -152,6 +153,10 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
     while not stop.is_set():
         queries = []
         try:
+            # the scorer owns its dataset's topics: a subscribed topic that does not exist fails the query at once,
+            # and a user's dataset has no load generator to create them (seen: a restart loop every 5 s, with
+            # StackOverflowErrors in Spark's stream threads as queries were stopped mid-start)
+            ensure_topics(bootstrap, spec.name)
             queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
                                          max_per_trigger, trigger_ms))
             if metrics:

@@ -101,3 +101,35 @@ def test_the_broker_writes_its_log(kafka):
     """The broker used to log through log4j's default (errors only): its log stayed empty under `make run`."""
     text = kafka.log.read_text(errors="replace")
     assert "Transition from STARTING to STARTED" in text and "(kafka.server.BrokerServer)" in text
+
+
+def test_the_scorer_creates_its_topics_for_a_new_dataset(spark, served, kafka):  # noqa: F811
+    """A user's dataset has no load generator to create its topics; the scorer must, or its queries fail at once
+    and restart forever (seen under `make run` with a spec from ML_PLATFORM_SPECS)."""
+    import dataclasses
+
+    from kafka import KafkaAdminClient
+
+    from ml_platform.serve.messages import KINDS
+
+    spec, tracker, rows, status, tmp = served
+    fresh = dataclasses.replace(spec, name=f"{spec.name}_fresh")
+    register(spark, tracker, fresh.name, year_model(1.0))
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        assert not {topic(fresh, k) for k in KINDS} & set(admin.list_topics())
+        stop = threading.Event()
+        t = threading.Thread(target=serve, args=(spark, fresh, _watcher(fresh, tracker, []), kafka.bootstrap,
+                                                 tmp / "fresh", status, stop), kwargs={"heartbeat_seconds": 1.0})
+        t.start()
+        try:
+            _wait(lambda: status.data.get("state") == "serving", 60, "serving")
+            assert {topic(fresh, k) for k in KINDS} <= set(admin.list_topics())
+            _send(kafka.bootstrap, fresh, [("f1", json.dumps(request(fresh, "f1", rows[0])).encode())])
+            _wait(lambda: status.data.get("predictions") == 1, 120, "the first prediction")
+            assert status.data["last_error"] is None
+        finally:
+            stop.set()
+            t.join(90)
+    finally:
+        admin.close()
