@@ -1,0 +1,221 @@
+"""The FastAPI application: `create_app(settings)`; `python -m api` serves it with uvicorn. Every route but
+/health needs an API key (X-API-Key). Routes per dataset live under /datasets/{dataset}."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.guard import BodyLimit, authorized
+from api.platform import NotReady, Platform
+from api.settings import ApiSettings
+
+UPLOAD_PATHS = ("/uploads/", "/predict/batch")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    uptime_seconds: float
+
+
+class DatasetReady(BaseModel):
+    ready: bool
+    model_version: str | None
+    error: str | None = None
+
+
+class Ready(BaseModel):
+    ready: bool
+    datasets: dict[str, DatasetReady]
+
+
+class DatasetSummary(BaseModel):
+    name: str
+    task: str
+    target: str
+    ready: bool
+    model_version: str | None
+
+
+class PredictRequest(BaseModel):
+    """Rows with the columns of a Kafka request (raw text such as '35.1 in' is cleaned as in training). A row
+    without `request_id` gets one (`rest-<uuid>`), a row without `event_time` gets the time of the call."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"rows": [{"request_id": "r-1", "mileage": "12,345"}]}]})
+    rows: list[dict[str, Any]] = Field(min_length=1)
+
+
+class Scored(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Literal["scored"]
+    request_id: str
+    prediction: float | None
+    probability: float | None
+    model_name: str
+    model_version: str
+    event_time: str
+    scored_at: str
+
+
+class Rejected(BaseModel):
+    status: Literal["rejected"]
+    request_id: str | None
+    row: int
+    reason: str
+    dlq_record: dict[str, Any]
+
+
+class PredictResponse(BaseModel):
+    scored: int
+    rejected: int
+    results: list[Scored | Rejected]
+
+
+def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastAPI:
+    platform = platform or Platform(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        platform.start()
+        yield
+        platform.stop()
+
+    app = FastAPI(title="ml-platform API", version="1",
+                  description="Predictions on request, the prediction store, models, uploads and retraining. "
+                              "Send an API key in the X-API-Key header (all routes but /health).",
+                  lifespan=lifespan)
+    app.state.platform = platform
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:  # nothing crashes the server: a bug is a 500 with no internals, and a counter
+            route = _route(request)
+            platform.metrics.errors.labels(route).inc()
+            response = JSONResponse({"detail": "internal error; see the API's log"}, status_code=500)
+        route = _route(request)
+        platform.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        platform.metrics.latency.labels(request.method, route).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """The process is alive (no key needed)."""
+        return Health(status="ok", uptime_seconds=round(time.time() - platform.started_at, 1))
+
+    keyed = APIRouter(dependencies=[Depends(authorized)])
+
+    @keyed.get("/ready", response_model=Ready, tags=["service"],
+               responses={503: {"model": Ready, "description": "some dataset has no loadable champion"}})
+    def ready():
+        """Per dataset: a champion is loaded, and the newest champion did not fail to load (the loaded one keeps
+        serving meanwhile). 503 until every dataset is ready."""
+        per = {n: DatasetReady(**s.readiness()) for n, s in platform.servers.items()}
+        body = Ready(ready=bool(per) and all(r.ready for r in per.values()), datasets=per)
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @keyed.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+    def metrics():
+        """Prometheus text format: requests, latency, predictions per model version, swaps, errors."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(platform.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @keyed.get("/datasets", response_model=list[DatasetSummary], tags=["datasets"])
+    def datasets():
+        """The datasets this API serves, with the version serving each."""
+        return [DatasetSummary(name=n, task=s.spec.task, target=s.spec.target, **{
+            k: v for k, v in s.readiness().items() if k in ("ready", "model_version")})
+            for n, s in platform.servers.items()]
+
+    @keyed.post("/datasets/{dataset}/predict", response_model=PredictResponse, tags=["predictions"],
+                responses={404: {"description": "unknown dataset"}, 413: {"description": "too many rows"},
+                           503: {"description": "no champion loaded yet"}})
+    def predict(dataset: str, body: PredictRequest):
+        """Score one row or many. Each result is the prediction (with its request_id and the model version that
+        scored it) or, for a row that cannot be scored, the reason exactly as the DLQ record gives it."""
+        server = _server(platform, dataset)
+        if len(body.rows) > settings.max_rows:
+            raise HTTPException(413, f"{len(body.rows)} rows; at most {settings.max_rows} per call (use "
+                                     f"/datasets/{dataset}/predict/batch for files)")
+        rows = _with_ids(body.rows)
+        try:
+            outcome = server.predict(rows)
+        except NotReady as e:
+            raise HTTPException(503, str(e)) from None
+        except TimeoutError:
+            raise HTTPException(503, f"scoring took over {settings.wait_seconds:.0f} s; try again") from None
+        results = [s.as_json() for s in outcome.rows]
+        scored = sum(r["status"] == "scored" for r in results)
+        return {"scored": scored, "rejected": len(results) - scored, "results": results}
+
+    @keyed.get("/datasets/{dataset}/predictions/{request_id}", tags=["predictions"],
+               responses={404: {"description": "unknown dataset or request_id"},
+                          503: {"description": "the prediction store is unreachable"}})
+    def prediction(dataset: str, request_id: str) -> dict[str, Any]:
+        """What was predicted for a request (Kafka or REST), by which model version, from which input (its
+        SHA-256), and the actual once it arrived."""
+        _server(platform, dataset)
+        try:
+            found = platform.store.lookup(dataset, request_id)
+        except Exception as e:
+            raise HTTPException(503, f"prediction store: {type(e).__name__}: {str(e)[:300]}") from None
+        if found is None:
+            raise HTTPException(404, f"no prediction stored for request_id {request_id!r} in {dataset}")
+        return found
+
+    app.include_router(keyed)
+    for module in ("api.models", "api.uploads", "api.batch", "api.runs"):
+        try:
+            router = __import__(module, fromlist=["router"]).router
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        app.include_router(router, dependencies=[Depends(authorized)])
+    return app
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def _server(platform: Platform, dataset: str):
+    server = platform.servers.get(dataset)
+    if server is None:
+        known = ", ".join(sorted(platform.servers)) or "none"
+        raise HTTPException(404, f"unknown dataset {dataset!r}; served: {known}")
+    return server
+
+
+def _with_ids(rows: list[dict]) -> list[dict]:
+    """Give rows without a request_id one, and rows without event_time the call's time; refuse an id given twice
+    (each result is matched to its row by request_id)."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    out, seen = [], {}
+    for i, r in enumerate(rows):
+        r = dict(r)
+        if r.get("request_id") is None:
+            r["request_id"] = f"rest-{uuid.uuid4().hex}"
+        if r.get("event_time") is None:
+            r["event_time"] = now
+        rid = r["request_id"]
+        if isinstance(rid, str) and rid in seen:
+            raise HTTPException(422, [{"loc": ["body", "rows", i, "request_id"],
+                                       "msg": f"request_id {rid[:60]!r} also at row {seen[rid]}",
+                                       "type": "value_error"}])
+        if isinstance(rid, str):
+            seen[rid] = i
+        out.append(r)
+    return out
