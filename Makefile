@@ -1,6 +1,7 @@
 # The two commands: `make run` (the local stack) and `make test` (what CI runs). Both set up what is missing
 # first; a second call skips what is done (stamps depend on uv.lock, pyproject.toml and the poms).
-#   make run        needs Python 3.11, Java 17 and Maven: the venv, Spark's Kafka jars, the broker's jars
+#   make run        needs Python 3.11, Java 17, Maven and Node.js (npm): the venv, Spark's Kafka jars, the broker's
+#                   jars, and dynalite (the prediction store's DynamoDB-API server, from npm)
 #   make test       also needs Go and root (once): kcat, MinIO, .venv-emr and the aws/hdfs/emr-node jars
 #   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in under a minute
 #   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
@@ -18,13 +19,17 @@ UV_HOME := .tools/uv
 UV := $(UV_HOME)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
+# The prediction store's DynamoDB-API server for `make run` and the tests: dynalite from npm (Apache-2.0, LevelDB).
+# DynamoDB Local is not used: its licence is the vendor's own terms, not an open-source one.
+DYNALITE := node/dynalite/node_modules/.installed
+
 MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 .PHONY: setup setup-run tools run test test-fast lint pytest validate smoke lock jars jars-run jars-test \
         jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
-setup-run: $(VENV)/.installed jars-run
+setup-run: $(VENV)/.installed jars-run $(DYNALITE)
 setup: setup-run jars-test tools
 
 $(UV_HOME)/.uv-$(UV_VERSION):
@@ -41,6 +46,11 @@ $(VENV)/.installed: pyproject.toml uv.lock $(UV_HOME)/.uv-$(UV_VERSION)
 # After editing the dependencies in pyproject.toml: re-resolve and commit uv.lock with it.
 lock: $(UV_HOME)/.uv-$(UV_VERSION)
 	$(UV) lock --python $(PYTHON)
+
+$(DYNALITE): node/dynalite/package-lock.json
+	@command -v npm >/dev/null || { echo "the prediction store needs Node.js and npm (Debian: nodejs npm)"; exit 1; }
+	cd node/dynalite && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # kcat: a Kafka client that is not ours, for the wire-format test and for poking at topics by hand (Debian)
 tools:

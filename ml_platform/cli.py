@@ -169,7 +169,7 @@ def _stack_config(a):
         _spec(a, name)
     return StackConfig(home=Path(a.home), repo=REPO, jars=Path(a.jars).resolve(), kafka_port=a.kafka_port,
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
-                       datasets=tuple(a.datasets.split(",")), every=a.every, rows_per_batch=a.rows_per_batch,
+                       api_port=a.api_port, store_port=a.store_port, datasets=tuple(a.datasets.split(",")), every=a.every, rows_per_batch=a.rows_per_batch,
                        sensor_interval=a.sensor_interval)
 
 
@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="broker port; the KRaft controller uses the next one")
     u.add_argument("--mlflow-port", type=int, default=int(os.environ.get("ML_PLATFORM_MLFLOW_PORT", 5000)))
     u.add_argument("--dagster-port", type=int, default=int(os.environ.get("ML_PLATFORM_DAGSTER_PORT", 3000)))
+    u.add_argument("--api-port", type=int, default=int(os.environ.get("ML_PLATFORM_API_PORT", 8000)))
+    u.add_argument("--store-port", type=int, default=int(os.environ.get("ML_PLATFORM_STORE_PORT", 8001)),
+                   help="the prediction store (DynamoDB API)")
     u.add_argument("--datasets", default=os.environ.get("ML_PLATFORM_DATASETS", "used_cars"))
     u.add_argument("--every", type=float, default=float(os.environ.get("ML_PLATFORM_SIM_EVERY", 90)),
                    help="seconds between simulated batches")

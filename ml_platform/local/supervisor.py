@@ -254,6 +254,8 @@ class StackConfig:
     kafka_controller_port: int = 9093
     mlflow_port: int = 5000
     dagster_port: int = 3000
+    api_port: int = 8000
+    store_port: int = 8001
     datasets: tuple[str, ...] = ("used_cars",)
     every: float = 90.0
     rows_per_batch: int = 5000
@@ -267,11 +269,14 @@ def build_services(cfg: StackConfig) -> list[Service]:
     data = home / "data"
     bootstrap = f"{LOOPBACK}:{cfg.kafka_port}"
     mlflow_uri = f"http://{LOOPBACK}:{cfg.mlflow_port}"
+    store_url = f"http://{LOOPBACK}:{cfg.store_port}"
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
     platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
                     "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
                     "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DAGSTER_HOME": str(dagster_home(home)),
-                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_DATASETS": ",".join(cfg.datasets)}
+                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_DATASETS": ",".join(cfg.datasets),
+                    "ML_PLATFORM_STORE_ENDPOINT": store_url, "ML_PLATFORM_DAGSTER_URL":
+                    f"http://{LOOPBACK}:{cfg.dagster_port}"}
     services = [
         Service("kafka", prepare_kafka(home, cfg.jars, cfg.kafka_port, cfg.kafka_controller_port), cfg.kafka_port,
                 f"kafka://{bootstrap}", lambda: kafka_ok(bootstrap)),
@@ -285,8 +290,15 @@ def build_services(cfg: StackConfig) -> list[Service]:
                 lambda: http_ok(f"http://{LOOPBACK}:{cfg.dagster_port}/server_info"), platform_env),
         Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(cfg.repo / "workspace.yaml")],
                 None, "(sensors, automation, run queue)", lambda: dagster_daemon_ok(cfg.dagster_port), platform_env),
+        Service("prediction-store", dynalite_command(cfg.repo, home / "store", cfg.store_port), cfg.store_port,
+                f"{store_url} (DynamoDB API, table ml_platform_predictions)", lambda: port_taken(cfg.store_port)),
+        Service("api", [sys.executable, "-m", "api", "--host", LOOPBACK, "--port", str(cfg.api_port)],
+                cfg.api_port, f"http://{LOOPBACK}:{cfg.api_port}/docs (key: {api_key_file(home)})",
+                lambda: http_ok(f"http://{LOOPBACK}:{cfg.api_port}/health"),
+                platform_env | {"ML_PLATFORM_API_KEY_HASHES": api_key_hash(home)}),
     ]
     for ds in cfg.datasets:
+        services.append(_store_writer(ds, platform_env))
         if ds not in GENERATORS:  # a user's dataset: its batches are dropped into landing/ by hand, no simulator
             services.append(_scorer(ds, home, cfg, platform_env))
             continue
@@ -304,6 +316,47 @@ def build_services(cfg: StackConfig) -> list[Service]:
             None, f"20 requests/s into {topic(ds, 'requests')} once a champion exists; watch: ml-platform tail {ds}",
             lambda: True, platform_env))
     return services
+
+
+def _store_writer(ds: str, env: dict[str, str]) -> Service:
+    return Service(f"store-writer-{ds}", [sys.executable, "-m", "ml_platform.serve.store_writer", ds], None,
+                   f"{topic(ds, 'predictions')} + {ds}.shadow + {topic(ds, 'actuals')} -> the prediction store",
+                   lambda: True, env)
+
+
+def dynalite_command(repo: Path, data: Path, port: int) -> list[str]:
+    """The DynamoDB-API server of `make run` and the tests (npm's dynalite on LevelDB: DynamoDB Local's licence
+    is not an open-source one). `make setup-run` installs it under node/dynalite."""
+    cli = repo / "node" / "dynalite" / "node_modules" / "dynalite" / "cli.js"
+    if not cli.exists():
+        raise StackError(f"{cli} is missing: run `make setup-run` (npm ci in node/dynalite)")
+    data.mkdir(parents=True, exist_ok=True)
+    return ["node", str(cli), "--host", LOOPBACK, "--port", str(port), "--path", str(data)]
+
+
+def port_taken(port: int) -> bool:
+    return not port_free(port)
+
+
+def api_key_file(home: Path) -> Path:
+    return home.resolve() / "api-key"
+
+
+def api_key_hash(home: Path) -> str:
+    """`make run`'s API key: ML_PLATFORM_API_KEYS when set; otherwise one made for this state folder and kept in
+    <home>/api-key (mode 600), so curl can read it and it is never printed. The API gets only its hash."""
+    import hashlib
+    import secrets
+
+    given = [k.strip() for k in os.environ.get("ML_PLATFORM_API_KEYS", "").split(",") if k.strip()]
+    f = api_key_file(home)
+    if not given:
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.touch(mode=0o600)
+            f.write_text(secrets.token_urlsafe(24))
+        given = [f.read_text().strip()]
+    return ",".join(hashlib.sha256(k.encode()).hexdigest() for k in given)
 
 
 def _scorer(ds: str, home: Path, cfg: StackConfig, env: dict[str, str]) -> Service:
@@ -331,7 +384,8 @@ class Stack:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         check_ports({"Kafka broker": self.cfg.kafka_port, "Kafka controller": self.cfg.kafka_controller_port,
-                     "MLflow": self.cfg.mlflow_port, "Dagster webserver": self.cfg.dagster_port}, self.pid_dir)
+                     "MLflow": self.cfg.mlflow_port, "Dagster webserver": self.cfg.dagster_port,
+                     "REST API": self.cfg.api_port, "prediction store": self.cfg.store_port}, self.pid_dir)
         (self.pid_dir / "supervisor.pid").write_text(str(os.getpid()))
         for svc in build_services(self.cfg):
             self._launch(svc)
