@@ -6,6 +6,7 @@ a spec, not code: `ml-platform spec infer data.csv --target COLUMN` writes a sta
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -79,6 +80,22 @@ class TrainingSpec:
     parallelism: int = 2               # base models trained at once, and CV param maps in parallel
 
 
+CHALLENGER_MODES = ("off", "shadow", "split")
+CHALLENGER_FIELDS = ("mode", "share", "gate_windows")
+
+
+@dataclass(frozen=True)
+class ChallengerSpec:
+    """How a version under the `challenger` alias (not yet promoted) serves. shadow: it also scores every request,
+    its predictions go to `<ds>.shadow` and the live metrics, never to the caller; split: the requests whose
+    request_id hashes under `share` are answered by it (serve/routing.py). gate_windows N > 0: a released model
+    becomes challenger and is promoted once its live metrics are no worse than the champion's over N windows."""
+
+    mode: str = "off"
+    share: float = 0.1
+    gate_windows: int = 0
+
+
 @dataclass(frozen=True)
 class ServingSpec:
     """How the streaming scorer serves a dataset and judges live quality. Every field has a default."""
@@ -93,6 +110,7 @@ class ServingSpec:
     degrade_n: int = 3                 # retrain when N of the last M windows are past the threshold
     degrade_m: int = 5
     min_window_count: int = 20         # windows with fewer joined predictions are not judged
+    challenger: ChallengerSpec = field(default_factory=ChallengerSpec)
 
 
 @dataclass(frozen=True)
@@ -382,7 +400,8 @@ def _serving(src: str, raw: dict) -> ServingSpec:
     if not isinstance(raw, dict):
         raise _fail(src, "serving must be a mapping")
     _only(src, "serving", raw, tuple(ServingSpec.__dataclass_fields__))
-    s = ServingSpec(**raw)
+    s = ServingSpec(**{k: v for k, v in raw.items() if k != "challenger"},
+                    challenger=_challenger(src, raw.get("challenger") or {}))
     if (s.degrade_metric is None) != (s.degrade_threshold is None):
         raise _fail(src, "serving.degrade_metric and serving.degrade_threshold go together")
     if s.degrade_metric and s.degrade_metric not in set().union(*SERVING_METRICS.values()):
@@ -390,6 +409,25 @@ def _serving(src: str, raw: dict) -> ServingSpec:
     if not 1 <= s.degrade_n <= s.degrade_m:
         raise _fail(src, f"serving.degrade_n must be in [1, degrade_m], got {s.degrade_n} of {s.degrade_m}")
     return s
+
+
+def _challenger(src: str, raw) -> ChallengerSpec:
+    if not isinstance(raw, dict):
+        raise _fail(src, f"serving.challenger must be a mapping with {', '.join(CHALLENGER_FIELDS)}, got {raw!r}")
+    _only(src, "serving.challenger", raw, CHALLENGER_FIELDS)
+    c = ChallengerSpec(**raw)
+    if c.mode not in CHALLENGER_MODES:
+        raise _fail(src, f"serving.challenger.mode must be one of {', '.join(CHALLENGER_MODES)}, got {c.mode!r}")
+    if isinstance(c.share, bool) or not isinstance(c.share, int | float) or not 0 < c.share < 1:
+        raise _fail(src, f"serving.challenger.share must be a number in (0, 1) (the split's share of traffic), got "
+                         f"{c.share!r}")
+    if isinstance(c.gate_windows, bool) or not isinstance(c.gate_windows, int) or c.gate_windows < 0:
+        raise _fail(src, f"serving.challenger.gate_windows must be a whole number of windows >= 0 (0: no live gate), "
+                         f"got {c.gate_windows!r}")
+    if c.gate_windows and c.mode == "off":
+        raise _fail(src, "serving.challenger.gate_windows needs mode shadow or split: a challenger that does not "
+                         "serve has no live metrics to be judged on")
+    return dataclasses.replace(c, share=float(c.share))
 
 
 def _training(src: str, raw: dict, known: set[str]) -> TrainingSpec:

@@ -3,11 +3,13 @@ spark-submit this file). It imports ml_platform only.
 
 Two Structured Streaming queries on one SparkSession, each with its own checkpoint:
   score    <ds>.requests -> parse, validate, clean (bad -> <ds>.dlq) -> champion model -> <ds>.predictions
-  metrics  <ds>.predictions + <ds>.actuals -> joined windows per model_version -> <ds>.metrics
+           (and a challenger: shadow -> <ds>.shadow, or split -> a share of <ds>.predictions)
+  metrics  <ds>.predictions + <ds>.shadow + <ds>.actuals -> joined windows per model_version -> <ds>.metrics
 
 It waits (and says so) until a champion exists. A background thread follows the `champion` alias and loads a
 new version off the hot path; foreachBatch takes it between micro-batches, so a swap or rollback never restarts
-a query. A failed query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once:
+a query. When the spec's serving.challenger.mode is shadow or split, a second watcher follows the `challenger`
+alias the same way (removing the alias stops the challenger; pointing it at the champion means none). A failed query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once:
 a micro-batch replayed after a crash is written again, so consumers deduplicate by request_id.
 """
 
@@ -31,6 +33,7 @@ from ml_platform.serve.spark_kafka import kafka_source, write_kafka
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
 from ml_platform.spark import local_jars, prepare_environment, session_conf
 from ml_platform.spec import DatasetSpec, load_spec_dir
+from ml_platform.train.registry import CHALLENGER
 
 
 def iso(epoch: float) -> str:
@@ -59,11 +62,18 @@ class Status:
     def add(self, **counts: int) -> None:
         self.update(**{k: self.data.get(k, 0) + v for k, v in counts.items()})
 
-    def serving(self, watcher: ChampionWatcher, **kw) -> None:
-        """state serving, with the model in use, its swaps as [from, to, ISO time] and the watcher's last error."""
+    def serving(self, watcher: ChampionWatcher, challenger: ChampionWatcher | None = None, mode: str = "off",
+                **kw) -> None:
+        """state serving, with the model in use, its swaps as [from, to, ISO time] and the watcher's last error;
+        with a challenger watcher, the challenger's version (null: none serving), mode and swaps too."""
+        if challenger is not None:
+            kw |= {"challenger_version": challenger.current.version if challenger.current else None,
+                   "challenger_mode": mode,
+                   "challenger_swaps": [[old, new, iso(at)] for old, new, at in challenger.swaps]}
+        errors = [e for e in (watcher.last_error, challenger and challenger.last_error) if e]
         self.update(state="serving", model_version=watcher.current.version if watcher.current else None,
-                    swaps=[[old, new, iso(at)] for old, new, at in watcher.swaps], last_error=watcher.last_error,
-                    **kw)
+                    swaps=[[old, new, iso(at)] for old, new, at in watcher.swaps],
+                    last_error=errors[0] if errors else None, **kw)
 
 
 def log(msg: str) -> None:
@@ -72,14 +82,18 @@ def log(msg: str) -> None:
 
 def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
                   status: Status, max_per_trigger: int | None = None, trigger_ms: int = 0,
-                  model_name: str | None = None, on_batch=None):
-    """`on_batch(batch_id, version, predictions, dlq, seconds)` is called after each micro-batch is written."""
+                  model_name: str | None = None, on_batch=None, challenger: ChampionWatcher | None = None):
+    """`on_batch(batch_id, version, predictions, dlq, seconds)` is called after each micro-batch is written.
+    `challenger` (a watcher of the `challenger` alias) serves as the spec's serving.challenger says."""
     name = model_name or spec.name
+    mode = spec.serving.challenger.mode
 
     def each(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
-        loaded = watcher.take()  # the one model for this whole micro-batch
-        out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes)
+        loaded = watcher.take()  # the one model for this whole micro-batch, and at most one challenger
+        ch = challenger.take() if challenger is not None else None
+        out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes,
+                                  challenger=ch, mode=mode)
         try:
             counts = {r["topic"]: r["count"] for r in out.groupBy("topic").count().collect()}
             write_kafka(out, bootstrap)
@@ -87,8 +101,8 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
             for df in cached:
                 df.unpersist()
         p, d = counts.get(topic(spec, "predictions"), 0), counts.get(topic(spec, "dlq"), 0)
-        status.add(requests=p + d, predictions=p, dlq=d, batches=1)
-        status.serving(watcher, last_batch_id=batch_id)
+        status.add(requests=p + d, predictions=p, dlq=d, shadow=counts.get(topic(spec, "shadow"), 0), batches=1)
+        status.serving(watcher, challenger, mode, last_batch_id=batch_id)
         if on_batch:
             on_batch(batch_id, loaded.version, p, d, time.perf_counter() - t0)
 
@@ -117,7 +131,8 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
         status.update(last_metrics=msgs[-1])
 
     agg = joined_windows(kafka_source(spark, bootstrap, topic(spec, "predictions"), None),
-                         kafka_source(spark, bootstrap, topic(spec, "actuals"), None), spec)
+                         kafka_source(spark, bootstrap, topic(spec, "actuals"), None), spec,
+                         shadow=kafka_source(spark, bootstrap, topic(spec, "shadow"), None))
     return (agg.writeStream.queryName(f"{spec.name}_metrics").outputMode("append")
             .option("checkpointLocation", checkpoint).foreachBatch(each).start())
 
@@ -139,8 +154,11 @@ def build_session(dataset: str, master: str, jars_dir: str | None):
 
 def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, state: Path, status: Status,
           stop: threading.Event, max_per_trigger: int | None = 20000, trigger_ms: int = 0, metrics: bool = True,
-          describe: str = "a champion", heartbeat_seconds: float = 10.0) -> None:
-    """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint."""
+          describe: str = "a champion", heartbeat_seconds: float = 10.0,
+          challenger: ChampionWatcher | None = None) -> None:
+    """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint. A
+    challenger watcher is not waited for: it serves from the micro-batch after it has loaded a model."""
+    mode = spec.serving.challenger.mode
     checkpoints = state / "checkpoints" / spec.name
     checkpoints.mkdir(parents=True, exist_ok=True)
     status.update(state="waiting")
@@ -148,6 +166,10 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
         return
     watcher.take()
     watcher.start()
+    if challenger is not None:
+        challenger.check()
+        challenger.take()
+        challenger.start()
     log(f"serving {spec.name} with model version {watcher.current.version}; requests from "
         f"{topic(spec, 'requests')} at {bootstrap}")
     while not stop.is_set():
@@ -158,15 +180,18 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
             # StackOverflowErrors in Spark's stream threads as queries were stopped mid-start)
             ensure_topics(bootstrap, spec.name)
             queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
-                                         max_per_trigger, trigger_ms))
+                                         max_per_trigger, trigger_ms, challenger=challenger))
             if metrics:
-                queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics"), status))
-            status.serving(watcher)  # serving from now on, not from the first micro-batch with requests
+                # not "metrics": that checkpoint's state deduplicated by request_id alone and read no shadow topic,
+                # and Spark refuses a changed state schema or source list on restart
+                queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics_by_version"),
+                                             status))
+            status.serving(watcher, challenger, mode)  # serving from now on, not from the first micro-batch
             beat = time.monotonic()
             while not stop.is_set() and all(q.isActive for q in queries):
                 stop.wait(1.0)
                 if time.monotonic() - beat > heartbeat_seconds:  # idle traffic still shows a live scorer
-                    status.serving(watcher)
+                    status.serving(watcher, challenger, mode)
                     beat = time.monotonic()
             for q in queries:
                 if q.exception() is not None:
@@ -182,6 +207,8 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
                     pass
         stop.wait(5.0)
     watcher.stop()
+    if challenger is not None:
+        challenger.stop()
     status.update(state="stopped")
     log("stopped")
 
@@ -216,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(spec.name, a.master, a.jars)
     watcher = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
                                on_error=lambda msg: status.update(last_error=msg))
+    challenger = None
+    if spec.serving.challenger.mode != "off":
+        challenger = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
+                                      on_error=lambda msg: status.update(last_error=msg), alias=CHALLENGER)
     serve(spark, spec, watcher, a.bootstrap, state, status, stop, a.max_per_trigger, a.trigger_ms,
-          not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})")
+          not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})", challenger=challenger)
     spark.stop()
     return 0
 

@@ -15,7 +15,7 @@ from ml_platform.serve.messages import KINDS, MAX_MESSAGE_BYTES, encode, topic
 
 
 def ensure_topics(bootstrap: str, dataset: str, partitions: int = 2) -> list[str]:
-    """Create the dataset's five topics if they are missing; returns their names."""
+    """Create the dataset's topics (one per messages.KINDS) if they are missing; returns their names."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -156,6 +156,8 @@ def scorer_state(status_path: Path | None) -> str:
     words = f"scorer {s.get('state')} (updated {s.get('updated_at')}"
     if s.get("model_version"):
         words += f", model version {s['model_version']}"
+    if s.get("challenger_version"):
+        words += f", challenger version {s['challenger_version']} ({s.get('challenger_mode')})"
     if s.get("last_error"):
         words += f", last error: {str(s['last_error'])[:200]}"
     return words + ")"

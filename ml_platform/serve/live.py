@@ -1,7 +1,9 @@
 """Live quality: predictions joined with the actuals that arrive later, per event-time window and model version.
 
-Streaming: both sides are deduplicated by request_id within the watermark (the prediction topic is at least
-once), joined on request_id with a time bound (the actual within `actual_within_seconds` of the request), and
+Streaming: predictions (the predictions topic, and the shadow topic where a challenger runs in shadow mode) are
+deduplicated by (request_id, model_version) within the watermark (the topics are at least once, and a request
+scored by the champion and by a shadow challenger counts once for each version), actuals by request_id; they are
+joined on request_id with a time bound (the actual within `actual_within_seconds` of the request), and
 aggregated into tumbling windows on the request's event_time, emitted once the watermark passes. The same
 definition is recomputed offline from the topics' contents by `offline_metrics`, which tests and the fault
 checker compare against. `degraded` is the retrain rule.
@@ -42,13 +44,16 @@ def _json(rows: DataFrame, schema: StructType) -> DataFrame:
     return rows.select(F.from_json(F.col("value").cast("string"), schema).alias("m")).select("m.*")
 
 
-def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec) -> DataFrame:
-    """Streaming Kafka rows of both topics -> one row per (window, model_version) with additive sums."""
+def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec,
+                   shadow: DataFrame | None = None) -> DataFrame:
+    """Streaming Kafka rows of the prediction and actual topics (and the shadow topic's, if given) -> one row per
+    (window, model_version) with additive sums."""
     s = spec.serving
     wm = f"{s.watermark_seconds} seconds"
-    p = (_json(predictions, PREDICTION).withColumn("p_ts", F.try_to_timestamp("event_time"))
+    rows = predictions if shadow is None else predictions.unionByName(shadow)
+    p = (_json(rows, PREDICTION).withColumn("p_ts", F.try_to_timestamp("event_time"))
          .where(F.col("request_id").isNotNull() & F.col("p_ts").isNotNull())
-         .withWatermark("p_ts", wm).dropDuplicatesWithinWatermark(["request_id"]))
+         .withWatermark("p_ts", wm).dropDuplicatesWithinWatermark(["request_id", "model_version"]))
     a = (_json(actuals, ACTUAL).withColumn("a_ts", F.try_to_timestamp("event_time"))
          # a NaN or Infinity actual (a careless producer's token) makes a window's rmse non-finite, against the contract
          .where(F.col("request_id").isNotNull() & F.col("a_ts").isNotNull() & F.col("actual").isNotNull()
@@ -121,17 +126,18 @@ def _ts(text: str) -> float:
 
 
 def offline_metrics(spec: DatasetSpec, predictions: list[dict], actuals: list[dict]) -> dict[tuple[str, str], dict]:
-    """The same windows recomputed from the topics' messages, in offset order (first occurrence of a request_id
-    wins, as in the stream). Keyed by (window_start, model_version)."""
+    """The same windows recomputed from the topics' messages (`predictions`: the predictions topic's and the shadow
+    topic's), in offset order (the first occurrence of a (request_id, model_version) wins, as in the stream).
+    Keyed by (window_start, model_version)."""
     s = spec.serving
     first_p, first_a = {}, {}
     for m in predictions:
-        first_p.setdefault(m["request_id"], m)
+        first_p.setdefault((m["request_id"], m["model_version"]), m)
     for m in actuals:
         if isinstance(m.get("actual"), int | float) and math.isfinite(m["actual"]):
             first_a.setdefault(m["request_id"], m)
     sums: dict[tuple[float, str], dict] = {}
-    for rid, p in first_p.items():
+    for (rid, _), p in first_p.items():
         a = first_a.get(rid)
         if a is None:
             continue

@@ -3,8 +3,9 @@ contracts/, builders for the messages that Python writes (requests, actuals) and
 (jsonschema, Draft 2020-12 with format checks). No pyspark import: naming a topic or checking a message is cheap.
 
 Kinds and their schemas: requests -> request, actuals -> actual, predictions -> prediction, metrics -> metrics,
-dlq -> dlq. The scorer's Spark expressions (serve/scoring.py) write predictions and DLQ records of these shapes;
-a test holds them to the schemas.
+dlq -> dlq, shadow -> prediction (a challenger's predictions in shadow mode). The scorer's Spark expressions
+(serve/scoring.py) write predictions, shadow predictions and DLQ records of these shapes; a test holds them to
+the schemas.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-KINDS = ("requests", "actuals", "predictions", "metrics", "dlq")
+KINDS = ("requests", "actuals", "predictions", "metrics", "dlq", "shadow")
+# shadow: a challenger's predictions in shadow mode, for the store and the live metrics, never for the caller
 SCHEMA_OF = {"requests": "request", "actuals": "actual", "predictions": "prediction", "metrics": "metrics",
-             "dlq": "dlq"}
+             "dlq": "dlq", "shadow": "prediction"}
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # broker message.max.bytes and the writers' max.request.size
 # A request_id is the Kafka key and the join key of actuals: printable, no whitespace, at most 200 characters.
 # Anything else (an object, a number, a tab) is a DLQ record "invalid request_id", not a guess at what was meant.

@@ -2,7 +2,9 @@
 rows with a DLQ reason -> scored rows -> prediction and DLQ messages. The cleaning is `cleaning.classify`, the
 batch path's own function, so a request is cleaned exactly as a training row was.
 
-The shapes of the messages it writes are serve/messages.py's (the JSON Schemas in contracts/).
+The shapes of the messages it writes are serve/messages.py's (the JSON Schemas in contracts/). A challenger (the
+version under the `challenger` alias) serves beside the champion in shadow or split mode (spec serving.challenger;
+the split's assignment is serve/routing.py's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from ml_platform.data.cleaning import REASON, classify
 from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_KEY_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
+from ml_platform.serve.routing import in_challenger_column
 from ml_platform.spec import DatasetSpec
 
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
@@ -118,7 +121,8 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
 def prediction_messages(scored: DataFrame, pred_topic: str) -> DataFrame:
     body = F.struct(
         "request_id", "prediction", "probability", "model_name", "model_version",
-        iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"))
+        iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"),
+        F.sha2(F.col("__value"), 256).alias("input_sha256"))
     return scored.select(F.lit(pred_topic).alias("topic"), F.col("request_id").alias("key"),
                          F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
 
@@ -137,15 +141,50 @@ def dlq_messages(rejected: DataFrame, dlq_topic: str) -> DataFrame:
                            F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
 
 
-def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str, version: str,
-                max_bytes: int) -> tuple[DataFrame, list[DataFrame]]:
-    """One micro-batch of requests -> (topic, key, value) rows for the predictions and DLQ topics, and the cached
-    frames to unpersist once written. Every input message yields exactly one output row: requests in =
-    predictions + DLQ. Parsing and scoring are cached so that each runs once per micro-batch."""
+def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str, version: str, max_bytes: int,
+                challenger=None, mode: str | None = None, share: float | None = None,
+                ) -> tuple[DataFrame, list[DataFrame]]:
+    """One micro-batch of requests -> (topic, key, value) rows for the predictions, shadow and DLQ topics, and the
+    cached frames to unpersist once written.
+
+    `kafka_rows` needs only the Kafka source columns topic, partition, offset, key and value. `model`/`version`
+    are the champion's; `challenger` is the challenger's `watcher.Loaded` (or None), served as `mode` (off, shadow
+    or split; default the spec's serving.challenger.mode) with `share` (split; default the spec's). One call =
+    one champion version and at most one challenger version. A challenger of the champion's own version, or
+    mode off, is no challenger.
+
+    Every input message yields exactly one served output row, a prediction (topic `<ds>.predictions`) or a DLQ
+    record: requests in = predictions + DLQ. shadow: the champion answers every request, and the challenger's
+    predictions for the same requests go to `<ds>.shadow` (never to the caller; a challenger's non-finite
+    prediction is not written). split: a request whose request_id hashes under `share` (routing.in_challenger) is
+    answered by the challenger, its prediction stamped with the challenger's version. Parsing and scoring are
+    cached so that each runs once per micro-batch."""
+    c = spec.serving.challenger
+    mode = mode or c.mode
+    share = c.share if share is None else share
+    if mode not in ("off", "shadow", "split"):
+        raise ValueError(f"challenger mode must be off, shadow or split, got {mode!r}")
+    if challenger is None or str(challenger.version) == str(version):
+        mode = "off"
     parsed = parse_requests(kafka_rows, spec, max_bytes).persist()
     bad = parsed.where(F.col(REASON).isNotNull())
-    scored = score(model, parsed.where(F.col(REASON).isNull()).drop(REASON), spec, model_name, version).persist()
-    out_pred = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"))
-    out_bad = dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq"))
-    out_bad_model = dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq"))
-    return out_pred.unionByName(out_bad).unionByName(out_bad_model), [parsed, scored]
+    good = parsed.where(F.col(REASON).isNull()).drop(REASON)
+    cached = [parsed]
+    shadow = None
+    if mode == "split":
+        routed = in_challenger_column("request_id", share)
+        scored = score(model, good.where(~routed), spec, model_name, version).unionByName(
+            score(challenger.model, good.where(routed), spec, model_name, challenger.version))
+    else:
+        scored = score(model, good, spec, model_name, version)
+        if mode == "shadow":
+            shadow = score(challenger.model, good, spec, model_name, challenger.version).persist()
+            cached.append(shadow)
+    scored = scored.persist()
+    cached.append(scored)
+    out = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"))
+    out = out.unionByName(dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq")))
+    out = out.unionByName(dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq")))
+    if shadow is not None:
+        out = out.unionByName(prediction_messages(shadow.where(F.col(REASON).isNull()), topic(spec, "shadow")))
+    return out, cached
