@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from conftest import free_port
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.platform import Platform
 from api.settings import ApiSettings, key_hash
-from conftest import free_port
 from ml_platform.data.landing import Cursor, plan_landing
 from ml_platform.layout import batch_record_path
 from ml_platform.serve.watcher import ChampionWatcher
