@@ -1,0 +1,151 @@
+"""Retraining through the REST API against a real Dagster webserver and daemon (make run's instance config: runs
+are queued, the daemon launches them in a subprocess) over tests/retrain_defs.py, a code location with
+used_cars's layers as trivial assets. fraud has a spec but no assets there."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.platform import Platform
+from api.runs import retrain_keys
+from api.settings import ApiSettings, key_hash
+from conftest import ROOT, free_port
+from ml_platform.local.supervisor import dagster_home, http_ok, stop_pid
+from ml_platform.serve.watcher import ChampionWatcher
+from ml_platform.spec import builtin_specs
+
+KEY = {"X-API-Key": "test-key"}
+USED_CARS = builtin_specs()["used_cars"]
+CHAIN = {"/".join(k) for k in retrain_keys(USED_CARS)}
+PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
+
+
+class DagsterStack:
+    """dagster-webserver and dagster-daemon on a free loopback port, with a throwaway DAGSTER_HOME."""
+
+    def __init__(self, home: Path):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        workspace = home / "workspace.yaml"
+        workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {ROOT / 'tests' / 'retrain_defs.py'}\n"
+                             f"      location_name: ml_platform\n      working_directory: {ROOT}\n")
+        env = os.environ | {"DAGSTER_HOME": str(dagster_home(home))}
+        bin_dir = Path(sys.executable).parent
+        self.log = home / "dagster.log"
+        out = open(self.log, "ab")
+        self.web = subprocess.Popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p",
+                                     self.url.rsplit(":", 1)[1], "-w", str(workspace)],
+                                    env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
+                                       env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180  # four Python processes import dagster at once
+        while not (http_ok(f"{self.url}/server_info") and self.loaded()):
+            if self.web.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("dagster-webserver did not start:\n" + self.log.read_text(errors="replace")[-3000:])
+            time.sleep(0.3)
+
+    def graphql(self, query: str, **variables) -> dict:
+        return requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10).json()
+
+    def loaded(self) -> bool:
+        nodes = self.graphql("{ assetNodes { id } }").get("data", {}).get("assetNodes")
+        return bool(nodes)
+
+    def stop(self) -> None:
+        for p in (self.web, self.daemon):
+            if p.poll() is None:
+                stop_pid(p.pid, grace=10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = DagsterStack(tmp_path_factory.mktemp("dagster"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack, tmp_path_factory):
+    home = tmp_path_factory.mktemp("api")
+    settings = ApiSettings(data_root=str(home / "data"), home=home, key_hashes=frozenset({key_hash("test-key")}),
+                           dagster_url=stack.url, publish=False)
+    # retraining never scores: a watcher with no champion keeps Spark out
+    platform = Platform(settings, watcher_for=lambda spec: ChampionWatcher(lambda: None, lambda v: None, 60))
+    with TestClient(create_app(settings, platform), headers=KEY) as c:
+        yield c
+
+
+def test_the_api_retrains_what_the_live_metrics_sensor_retrains():
+    from sensors.live_metrics import build_live_metrics_sensor
+
+    for spec in builtin_specs().values():
+        sensor = build_live_metrics_sensor(spec)
+        assert sorted(retrain_keys(spec)) == sorted(k.path for k in sensor.asset_selection.selected_keys)
+
+
+def test_retrain_runs_the_chain_and_reports_its_steps(api, stack):
+    t0 = time.monotonic()
+    r = api.post("/datasets/used_cars/retrain")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    run_id = body["run_id"]
+    assert body["dagster_url"] == f"{stack.url}/runs/{run_id}" and set(body["asset_selection"]) == CHAIN
+
+    # Dagster knows the run, with the chain as its selection and the API's tag
+    known = stack.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { assetSelection "
+                          "{ path } tags { key value } } } }", id=run_id)["data"]["runOrError"]
+    assert known["__typename"] == "Run"
+    assert {"/".join(a["path"]) for a in known["assetSelection"]} == CHAIN
+    assert {"key": "ml_platform/requested_by", "value": "api"} in known["tags"]
+
+    first = api.get(f"/runs/{run_id}").json()
+    assert first["status"] in PENDING and first["dagster_url"] == body["dagster_url"]
+    assert set(first["asset_selection"]) == CHAIN
+    statuses = [first["status"]]
+    while statuses[-1] in PENDING and time.monotonic() - t0 < 120:
+        time.sleep(0.5)
+        r = api.get(f"/runs/{run_id}")
+        assert r.status_code == 200, r.text
+        statuses.append(r.json()["status"])
+    run = r.json()
+    assert run["status"] == "SUCCESS", (statuses, stack.log.read_text(errors="replace")[-3000:])
+    assert run["started_at"] <= run["ended_at"]
+    assert {s["key"] for s in run["steps"]} == {k.replace("/", "__") for k in CHAIN}  # raw, cleaning not rerun
+    assert all(s["status"] == "SUCCESS" and s["started_at"] <= s["ended_at"] for s in run["steps"])
+    print(f"retrain to SUCCESS in {time.monotonic() - t0:.1f} s; statuses {list(dict.fromkeys(statuses))}")
+
+
+def test_unknown_dataset_and_run_are_404(api):
+    r = api.post("/datasets/nope/retrain")
+    assert r.status_code == 404 and "unknown dataset 'nope'" in r.json()["detail"]
+    r = api.get(f"/runs/{uuid.uuid4()}")
+    assert r.status_code == 404 and "has no run" in r.json()["detail"]
+    r = api.get("/runs/not-a-run")
+    assert r.status_code == 404 and "UUIDs" in r.json()["detail"]
+
+
+def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
+    r = api.post("/datasets/fraud/retrain")
+    assert r.status_code == 409
+    detail = r.json()["detail"]
+    assert "fraud/training_set" in detail and "ml_platform: loaded" in detail and "ML_PLATFORM_DATASETS" in detail
+
+
+def test_retrain_needs_an_api_key(api):
+    assert api.post("/datasets/used_cars/retrain", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_dagster_stopped_is_503(api, stack):
+    # last in this module: it stops the module's webserver
+    stack.stop()
+    for r in (api.post("/datasets/used_cars/retrain"), api.get(f"/runs/{uuid.uuid4()}")):
+        assert r.status_code == 503
+        assert f"Dagster is unreachable at {stack.url}" in r.json()["detail"]
