@@ -8,7 +8,7 @@ from dagster import DagsterInstance, build_sensor_context
 from ml_platform.serve.kafka_io import ensure_topics, producer
 from ml_platform.serve.live import degraded, judge, pr_auc_approx
 from ml_platform.serve.messages import topic
-from resources import KafkaResource
+from resources import KafkaResource, MlflowRegistry
 from sensors import build_live_metrics_sensor
 
 
@@ -35,11 +35,12 @@ def test_degradation_needs_n_of_the_last_m_judged_windows(specs):
     assert retrain and recent == []  # one degradation asks once
 
 
-def test_sensor_observes_windows_and_requests_one_retrain(specs, kafka):
+def test_sensor_observes_windows_and_requests_one_retrain(specs, kafka, tmp_path):
     spec = dataclasses.replace(specs["used_cars"], name="t_sensor")
     ensure_topics(kafka.bootstrap, spec.name)
     sensor = build_live_metrics_sensor(spec)
-    resources = {"kafka": KafkaResource(bootstrap_servers=kafka.bootstrap)}
+    resources = {"kafka": KafkaResource(bootstrap_servers=kafka.bootstrap),
+                 "registry": MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")}
 
     def tick(cursor):
         with DagsterInstance.ephemeral() as instance:

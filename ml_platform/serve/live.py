@@ -185,12 +185,59 @@ def degraded(spec: DatasetSpec, windows: list[dict]) -> bool:
     return bad >= s.degrade_n
 
 
-def judge(spec: DatasetSpec, recent: list[dict], new: list[dict]) -> tuple[list[dict], bool]:
-    """The live-metrics sensor's decision: the recent windows to remember (at most degrade_m) and whether to
-    request a retrain. After a retrain request the memory starts over, so one degradation asks once."""
-    windows = [m for m in recent + new if isinstance(m, dict) and "window_end" in m]
-    windows.sort(key=lambda m: m["window_end"])
-    windows = windows[-spec.serving.degrade_m:]
-    if degraded(spec, windows):
-        return [], True
-    return windows, False
+LIVE_PRIMARY = {"regression": "rmse", "classification": "pr_auc_approx"}  # the gate's metric without degrade_metric
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def _latest(windows: list[dict]) -> list[dict]:
+    """One message per (window_start, model_version), the last one read (a replayed window says the same), in
+    window order."""
+    out = {(m["window_start"], str(m.get("model_version"))): m for m in windows
+           if isinstance(m, dict) and "window_end" in m and "window_start" in m}
+    return sorted(out.values(), key=lambda m: (m["window_end"], str(m.get("model_version"))))
+
+
+def judge(spec: DatasetSpec, recent: list[dict], new: list[dict], champion: str | None = None,
+          ) -> tuple[list[dict], bool]:
+    """The live-metrics sensor's decision: the recent windows to remember (every version's, for the last
+    max(degrade_m, gate_windows) window starts) and whether to request a retrain. Only the champion's windows are
+    judged when `champion` is known (a challenger's bad windows must not retrain the champion); all of them
+    otherwise. After a retrain request the judged windows are forgotten, so one degradation asks once."""
+    s = spec.serving
+    windows = _latest(recent + new)
+    judged = [w for w in windows if champion is None or str(w.get("model_version")) == champion]
+    retrain = degraded(spec, judged[-s.degrade_m:])
+    if retrain:
+        windows = [w for w in windows if w not in judged]
+    starts = sorted({w["window_start"] for w in windows})[-max(s.degrade_m, s.challenger.gate_windows):]
+    return [w for w in windows if w["window_start"] in starts], retrain
+
+
+def challenger_verdict(spec: DatasetSpec, windows: list[dict], champion: str | None,
+                       challenger: str | None) -> tuple[bool, str]:
+    """The live promotion gate: (promote, why). True when, in each of the last N (serving.challenger.gate_windows)
+    windows where both versions were judged (each with at least min_window_count joined predictions and the
+    metric known), the challenger's metric is no worse than the champion's. The metric is the spec's
+    degrade_metric, else rmse (regression) or pr_auc_approx (classification). No champion, no challenger, the
+    same version, or N = 0: never."""
+    s = spec.serving
+    n = s.challenger.gate_windows
+    if not n or champion is None or challenger is None or champion == challenger:
+        return False, "no live gate: needs gate_windows > 0 and a challenger other than the champion"
+    metric = s.degrade_metric or LIVE_PRIMARY[spec.task]
+    by_start: dict[str, dict[str, dict]] = {}
+    for m in _latest(windows):
+        if m.get("count", 0) >= s.min_window_count and isinstance(m.get(metric), int | float):
+            by_start.setdefault(m["window_start"], {})[str(m["model_version"])] = m
+    paired = [(start, v[champion][metric], v[challenger][metric]) for start, v in sorted(by_start.items())
+              if champion in v and challenger in v][-n:]
+    if len(paired) < n:
+        return False, f"{len(paired)} of {n} windows judged with both versions so far ({metric})"
+    worse = [(start, cp, ch) for start, cp, ch in paired
+             if (ch > cp if metric in LOWER_IS_BETTER else ch < cp)]
+    if worse:
+        start, cp, ch = worse[-1]
+        return False, (f"challenger {challenger} worse than champion {champion} in {len(worse)} of the last {n} "
+                       f"windows ({metric} {ch:.4g} vs {cp:.4g} in the window from {start})")
+    return True, (f"challenger {challenger} no worse than champion {champion} on {metric} in each of the last {n} "
+                  f"windows: " + ", ".join(f"{ch:.4g} vs {cp:.4g}" for _, cp, ch in paired))

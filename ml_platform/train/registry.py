@@ -3,7 +3,9 @@ trained in threads). One experiment per dataset, a parent run per training versi
 (tagged `training_version`, found or created by the job that first logs to it), a nested run per model.
 
 Aliases on the registered model `<dataset>`:
-  challenger         the newest stacked model
+  challenger         the newest stacked model; where the spec's serving.challenger.mode is shadow or split, the
+                     version served beside the champion, set by the promotion gate (or by hand), never by a
+                     registration: a stack that failed its checks must not take live traffic
   champion           what the scorer serves
   previous_champion  the champion before the last promotion: rollback moves `champion` back to it
 """
@@ -116,9 +118,10 @@ class Tracker:
 
     # ---- registry
     def register_stack(self, parent_id: str, dataset: str, spark_model, input_example, prediction_example,
-                       metrics: dict, tags: dict[str, str]) -> str:
+                       metrics: dict, tags: dict[str, str], alias: str | None = CHALLENGER) -> str:
         """Log the stacked PipelineModel (MLflow's spark flavour, with signature and input example) under the
-        parent run, create a registered version, tag it and point `challenger` at it. Returns the version."""
+        parent run, create a registered version, tag it and point `alias` (None: no alias) at it. Returns the
+        version."""
         import mlflow.spark
         from mlflow.models import infer_signature
 
@@ -139,7 +142,8 @@ class Tracker:
             pass  # exists
         source = f"{self.client.get_run(parent_id).info.artifact_uri}/{artifact_path}"
         mv = self.client.create_model_version(dataset, source=source, run_id=parent_id, tags=tags)
-        self.client.set_registered_model_alias(dataset, CHALLENGER, str(mv.version))
+        if alias:
+            self.client.set_registered_model_alias(dataset, alias, str(mv.version))
         self.client.set_terminated(parent_id, "FINISHED")
         return str(mv.version)
 
@@ -148,6 +152,16 @@ class Tracker:
             return str(self.client.get_model_version_by_alias(dataset, alias).version)
         except MlflowException:
             return None
+
+    def set_alias(self, dataset: str, alias: str, version: str | None) -> None:
+        """Point `alias` at `version`; None removes the alias (a removed `challenger` stops serving)."""
+        if version is None:
+            try:
+                self.client.delete_registered_model_alias(dataset, alias)
+            except MlflowException:
+                pass  # not set
+        else:
+            self.client.set_registered_model_alias(dataset, alias, str(version))
 
     def tag_version(self, dataset: str, version: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

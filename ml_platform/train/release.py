@@ -2,6 +2,11 @@
 
 Nothing that failed its checks becomes champion: the stack's check outcome is a tag on its registered version,
 and the gate refuses a challenger whose tag is not `passed`, whatever ran before it.
+
+With a live gate (spec serving.challenger.gate_windows N > 0 and a champion to compare with), a model the holdout
+gate would promote is put under the `challenger` alias instead, served in shadow or split mode; the live-metrics
+sensor decides (serve/live.challenger_verdict) and requests serving_deployment, which runs
+`promote_after_live_gate`.
 """
 
 from __future__ import annotations
@@ -83,9 +88,11 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
         tracker.log_artifact_bytes(parent, name, png)
     tracker.log_artifact_bytes(parent, "leaderboard.md", board)
     example, pred = _examples(spark, spec, stacked, holdout_uri)
+    # a served challenger (shadow/split) is chosen by the gate, never by registering: failed checks must not serve
     mv = tracker.register_stack(parent, spec.name, stacked, example, pred, stack["holdout"], tags | {
         "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
-        CHECKS_TAG: "passed" if passed else "failed"})
+        CHECKS_TAG: "passed" if passed else "failed"}, alias=CHALLENGER if spec.serving.challenger.mode == "off"
+        else None)
     return stack | {"leaderboard": board, "rows": rows, "checks": checks, "plots": plots, "model_version": mv,
                     "mlflow_run": tracker.run_link(parent), "training": cur,
                     "model_page": tracker.model_page(spec.name, mv)}
@@ -124,9 +131,39 @@ def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, cha
         promote = better(spec.task, ch_score, cp_score, margin)
         decision = (f"promoted: {metric} {ch_score:.4g} vs champion {cp_score:.4g} (margin {margin})" if promote
                     else f"kept champion: {metric} {ch_score:.4g} vs {cp_score:.4g} is not better by {margin}")
+    live = spec.serving.challenger
+    if promote and champion is not None and live.gate_windows:
+        promote = False
+        decision += (f"; not yet: serving as the {live.mode} challenger until its live metrics are no worse than "
+                     f"the champion's over {live.gate_windows} windows")
+        decision = decision.replace("promoted: ", "challenger: ", 1)
+        tracker.set_alias(spec.name, CHALLENGER, challenger)
+        out["challenger_serving"] = live.mode
     if promote:
         tracker.promote(spec.name, challenger)
     tracker.tag_version(spec.name, challenger, {"decision": decision, "challenger_score": ch_score,
                                                 "champion_score": out.get("champion_score", "")})
     return out | {"decision": decision, "promoted": promote,
                   "champion_after": challenger if promote else champion}
+
+
+def promote_after_live_gate(tracker: Tracker, spec: DatasetSpec, version: str, evidence: str) -> dict:
+    """Promote the challenger `version` that passed the live gate (`evidence`: challenger_verdict's why), if the
+    `challenger` alias still points at it and its checks passed. No Spark: the judging was done on live windows.
+    Returns the same summary as promotion_gate."""
+    metric, _ = primary(spec.task)
+    champion, current = tracker.version_for(spec.name, CHAMPION), tracker.version_for(spec.name, CHALLENGER)
+    out = {"metric": metric, "margin": spec.training.margin, "challenger": version, "champion_before": champion,
+           "model_page": tracker.model_page(spec.name), "evidence": evidence}
+    if current != str(version):
+        decision = f"unchanged: the challenger alias points at {current}, not at {version}, since the gate judged"
+    elif tracker.version_tags(spec.name, version).get(CHECKS_TAG) != "passed":
+        decision = "rejected: challenger failed its checks"
+    elif champion == str(version):
+        decision = "unchanged: the challenger already is champion"
+    else:
+        tracker.promote(spec.name, version)
+        decision = f"promoted by the live gate: {evidence}"
+        tracker.tag_version(spec.name, version, {"decision": decision[:4000]})
+        return out | {"decision": decision, "promoted": True, "champion_after": str(version)}
+    return out | {"decision": decision, "promoted": False, "champion_after": champion}
