@@ -144,10 +144,12 @@ def run(ds: str, bootstrap: str, store: PredictionStore, stop: threading.Event, 
             log(f"cannot prepare table {store.table}, retrying in 5 s: {str(e)[:300]}")
             stop.wait(5.0)
     # a pattern, not names: a missing topic is not auto-created by subscribing, and <ds>.shadow is picked up
-    # when it appears (metadata refresh every 30 s)
+    # when it appears (metadata refresh every 30 s). A 10 s session, not kafka-python's 45 s: a writer that was
+    # killed holds its partitions until its session expires, so this is how long a restarted one waits.
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"store-writer-{ds}", enable_auto_commit=False,
                              auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                             fetch_max_bytes=MAX_MESSAGE_BYTES * 2, metadata_max_age_ms=30000)
+                             fetch_max_bytes=MAX_MESSAGE_BYTES * 2, metadata_max_age_ms=30000,
+                             session_timeout_ms=10000, heartbeat_interval_ms=3000)
     consumer.subscribe(pattern="^(" + "|".join(re.escape(t) for t in topics(ds)) + ")$")
     log(f"following {', '.join(topics(ds))} at {bootstrap} into {store.table} at {store.endpoint_url or 'AWS'}")
     status.update(state="running")
