@@ -17,7 +17,7 @@ from ml_platform.spec import DatasetSpec
 router = APIRouter(tags=["retraining"])
 
 TIMEOUT_SECONDS = 10
-TAGS = {"ml_platform/requested_by": "api", "ml_platform/trigger": "api_retrain"}
+TAGS = {"ml_platform/requested_by": "api", "ml_platform/trigger": "api_retrain"}  # + ml_platform/dataset
 # The live-metrics sensor's retrain chain (CHAIN in sensors/live_metrics.py, plus one model per algorithm), as
 # names: importing the sensor module would load every Dagster resource (MLflow, boto3) into the API.
 # tests/test_api_runs.py asserts both stay the same.
@@ -105,7 +105,8 @@ class Dagster:
 
         try:
             return self.client().submit_job_execution(job, repository_location_name=location,
-                                                      repository_name=repository, asset_selection=keys, tags=TAGS)
+                                                      repository_name=repository, asset_selection=keys,
+                                                      tags=TAGS | {"ml_platform/dataset": keys[0][0]})
         except DagsterGraphQLClientError as e:
             if _connection_failed(e):
                 raise DagsterUnreachable(self._down(e)) from None
@@ -235,11 +236,16 @@ def run_status(run_id: str, request: Request):
         raise HTTPException(502, f"Dagster could not read run {run_id} ({run['__typename']}): "
                                  f"{str(run.get('message'))[:500]}")
     stats = {s["stepKey"]: s for s in run["stepStats"]}
-    planned = run.get("stepKeysToExecute") or []
-    steps = [Step(key=k, status=s["status"] or "IN_PROGRESS", started_at=_iso(s["startTime"]),
-                  ended_at=_iso(s["endTime"])) for k, s in stats.items()]
-    steps += [Step(key=k, status="NOT_STARTED", started_at=None, ended_at=None) for k in planned if k not in stats]
+    planned = run.get("stepKeysToExecute") or []  # in plan order; stats only have steps that started
+    steps = [_step(k, stats.get(k)) for k in planned + [k for k in stats if k not in planned]]
     return RunStatus(run_id=run["runId"], status=run["status"], started_at=_iso(run["startTime"]),
                      ended_at=_iso(run["endTime"]), asset_selection=_names(a["path"] for a in
                                                                            run["assetSelection"] or []),
                      steps=steps, dagster_url=f"{dagster.url}/runs/{run['runId']}")
+
+
+def _step(key: str, stat: dict | None) -> Step:
+    if stat is None:
+        return Step(key=key, status="NOT_STARTED", started_at=None, ended_at=None)
+    return Step(key=key, status=stat["status"] or "IN_PROGRESS", started_at=_iso(stat["startTime"]),
+                ended_at=_iso(stat["endTime"]))
