@@ -4,6 +4,7 @@ never logged, echoed or counted by value. Bodies over the limit are refused befo
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 import time
 
@@ -90,7 +91,7 @@ class _TooLarge(Exception):
 
 
 async def _too_large(send, limit: int) -> None:
-    body = ('{"detail":"request body over the limit of %d bytes"}' % limit).encode()
+    body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -40,6 +40,7 @@ class DatasetServer:
         loaded = self.champion.take()
         if loaded is None:
             raise NotReady(f"{self.spec.name}: no champion loaded yet")
+        challenger = self.challenger.take() if self.challenger is not None else None
         m = self.platform.metrics
         if self.last_version != loaded.version:
             if self.last_version is not None:
@@ -48,7 +49,8 @@ class DatasetServer:
             m.model_version.labels(self.spec.name, "champion").set(float(loaded.version))
         t0 = time.perf_counter()
         outcome = score_messages(self.platform.spark, self.spec, messages, lambda df: score_batch(
-            df, self.spec, loaded.model, self.spec.name, loaded.version, self.spec.serving.max_request_bytes))
+            df, self.spec, loaded.model, self.spec.name, loaded.version, self.spec.serving.max_request_bytes,
+            challenger=challenger))
         m.spark_call.labels(self.spec.name).observe(time.perf_counter() - t0)
         return outcome
 
@@ -65,7 +67,7 @@ class DatasetServer:
         """ready: a champion is loaded and the alias's newest version did not fail to load (while it fails, the
         loaded one keeps serving, and /ready says so)."""
         cur = self.champion.current
-        failed = sorted(getattr(self.champion, "_failed", {}))
+        failed = self.champion.failing if hasattr(self.champion, "failing") else bool(self.champion._failed)
         out = {"ready": cur is not None and not failed, "model_version": cur.version if cur else None}
         if failed:
             out["error"] = self.champion.last_error
@@ -88,18 +90,23 @@ class Platform:
     """Everything the routes use, built from ApiSettings. `spark`, `watcher_for` and `store` can be given (tests
     share one SparkSession; a test points a watcher at its own registry)."""
 
-    def __init__(self, settings: ApiSettings, spark=None, watcher_for=None, store=None, producer=None):
+    def __init__(self, settings: ApiSettings, spark=None, watcher_for=None, store=None, producer=None,
+                 specs: dict[str, DatasetSpec] | None = None, challenger_for=None):
         from api.guard import RateLimiter
 
         self.settings = settings
         self.metrics = ApiMetrics()
         self.limiter = RateLimiter(settings.rate_per_minute)
-        loaded = load_spec_dir(settings.specs_dir)
-        wanted = settings.datasets or tuple(loaded.specs)
-        self.specs = {d: loaded.specs[d] for d in wanted if d in loaded.specs}
-        self.spec_errors = dict(loaded.errors) | {d: f"no spec named {d!r} in {loaded.directory}"
-                                                  for d in wanted if d not in loaded.specs}
+        if specs is None:
+            loaded = load_spec_dir(settings.specs_dir)
+            wanted = settings.datasets or tuple(loaded.specs)
+            self.specs = {d: loaded.specs[d] for d in wanted if d in loaded.specs}
+            self.spec_errors = dict(loaded.errors) | {d: f"no spec named {d!r} in {loaded.directory}"
+                                                      for d in wanted if d not in loaded.specs}
+        else:
+            self.specs, self.spec_errors = dict(specs), {}
         self._spark, self._watcher_for, self._store, self._producer = spark, watcher_for, store, producer
+        self._challenger_for = challenger_for
         self.servers: dict[str, DatasetServer] = {}
         self.started_at = time.time()
         self._lock = threading.Lock()
@@ -107,23 +114,33 @@ class Platform:
     # ---- lifecycle
     def start(self) -> None:
         for name, spec in self.specs.items():
-            watcher = self._watcher(spec)
-            self.servers[name] = DatasetServer(self, spec, watcher)
-            # the first load off the request path; then the watcher follows the alias every poll_seconds
-            threading.Thread(target=self._first_load, args=(watcher,), daemon=True, name=f"load-{name}").start()
+            watcher = self._watcher(spec, "champion")
+            # a challenger is followed only where the spec serves one (shadow or split)
+            challenger = self._watcher(spec, "challenger") if spec.serving.challenger.mode != "off" else None
+            self.servers[name] = DatasetServer(self, spec, watcher, challenger)
+            # the first load off the request path; then the watchers follow their aliases every poll_seconds
+            for w in (watcher, challenger):
+                if w is not None:
+                    threading.Thread(target=self._first_load, args=(w,), daemon=True, name=f"load-{name}").start()
 
     def _first_load(self, watcher) -> None:
         if watcher.check():
             watcher.take()
         watcher.start()
 
-    def _watcher(self, spec: DatasetSpec):
-        if self._watcher_for is not None:
-            return self._watcher_for(spec)
+    def _watcher(self, spec: DatasetSpec, alias: str):
+        """The registry's watcher of an alias; a test's own (`watcher_for(spec)` for the champion,
+        `challenger_for(spec)` for the challenger) when given."""
+        given = self._watcher_for if alias == "champion" else self._challenger_for
+        if given is not None:
+            return given(spec)
+        if self._watcher_for is not None:  # a test that gives the champion's watcher and no challenger's
+            return None
         from ml_platform.serve.watcher import registry_watcher
 
         self.spark  # noqa: B018 - mlflow.spark.load_model needs the session before the first load
-        return registry_watcher(spec.name, self.settings.tracking_uri, spec.serving.poll_seconds, logger=say)
+        return registry_watcher(spec.name, self.settings.tracking_uri, spec.serving.poll_seconds, logger=say,
+                                alias=alias)
 
     def stop(self) -> None:
         for s in self.servers.values():

@@ -130,3 +130,25 @@ def post_form(url: str, fields: dict, body: bytes) -> int:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+class MlflowServer:
+    """A real MLflow tracking server and registry (sqlite backend, local artifact store) on a free loopback port,
+    as `make run` runs it."""
+
+    def __init__(self, home: Path):
+        import sys
+
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log, self.artifacts = home / "mlflow.log", home / "artifacts"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+             "--artifacts-destination", str(home / "artifacts")],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        # its first start creates the schema: over a minute on a busy 2-core machine
+        _wait(lambda: _http_ok(f"{self.uri}/health"), self.proc, self.log, "MLflow server", seconds=240)
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)

@@ -67,7 +67,7 @@ def score_messages(spark, spec, messages: list[bytes], score: Callable) -> Outco
     finally:
         for c in cached:
             c.unpersist()
-    preds, dlq, shadow = topic(spec, "predictions"), topic(spec, "dlq"), f"{spec.name}.shadow"
+    preds, dlq, shadow = topic(spec, "predictions"), topic(spec, "dlq"), topic(spec, "shadow")
     by_id, rejected = {}, {}
     for t, _, value in written:
         body = json.loads(value)
