@@ -113,3 +113,116 @@ def test_split_answers_a_stable_share_by_request_id_hash(spark, specs):
     share = sum(v == "2" for v in versions.values()) / len(versions)
     assert 0.22 <= share <= 0.38, share  # 0.3 +- 3.5 standard deviations of 400 draws
     assert all(errors("predictions", m) == [] for _, _, m in first)
+
+
+def test_a_removed_challenger_alias_stops_the_challenger_between_batches():
+    alias = {"v": "2"}
+    logs = []
+    w = ChampionWatcher(lambda: alias["v"], lambda v: f"model-{v}", log=logs.append, alias="challenger",
+                        drop_when_gone=True)
+    assert w.check() and w.take().version == "2"
+    alias["v"] = None
+    assert not w.check()
+    assert w.current.version == "2"  # still this micro-batch's model until the next take
+    assert w.take() is None and w.take() is None
+    assert w.swaps[-1][:2] == ("2", None) and "challenger alias is gone" in logs[-1]
+    alias["v"] = "3"
+    assert w.check() and w.take().version == "3"
+    champion = ChampionWatcher(lambda: alias["v"], lambda v: f"model-{v}", log=logs.append)
+    assert champion.check() and champion.take().version == "3"
+    alias["v"] = None  # a champion alias removed by hand: keep serving rather than stop all traffic
+    assert not champion.check() and champion.take().version == "3"
+
+
+def _m(start: int, version: str, rmse: float, count: int = 50) -> dict:
+    return {"dataset": "t", "window_start": f"2026-11-23T10:{start:02d}:00Z",
+            "window_end": f"2026-11-23T10:{start + 1:02d}:00Z", "model_version": version, "count": count,
+            "rmse": rmse, "mae": rmse / 2}
+
+
+def _gated(spec, n=3, mode="shadow"):
+    return dataclasses.replace(spec, serving=dataclasses.replace(spec.serving, challenger=dataclasses.replace(
+        spec.serving.challenger, mode=mode, gate_windows=n)))
+
+
+def test_the_live_gate_needs_n_paired_windows_no_worse(specs):
+    from ml_platform.serve.live import challenger_verdict, judge
+
+    spec = _gated(specs["used_cars"])  # rmse: lower is better; min_window_count 20
+    ok = [m for i in range(3) for m in (_m(i, "1", 1000.0), _m(i, "2", 1000.0 - i))]
+    assert challenger_verdict(spec, ok, "1", "2")[0]
+    assert not challenger_verdict(spec, ok[:-1], "1", "2")[0]  # two paired windows of three
+    assert "2 of 3 windows" in challenger_verdict(spec, ok[:-1], "1", "2")[1]
+    worse = ok + [_m(3, "1", 1000.0), _m(3, "2", 1000.5)]
+    promote, why = challenger_verdict(spec, worse, "1", "2")
+    assert not promote and "worse than champion 1 in 1 of the last 3" in why
+    thin = ok[:4] + [_m(2, "1", 1000.0), _m(2, "2", 900.0, count=5)]  # too few joined predictions to judge
+    assert not challenger_verdict(spec, thin, "1", "2")[0]
+    assert challenger_verdict(spec, thin + [_m(4, "1", 10.0), _m(4, "2", 10.0)], "1", "2")[0]
+    assert not challenger_verdict(spec, ok, "1", None)[0] and not challenger_verdict(spec, ok, "1", "1")[0]
+    assert not challenger_verdict(_gated(specs["used_cars"], 0), ok, "1", "2")[0]
+    # a challenger's bad windows never retrain the champion; the memory keeps both versions' last windows
+    bad = [m for i in range(5) for m in (_m(i, "1", 100.0), _m(i, "2", 99999.0))]
+    recent, retrain = judge(spec, [], bad, champion="1")
+    assert not retrain and {m["model_version"] for m in recent} == {"1", "2"} and len(recent) == 10
+    assert judge(spec, [], bad, champion="2")[1]
+
+
+def test_sensor_shows_versions_side_by_side_and_requests_the_promotion(specs, kafka, tmp_path):
+    from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+
+    from assets import build_dataset_assets
+    from assets.serving import EVIDENCE_TAG, PROMOTE_TAG
+    from ml_platform.serve.kafka_io import ensure_topics, producer
+    from ml_platform.train.registry import CHALLENGER, CHAMPION, PREVIOUS
+    from resources import KafkaResource, LocalSparkResource, LocalStorage, MlflowRegistry
+    from sensors import build_live_metrics_sensor
+
+    spec = _gated(dataclasses.replace(specs["used_cars"], name="t_gate"), n=2)
+    ensure_topics(kafka.bootstrap, spec.name)
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    tracker = registry.tracker()
+    tracker.client.create_registered_model(spec.name)
+    for _ in range(2):  # the gate moves aliases only: no model artifact needed
+        tracker.client.create_model_version(spec.name, source=str(tmp_path / "none"), tags={"checks": "passed"})
+    tracker.promote(spec.name, "1")
+    tracker.set_alias(spec.name, CHALLENGER, "2")
+    sensor = build_live_metrics_sensor(spec)
+    resources = {"kafka": KafkaResource(bootstrap_servers=kafka.bootstrap), "registry": registry}
+
+    def tick(cursor):
+        with DagsterInstance.ephemeral() as instance:
+            return sensor(build_sensor_context(cursor=cursor, resources=resources, instance=instance))
+
+    def send(windows):
+        p = producer(kafka.bootstrap)
+        for w in windows:
+            p.send(topic(spec, "metrics"), key=w["window_start"], value=json.dumps(w).encode())
+        p.flush()
+        p.close()
+
+    send([_m(0, "1", 4000.0), _m(0, "2", 3900.0)])
+    r = tick(None)
+    assert len(r.asset_events) == 1 and not r.run_requests  # one window of two
+    md = r.asset_events[0].metadata
+    assert md["rmse"].value == 4000.0 and md["challenger rmse"].value == 3900.0
+    assert md["model_version"].value == "1" and md["challenger_model_version"].value == "2"
+    table = md["versions"].value
+    assert table.splitlines()[0] == "| metric | v1 (champion) | v2 (challenger) |" and "| rmse | 4000 | 3900 |" in table
+    send([_m(1, "1", 4000.0), _m(1, "2", 4000.0)])
+    r = tick(r.cursor)
+    assert len(r.run_requests) == 1
+    req = r.run_requests[0]
+    assert req.tags[PROMOTE_TAG] == "2" and "no worse than champion 1" in req.tags[EVIDENCE_TAG]
+    assert [k.path for k in req.asset_selection] == [[spec.name, "serving_deployment"]]
+
+    # the requested run: serving_deployment promotes that challenger, without Spark or a holdout
+    key = AssetKey([spec.name, "serving_deployment"])
+    deployment = next(a for a in build_dataset_assets(spec) if key in a.keys)
+    storage = LocalStorage(root=str(tmp_path / "data"))
+    result = materialize([deployment], tags=req.tags, resources={
+        "spark": LocalSparkResource(storage=storage), "registry": registry})
+    meta = [e for e in result.get_asset_materialization_events() if e.asset_key == key][0].materialization.metadata
+    assert meta["promoted"].value is True and meta["champion_after"].value == "2"
+    assert tracker.version_for(spec.name, CHAMPION) == "2" and tracker.version_for(spec.name, PREVIOUS) == "1"
+    assert "live gate" in tracker.version_tags(spec.name, "2")["decision"]
