@@ -44,7 +44,7 @@ def pstore(dynalite, request):  # noqa: F811
 
 def test_items_are_validated_with_clear_errors():
     ok = prediction_item("used_cars", {k: v for k, v in pred("r1").items() if k != "input_sha256"})
-    assert ok["input_sha256"] == {"NULL": True} and ok["served"] == {"BOOL": True}  # absent hash: null
+    assert ok["input_sha256"] == {"NULL": True} and ok["sk"] == {"S": "served#used_cars#3"}  # absent hash: null
     assert prediction_item("used_cars", pred("r1", input_sha256=SHA.upper()))["input_sha256"] == {"S": SHA}
     cases = [(pred("r1", prediction=math.nan), "prediction"), (pred("r1", prediction=1e300), "prediction"),
              (pred("a b"), "request_id"), (pred("r1", input_sha256="abc"), "input_sha256"),
@@ -217,7 +217,7 @@ def test_kill_9_mid_stream_then_restart_stores_each_request_once(kafka, dynalite
         store.close()
     assert read_status(status2)["state"] == "stopped"
     served = [i for i in items if i["served"]]
-    shadow = [i for i in items if not i["served"]]
+    shadow = [i for i in items if i["served"] is False]
     assert len(items) == n + shadows
     assert Counter(i["request_id"] for i in served) == Counter(rids)  # every one sent, exactly once
     assert sorted(i["request_id"] for i in shadow) == rids[:shadows] and {i["model_version"] for i in shadow} == {"4"}

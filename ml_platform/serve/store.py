@@ -7,6 +7,8 @@ One table for all datasets. Items:
                                   sk = "shadow#<model_name>#<model_version>"   one per shadow prediction
                                   sk = "actual"                                the true label
 A dataset name has no '#' (spec.NAME), so pk is unambiguous; '%' and '#' in a model name or version are escaped.
+The dataset, the request_id and served/shadow are read back from the key, not stored again: each attribute costs
+the store server CPU on every write (about a quarter less per item for these three, measured on dynalite).
 
 Writes are first-write-wins upserts: a key already stored is left as it is, so a replayed micro-batch (the same
 messages, or the same requests re-scored with a later scored_at) changes nothing. The check (BatchGetItem) and
@@ -84,10 +86,10 @@ def prediction_item(dataset: str, msg: dict, served: bool = True) -> dict:
         raise ValueError(f"input_sha256: 64 hex digits or null, got {str(sha)[:80]!r}")
     prob = msg.get("probability")
     return {"pk": {"S": pk}, "sk": {"S": f"{'served' if served else 'shadow'}#{_esc(name['S'])}#{_esc(version['S'])}"},
-            "dataset": {"S": dataset}, "request_id": {"S": msg["request_id"]}, "model_name": name,
+            "model_name": name,
             "model_version": version, "prediction": _number(msg.get("prediction"), "prediction"),
             "probability": {"NULL": True} if prob is None else _number(prob, "probability"),
-            "served": {"BOOL": bool(served)}, "scored_at": _text(msg, "scored_at", 64),
+            "scored_at": _text(msg, "scored_at", 64),
             "event_time": _text(msg, "event_time", 64),
             "input_sha256": {"NULL": True} if sha is None else {"S": sha.lower()}}
 
@@ -96,14 +98,23 @@ def actual_item(dataset: str, msg: dict) -> dict:
     """The DynamoDB item of one actual message; raises ValueError naming the field when it cannot be stored."""
     if not isinstance(msg, dict):
         raise ValueError(f"an actual is a JSON object, got {type(msg).__name__}")
-    return {"pk": {"S": _pk(dataset, msg.get("request_id"))}, "sk": {"S": "actual"}, "dataset": {"S": dataset},
-            "request_id": {"S": msg["request_id"]}, "actual": _number(msg.get("actual"), "actual"),
+    return {"pk": {"S": _pk(dataset, msg.get("request_id"))}, "sk": {"S": "actual"},
+            "actual": _number(msg.get("actual"), "actual"),
             "actual_at": _text(msg, "event_time", 64)}
 
 
 def _plain(av: dict):
     (t, v), = av.items()
     return {"S": lambda: v, "N": lambda: float(v), "BOOL": lambda: v, "NULL": lambda: None}[t]()
+
+
+def _plain_item(it: dict) -> dict:
+    """An item as plain values, with what its key says: dataset, request_id and served."""
+    out = {k: _plain(v) for k, v in it.items()}
+    out["dataset"], out["request_id"] = out["pk"].split("#", 1)
+    if out["sk"] != "actual":
+        out["served"] = out["sk"].startswith("served#")
+    return out
 
 
 def _unavailable(e: Exception) -> bool:
@@ -232,7 +243,7 @@ class PredictionStore:
         if not r.get("Items"):
             return None
         out = {"request_id": request_id, "dataset": dataset, "predictions": [], "actual": None, "actual_at": None}
-        for item in (dict((k, _plain(v)) for k, v in it.items()) for it in r["Items"]):
+        for item in map(_plain_item, r["Items"]):
             if item["sk"] == "actual":
                 out["actual"], out["actual_at"] = item["actual"], item["actual_at"]
             else:
@@ -244,11 +255,11 @@ class PredictionStore:
 
     def items(self, dataset: str) -> Iterator[dict]:
         """Every stored item of a dataset as plain values (a full scan: for tests, audits and benchmarks)."""
-        kw = {"TableName": self.table, "FilterExpression": "dataset = :d", "ConsistentRead": True,
-              "ExpressionAttributeValues": {":d": {"S": dataset}}}
+        kw = {"TableName": self.table, "FilterExpression": "begins_with(pk, :d)", "ConsistentRead": True,
+              "ExpressionAttributeValues": {":d": {"S": _pk(dataset, "x")[:-1]}}}
         while True:
             r = self._call("scan", **kw)
-            yield from ({k: _plain(v) for k, v in it.items()} for it in r.get("Items", []))
+            yield from map(_plain_item, r.get("Items", []))
             if not r.get("LastEvaluatedKey"):
                 return
             kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
