@@ -9,8 +9,9 @@ Two Structured Streaming queries on one SparkSession, each with its own checkpoi
 It waits (and says so) until a champion exists. A background thread follows the `champion` alias and loads a
 new version off the hot path; foreachBatch takes it between micro-batches, so a swap or rollback never restarts
 a query. When the spec's serving.challenger.mode is shadow or split, a second watcher follows the `challenger`
-alias the same way (removing the alias stops the challenger; pointing it at the champion means none). A failed query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once:
-a micro-batch replayed after a crash is written again, so consumers deduplicate by request_id.
+alias the same way (removing the alias stops the challenger; pointing it at the champion means none). A failed
+query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once: a micro-batch replayed
+after a crash is written again, so consumers deduplicate by (request_id, model_version).
 """
 
 from __future__ import annotations

@@ -6,18 +6,18 @@ import dataclasses
 import hashlib
 import json
 import random
-import string
 
 import pytest
 from pyspark.sql import functions as F
 
 from ml_platform.serve import routing
+from ml_platform.serve.kafka_io import producer
 from ml_platform.serve.messages import errors, request, topic
 from ml_platform.serve.scoring import score_batch
 from ml_platform.serve.watcher import ChampionWatcher, Loaded
 from ml_platform.spec import SpecError, parse_spec
 from tests.test_messages import _kafka_rows, _rows
-from tests.test_serving import year_model
+from tests.test_serving import served, year_model  # noqa: F401 - served is a fixture
 
 
 def _spec_data(**challenger) -> dict:
@@ -226,3 +226,75 @@ def test_sensor_shows_versions_side_by_side_and_requests_the_promotion(specs, ka
     assert meta["promoted"].value is True and meta["champion_after"].value == "2"
     assert tracker.version_for(spec.name, CHAMPION) == "2" and tracker.version_for(spec.name, PREVIOUS) == "1"
     assert "live gate" in tracker.version_tags(spec.name, "2")["decision"]
+
+
+def test_the_scorer_shadows_a_challenger_until_its_alias_is_removed(spark, served, kafka):  # noqa: F811
+    """Real registry, real broker: predictions carry only the champion's version, the shadow topic the
+    challenger's for every request; live metrics per version equal their offline recomputation; removing the
+    alias (or pointing it at the champion) stops the challenger at the next micro-batch."""
+    from ml_platform.serve.kafka_io import read_topic
+    from ml_platform.serve.live import offline_metrics
+    from ml_platform.serve.watcher import registry_watcher
+    from ml_platform.train.registry import CHALLENGER
+    from spark_streaming.scorer import metrics_query, scoring_query
+    from tests.test_serving import _run, _send, register
+
+    spec, tracker, rows, status, tmp = served
+    spec = _gated(spec, n=0)
+    v1 = register(spark, tracker, spec.name, year_model(1.0))
+    v2 = register(spark, tracker, spec.name, year_model(2.0), promote=False)  # registered as challenger
+    champion = registry_watcher(spec.name, tracker.uri, 0.2, logger=lambda _: None)
+    challenger = registry_watcher(spec.name, tracker.uri, 0.2, logger=lambda _: None, alias=CHALLENGER)
+    assert champion.check() and challenger.check()
+    assert champion.take().version == v1 and challenger.take().version == v2
+    base = "2026-11-23T10:00:{:02d}.000Z"
+    reqs = [(f"h{i}", json.dumps(request(spec, f"h{i}", rows[i], base.format(i % 20))).encode()) for i in range(60)]
+    reqs.append(("late", json.dumps(request(spec, "late", rows[0], "2026-11-23T10:05:00.000Z")).encode()))
+    acts = [(f"h{i}", {"request_id": f"h{i}", "event_time": base.format(i % 20 + 3), "actual": 20000.0 + i})
+            for i in range(60) if i % 3] + [("late", {"request_id": "late", "event_time": "2026-11-23T10:05:01Z",
+                                                        "actual": 1.0})]
+    _send(kafka.bootstrap, spec, reqs)
+    p = producer(kafka.bootstrap)
+    for key, value in acts:
+        p.send(topic(spec, "actuals"), key=key, value=json.dumps(value).encode())
+    p.flush()
+    p.close()
+    ckpt = str(tmp / "score")
+    _run(scoring_query(spark, spec, champion, kafka.bootstrap, ckpt, status, challenger=challenger))
+    preds = read_topic(kafka.bootstrap, topic(spec, "predictions"))
+    shadow = read_topic(kafka.bootstrap, topic(spec, "shadow"))
+    assert len(preds) == len(reqs) and {m["value"]["model_version"] for m in preds} == {v1}
+    assert sorted(m["key"] for m in shadow) == sorted(k for k, _ in reqs)
+    assert {m["value"]["model_version"] for m in shadow} == {v2}
+    assert all(errors("shadow", m["value"]) == [] for m in shadow)
+    state = json.loads(status.path.read_text())
+    assert (state["model_version"], state["challenger_version"], state["challenger_mode"]) == (v1, v2, "shadow")
+    assert state["shadow"] == len(reqs) and state["requests"] == len(reqs)
+
+    q = metrics_query(spark, spec, kafka.bootstrap, str(tmp / "metrics"), status)
+    try:
+        for _ in range(3):  # the watermark advances at the end of a micro-batch; windows close in the next
+            q.processAllAvailable()
+    finally:
+        q.stop()
+    live = {(m["value"]["window_start"], m["value"]["model_version"]): m["value"]
+            for m in read_topic(kafka.bootstrap, topic(spec, "metrics"))}
+    offline = offline_metrics(spec, [m["value"] for m in preds + shadow],
+                              [m["value"] for m in read_topic(kafka.bootstrap, topic(spec, "actuals"))])
+    closed = {k: v for k, v in offline.items() if k[0] < "2026-11-23T10:05"}
+    assert {v for _, v in closed} == {v1, v2} and set(closed) <= set(live)
+    for k, m in closed.items():
+        assert live[k]["count"] == m["count"] > 0 and live[k]["rmse"] == pytest.approx(m["rmse"])
+    assert sum(m["count"] for k, m in closed.items() if k[1] == v2) == 40  # every joined request, per version
+
+    tracker.set_alias(spec.name, CHALLENGER, None)  # removed mid-stream
+    assert not challenger.check()
+    _send(kafka.bootstrap, spec, [(f"after{i}", json.dumps(request(spec, f"after{i}", rows[i])).encode())
+                                  for i in range(10)])
+    _run(scoring_query(spark, spec, champion, kafka.bootstrap, ckpt, status, challenger=challenger))
+    after = [m for m in read_topic(kafka.bootstrap, topic(spec, "predictions")) if m["key"].startswith("after")]
+    assert len(after) == 10 and {m["value"]["model_version"] for m in after} == {v1}
+    assert len(read_topic(kafka.bootstrap, topic(spec, "shadow"))) == len(reqs)  # no shadow since
+    assert challenger.current is None and json.loads(status.path.read_text())["challenger_version"] is None
+    tracker.set_alias(spec.name, CHALLENGER, v1)  # the alias on the champion's version: still no challenger
+    assert not challenger.check() and challenger.take() is None

@@ -80,7 +80,7 @@ def test_tail_says_it_waits_shows_dlq_lines_and_a_summary(kafka, tmp_path):
         send(p, name, "predictions", "ok-1", {"request_id": "ok-1", "prediction": 2019.0, "probability": None,
                                               "model_name": name, "model_version": "4",
                                               "event_time": "2026-11-24T10:00:00Z",
-                                              "scored_at": "2026-11-24T10:00:01Z"})
+                                              "scored_at": "2026-11-24T10:00:01Z", "input_sha256": "b" * 64})
         p.flush()
         p.close()
         _wait(lambda: "pred ok-1 -> 2019.0 (v4)" in out.getvalue(), 30, "the prediction line")
