@@ -26,8 +26,8 @@ IMPLICIT_JOB = "__ASSET_JOB"  # the job Dagster builds over every asset of a cod
 
 PREFLIGHT = """query Retrain($keys: [AssetKeyInput!]) {
   assetNodes(assetKeys: $keys) { assetKey { path } jobNames repository { name location { name } } }
-  workspaceOrError { __typename ... on Workspace { locationEntries { name
-    locationOrLoadError { __typename ... on PythonError { message } } } } ... on PythonError { message } }
+  workspaceOrError { __typename ... on Workspace { locationEntries { name locationOrLoadError { __typename
+    ... on PythonError { message errorChain { error { message } } } } } } ... on PythonError { message } }
 }"""
 RUN = """query Run($id: ID!) { runOrError(runId: $id) { __typename
   ... on Run { runId status startTime endTime stepKeysToExecute assetSelection { path }
@@ -208,7 +208,10 @@ def _locations(data: dict) -> str:
     for entry in ws.get("locationEntries") or []:
         loaded = entry.get("locationOrLoadError") or {}
         if loaded.get("__typename") == "PythonError":
-            out.append(f"{entry['name']}: failed to load: {str(loaded.get('message'))[:500].strip()}")
+            # the root cause is last in the chain; the outer message only says that loading failed
+            chain = [c["error"]["message"] for c in loaded.get("errorChain") or []]
+            said = (chain[-1] if chain else str(loaded.get("message"))).strip()[:500]
+            out.append(f"{entry['name']}: failed to load: {said}")
         else:
             out.append(f"{entry['name']}: loaded" if loaded else f"{entry['name']}: loading")
     return "; ".join(out) or "none"
@@ -222,7 +225,7 @@ def run_status(run_id: str, request: Request):
     """A Dagster run's status and its steps: each planned step with its status and times (NOT_STARTED until it
     starts). Any run Dagster knows, not only those this API requested."""
     try:
-        uuid.UUID(run_id)
+        run_id = str(uuid.UUID(run_id))  # Dagster's own spelling: lower case with dashes
     except ValueError:
         raise HTTPException(404, f"no run {run_id[:100]!r}: Dagster run ids are UUIDs") from None
     dagster = _dagster(request)

@@ -1,6 +1,6 @@
 """Retraining through the REST API against a real Dagster webserver and daemon (make run's instance config: runs
 are queued, the daemon launches them in a subprocess) over tests/retrain_defs.py, a code location with
-used_cars's layers as trivial assets. fraud has a spec but no assets there."""
+used_cars's layers as trivial assets, beside a location that fails to load. fraud has a spec but no assets."""
 
 import os
 import subprocess
@@ -34,9 +34,13 @@ class DagsterStack:
 
     def __init__(self, home: Path):
         self.url = f"http://127.0.0.1:{free_port()}"
+        # beside ours, a code location that fails to load, as a broken deployment would
+        (home / "broken_defs.py").write_text("raise RuntimeError('the spec directory is unreadable')\n")
         workspace = home / "workspace.yaml"
-        workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {ROOT / 'tests/retrain_defs.py'}\n"
-                             f"      location_name: ml_platform\n      working_directory: {ROOT}\n")
+        workspace.write_text("load_from:\n" + "".join(
+            f"  - python_file:\n      relative_path: {path}\n      location_name: {name}\n"
+            f"      working_directory: {ROOT}\n"
+            for name, path in (("ml_platform", ROOT / "tests/retrain_defs.py"), ("broken", home / "broken_defs.py"))))
         env = os.environ | {"DAGSTER_HOME": str(dagster_home(home))}
         bin_dir = Path(sys.executable).parent
         self.log = home / "dagster.log"
@@ -134,6 +138,8 @@ def test_unknown_dataset_and_run_are_404(api):
     assert r.status_code == 404 and "unknown dataset 'nope'" in r.json()["detail"]
     r = api.get(f"/runs/{uuid.uuid4()}")
     assert r.status_code == 404 and "has no run" in r.json()["detail"]
+    r = api.get(f"/runs/{{{str(uuid.uuid4()).upper()}}}")  # another spelling of a UUID, still asked of Dagster
+    assert r.status_code == 404 and "has no run" in r.json()["detail"]
     r = api.get("/runs/not-a-run")
     assert r.status_code == 404 and "UUIDs" in r.json()["detail"]
 
@@ -143,6 +149,7 @@ def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
     assert r.status_code == 409
     detail = r.json()["detail"]
     assert "fraud/training_set" in detail and "ml_platform: loaded" in detail and "ML_PLATFORM_DATASETS" in detail
+    assert "broken: failed to load" in detail and "the spec directory is unreadable" in detail
 
 
 def test_retrain_needs_an_api_key(api):
