@@ -76,6 +76,8 @@ class Dagster:
         self.url = url.rstrip("/")
 
     def client(self):
+        # imported on the first retrain: dagster_graphql imports all of dagster, seconds the API need not wait
+        # for at start-up
         from dagster_graphql import DagsterGraphQLClient
         from gql.transport.requests import RequestsHTTPTransport
 

@@ -27,6 +27,8 @@ USED_CARS = builtin_specs()["used_cars"]
 CHAIN = {"/".join(k) for k in retrain_keys(USED_CARS)}
 STEPS = {"__".join(k) for k in retrain_keys(USED_CARS)}
 PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
+# these start Dagster: out of the fast set (tests/conftest.py's SERVICE_FIXTURES does not know `dagster` yet)
+SERVICE = pytest.mark.slow
 
 
 class DagsterStack:
@@ -50,7 +52,7 @@ class DagsterStack:
                                     env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
                                        env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180  # four Python processes import dagster at once
+        deadline = time.monotonic() + 180  # the webserver, the daemon and their code servers all import dagster
         while not (http_ok(f"{self.url}/server_info") and self.loaded()):
             if self.web.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -71,17 +73,17 @@ class DagsterStack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = DagsterStack(tmp_path_factory.mktemp("dagster"))
-    yield s
-    s.stop()
+def dagster(tmp_path_factory):
+    stack = DagsterStack(tmp_path_factory.mktemp("dagster"))
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture(scope="module")
-def api(stack, tmp_path_factory):
+def api(dagster, tmp_path_factory):
     home = tmp_path_factory.mktemp("api")
     settings = ApiSettings(data_root=str(home / "data"), home=home, key_hashes=frozenset({key_hash("test-key")}),
-                           dagster_url=stack.url, publish=False)
+                           dagster_url=dagster.url, publish=False)
     # retraining never scores: a watcher with no champion keeps Spark out
     platform = Platform(settings, watcher_for=lambda spec: ChampionWatcher(lambda: None, lambda v: None, 60))
     with TestClient(create_app(settings, platform), headers=KEY) as c:
@@ -96,16 +98,17 @@ def test_the_api_retrains_what_the_live_metrics_sensor_retrains():
         assert sorted(retrain_keys(spec)) == sorted(k.path for k in sensor.asset_selection.selected_keys)
 
 
-def test_retrain_runs_the_chain_and_reports_its_steps(api, stack):
+@SERVICE
+def test_retrain_runs_the_chain_and_reports_its_steps(api, dagster):
     t0 = time.monotonic()
     r = api.post("/datasets/used_cars/retrain")
     assert r.status_code == 202, r.text
     body = r.json()
     run_id = body["run_id"]
-    assert body["dagster_url"] == f"{stack.url}/runs/{run_id}" and set(body["asset_selection"]) == CHAIN
+    assert body["dagster_url"] == f"{dagster.url}/runs/{run_id}" and set(body["asset_selection"]) == CHAIN
 
     # Dagster knows the run, with the chain as its selection and the API's tag
-    known = stack.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { assetSelection "
+    known = dagster.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { assetSelection "
                           "{ path } tags { key value } } } }", id=run_id)["data"]["runOrError"]
     assert known["__typename"] == "Run"
     assert {"/".join(a["path"]) for a in known["assetSelection"]} == CHAIN
@@ -126,13 +129,14 @@ def test_retrain_runs_the_chain_and_reports_its_steps(api, stack):
         assert r.status_code == 200, r.text
         statuses.append(r.json()["status"])
     run = r.json()
-    assert run["status"] == "SUCCESS", (statuses, stack.log.read_text(errors="replace")[-3000:])
+    assert run["status"] == "SUCCESS", (statuses, dagster.log.read_text(errors="replace")[-3000:])
     assert run["started_at"] <= run["ended_at"]
     assert {s["key"] for s in run["steps"]} == STEPS
     assert all(s["status"] == "SUCCESS" and s["started_at"] <= s["ended_at"] for s in run["steps"])
     print(f"retrain to SUCCESS in {time.monotonic() - t0:.1f} s; statuses {list(dict.fromkeys(statuses))}")
 
 
+@SERVICE
 def test_unknown_dataset_and_run_are_404(api):
     r = api.post("/datasets/nope/retrain")
     assert r.status_code == 404 and "unknown dataset 'nope'" in r.json()["detail"]
@@ -144,6 +148,7 @@ def test_unknown_dataset_and_run_are_404(api):
     assert r.status_code == 404 and "UUIDs" in r.json()["detail"]
 
 
+@SERVICE
 def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
     r = api.post("/datasets/fraud/retrain")
     assert r.status_code == 409
@@ -152,13 +157,15 @@ def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
     assert "broken: failed to load" in detail and "the spec directory is unreadable" in detail
 
 
+@SERVICE
 def test_retrain_needs_an_api_key(api):
     assert api.post("/datasets/used_cars/retrain", headers={"X-API-Key": "wrong"}).status_code == 401
 
 
-def test_dagster_stopped_is_503(api, stack):
+@SERVICE
+def test_dagster_stopped_is_503(api, dagster):
     # last in this module: it stops the module's webserver
-    stack.stop()
+    dagster.stop()
     for r in (api.post("/datasets/used_cars/retrain"), api.get(f"/runs/{uuid.uuid4()}")):
         assert r.status_code == 503
-        assert f"Dagster is unreachable at {stack.url}" in r.json()["detail"]
+        assert f"Dagster is unreachable at {dagster.url}" in r.json()["detail"]
