@@ -132,6 +132,9 @@ def post_form(url: str, fields: dict, body: bytes) -> int:
         return e.code
 
 
+from ml_platform.local.supervisor import MLFLOW_SERVER_ENV  # noqa: E402
+
+
 class MlflowServer:
     """A real MLflow tracking server and registry (sqlite backend, local artifact store) on a free loopback port,
     as `make run` runs it."""
@@ -146,9 +149,13 @@ class MlflowServer:
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
              "--artifacts-destination", str(home / "artifacts")],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        # its first start creates the schema: over a minute on a busy 2-core machine
-        _wait(lambda: _http_ok(f"{self.uri}/health"), self.proc, self.log, "MLflow server", seconds=240)
+            env=os.environ | MLFLOW_SERVER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            _wait(lambda: _http_ok(f"{self.uri}/health"), self.proc, self.log, "MLflow server", seconds=300)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         stop_pid(self.proc.pid)
