@@ -19,6 +19,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from ml_platform.data.cleaning import REASON, classify
 from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_KEY_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
 from ml_platform.serve.routing import in_challenger_column
+from ml_platform.serve.watcher import Loaded
 from ml_platform.spec import DatasetSpec
 
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
@@ -142,7 +143,7 @@ def dlq_messages(rejected: DataFrame, dlq_topic: str) -> DataFrame:
 
 
 def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str, version: str, max_bytes: int,
-                challenger=None, mode: str | None = None, share: float | None = None,
+                challenger: Loaded | None = None, mode: str | None = None, share: float | None = None,
                 ) -> tuple[DataFrame, list[DataFrame]]:
     """One micro-batch of requests -> (topic, key, value) rows for the predictions, shadow and DLQ topics, and the
     cached frames to unpersist once written.
