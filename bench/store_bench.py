@@ -56,11 +56,20 @@ def records(n: int, prefix: str) -> list[Record]:
     return [Record(topic(DS, "predictions"), i % 2, i, json.dumps(message(i, prefix)).encode()) for i in range(n)]
 
 
-def timed_writes(store, recs: list[Record], batch: int = 2000) -> float:
-    t = time.perf_counter()
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
+
+
+def timed_writes(store, server: Dynalite, recs: list[Record], batch: int = 2000) -> tuple[float, float, float]:
+    """msg/s, and CPU microseconds per message in this client and in the store server: on a shared, busy
+    machine the CPU cost is the steadier figure (one free core for the server = 1e6 / its cost msg/s)."""
+    t, c, s = time.perf_counter(), time.process_time(), cpu_seconds(server.proc.pid)
     for i in range(0, len(recs), batch):
         write_records(store, DS, recs[i:i + batch])
-    return len(recs) / (time.perf_counter() - t)
+    n = len(recs)
+    return (n / (time.perf_counter() - t), (time.process_time() - c) / n * 1e6,
+            (cpu_seconds(server.proc.pid) - s) / n * 1e6)
 
 
 def update_item_rate(store, n: int, threads: int = 4) -> float:
@@ -134,24 +143,27 @@ def main() -> None:
     try:
         store = server.store("bench_predictions")
         recs = records(a.items, "fill")
-        rows.append(("write (function), new keys", timed_writes(store, recs)))
-        rows.append(("write (function), replayed keys", timed_writes(store, recs)))
-        rows.append(("conditional UpdateItem, 4 threads", update_item_rate(store, a.updates)))
+        rows.append(("write (function), new keys", *timed_writes(store, server, recs)))
+        rows.append(("write (function), replayed keys", *timed_writes(store, server, recs)))
+        rows.append(("conditional UpdateItem, 4 threads", update_item_rate(store, a.updates), None, None))
         lat = []
         for rid in random.Random(1).choices([f"fill-{i:08d}" for i in range(a.items)], k=a.lookups):
             t = time.perf_counter()
             assert store.lookup(DS, rid)["predictions"], rid
             lat.append((time.perf_counter() - t) * 1000)
         e2e = end_to_end(broker, server, "bench_e2e", a.e2e)
-        rows.append(("end to end (Kafka -> writer process -> store)", e2e["rate"]))
+        rows.append(("end to end (Kafka -> writer process -> store)", e2e["rate"], None, None))
         store.close()
     finally:
         broker.stop()
         server.stop()
     print(f"\nprediction store on dynalite, {a.items:,} items; reference scorer {a.scorer_rate:,.0f} msg/s\n")
-    print(f"| {'write path':<46} | {'msg/s':>8} | {'x scorer':>8} |\n|{'-' * 48}|{'-' * 10}|{'-' * 10}|")
-    for name, rate in rows:
-        print(f"| {name:<46} | {rate:>8,.0f} | {rate / a.scorer_rate:>8.2f} |")
+    print(f"| {'write path':<46} | {'msg/s':>8} | {'x scorer':>8} | {'client CPU/msg':>14} | {'server CPU/msg':>14} |")
+    print(f"|{'-' * 48}|{'-' * 10}|{'-' * 10}|{'-' * 16}|{'-' * 16}|")
+    for name, rate, client, srv in rows:
+        us = [f"{v:,.0f} us" if v is not None else "" for v in (client, srv)]
+        print(f"| {name:<46} | {rate:>8,.0f} | {rate / a.scorer_rate:>8.2f} | {us[0]:>14} | {us[1]:>14} |")
+    print(f"uptime load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     print(f"\nlookup by request_id ({a.lookups:,} random of {a.items:,}): p50 {pct(lat, 0.5):.1f} ms, "
           f"p99 {pct(lat, 0.99):.1f} ms, max {max(lat):.1f} ms")
     print(f"writer process: {e2e['startup_s']:.1f} s from start to its first stored batch (imports, table, join)")
