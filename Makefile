@@ -27,7 +27,7 @@ MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools run test test-fast lint pytest validate smoke lock jars jars-run jars-test \
+.PHONY: setup setup-run tools dynalite run test test-fast lint pytest validate smoke lock jars jars-run jars-test \
         jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
 setup-run: $(VENV)/.installed jars-run $(DYNALITE)
 setup: setup-run jars-test tools
@@ -47,7 +47,8 @@ $(VENV)/.installed: pyproject.toml uv.lock $(UV_HOME)/.uv-$(UV_VERSION)
 lock: $(UV_HOME)/.uv-$(UV_VERSION)
 	$(UV) lock --python $(PYTHON)
 
-$(DYNALITE): node/dynalite/package-lock.json
+dynalite: $(DYNALITE)
+$(DYNALITE): node/dynalite/package.json node/dynalite/package-lock.json
 	@command -v npm >/dev/null || { echo "the prediction store needs Node.js and npm (Debian: nodejs npm)"; exit 1; }
 	cd node/dynalite && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@

@@ -303,7 +303,7 @@ def build_services(cfg: StackConfig) -> list[Service]:
                 platform_env | {"ML_PLATFORM_API_KEY_HASHES": api_key_hash(home)}),
     ]
     for ds in cfg.datasets:
-        services.append(_store_writer(ds, platform_env))
+        services.append(_store_writer(ds, home, platform_env))
         if ds not in GENERATORS:  # a user's dataset: its batches are dropped into landing/ by hand, no simulator
             services.append(_scorer(ds, home, cfg, platform_env))
             continue
@@ -323,10 +323,12 @@ def build_services(cfg: StackConfig) -> list[Service]:
     return services
 
 
-def _store_writer(ds: str, env: dict[str, str]) -> Service:
-    return Service(f"store-writer-{ds}", [sys.executable, "-m", "ml_platform.serve.store_writer", ds], None,
-                   f"{topic(ds, 'predictions')} + {ds}.shadow + {topic(ds, 'actuals')} -> the prediction store",
-                   lambda: True, env)
+def _store_writer(ds: str, home: Path, env: dict[str, str]) -> Service:
+    status = home / f"store-writer-{ds}.json"
+    return Service(f"store-writer-{ds}", [sys.executable, "-m", "ml_platform.serve.store_writer", ds,
+                                          "--status", str(status)], None,
+                   f"{topic(ds, 'predictions')} + {topic(ds, 'shadow')} + {topic(ds, 'actuals')} -> the prediction "
+                   f"store (status: {status})", lambda: True, env)
 
 
 def dynalite_command(repo: Path, data: Path, port: int) -> list[str]:
