@@ -179,6 +179,8 @@ def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
         f"log.dirs={data_dir}",
         "num.partitions=2",
         "offsets.topic.replication.factor=1",
+        # one broker: 50 partitions of __consumer_offsets only make a fresh broker's first consumer group wait
+        "offsets.topic.num.partitions=1",
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
