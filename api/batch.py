@@ -35,6 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from api.app import _server
+from api.models import errors
 from api.platform import NotReady, say
 from api.uploads import receive_to
 from ml_platform.data.ingest import name_empty_headers
@@ -281,10 +282,9 @@ CSV_BODY = {"requestBody": {"required": True, "description": "the CSV file as th
     200: {"description": "the predictions, one per row in file order: CSV by default, JSON with Accept: "
                          "application/json", "content": {"text/csv": {"schema": {"type": "string"}}}},
     202: {"model": BatchJob, "description": "more rows than batch_direct_rows: a job; poll its status"},
-    404: {"description": "unknown dataset"}, 413: {"description": "file over the upload limit"},
-    415: {"description": "not a CSV body (multipart or JSON)"},
-    422: {"description": "the file cannot be read as CSV; the detail names the line"},
-    503: {"description": "no champion loaded yet, or scoring timed out"}})
+    **errors(e404="unknown dataset", e413="file over the upload limit", e415="not a CSV body (multipart or JSON)",
+             e422="the file cannot be read as CSV; the detail names the line",
+             e503="no champion loaded yet, or scoring timed out")})
 async def predict_batch(dataset: str, request: Request):
     """Score a CSV file of requests (the raw body, `Content-Type: text/csv`). Small files are answered at once;
     larger ones become a job (202) whose result CSV is fetched when done."""
@@ -352,7 +352,7 @@ JOB_ID_PARAM = PathParam(pattern=JOB_ID, description="the id a 202 answer gave")
 
 
 @router.get("/datasets/{dataset}/predict/batch/{job_id}", response_model=BatchJob,
-            responses={404: {"description": "unknown dataset or job"}})
+            responses=errors(e404="unknown dataset or job"))
 def batch_status(dataset: str, request: Request, job_id: str = JOB_ID_PARAM) -> BatchJob:
     """A batch job's status (queued, running, done, failed), rows done of the total, and the error if it failed."""
     return _job(request, dataset, job_id)
@@ -361,7 +361,7 @@ def batch_status(dataset: str, request: Request, job_id: str = JOB_ID_PARAM) -> 
 @router.get("/datasets/{dataset}/predict/batch/{job_id}/result", response_class=FileResponse, responses={
     200: {"description": "the result CSV, one row per input row in file order",
           "content": {"text/csv": {"schema": {"type": "string"}}}},
-    404: {"description": "unknown dataset or job"}, 409: {"description": "the job is not done"}})
+    **errors(e404="unknown dataset or job", e409="the job is not done")})
 def batch_result(dataset: str, request: Request, job_id: str = JOB_ID_PARAM):
     """The result CSV of a finished job: request_id, prediction, probability, model_version, status, reason."""
     job = _job(request, dataset, job_id)

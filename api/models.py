@@ -100,8 +100,16 @@ class Leaderboard(BaseModel):
     stack: StackRow | None
 
 
-NOT_FOUND = {404: {"description": "unknown dataset, version or training"},
-             503: {"description": "the MLflow registry is unreachable"}}
+class ApiError(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="what went wrong (a list: FastAPI's validation errors)")
+
+
+def errors(**codes: str) -> dict:
+    """`responses=` entries for error statuses, each with the error body's schema: errors(e404="unknown ...")."""
+    return {int(k[1:]): {"model": ApiError, "description": v} for k, v in codes.items()}
+
+
+NOT_FOUND = errors(e404="unknown dataset, version or training", e503="the MLflow registry is unreachable")
 
 
 def _redact(text: str) -> str:

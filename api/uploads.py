@@ -10,6 +10,7 @@ rules (ml_platform.data.landing), so a file accepted here is one the sensor will
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import uuid
@@ -18,9 +19,11 @@ from typing import Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from api.app import _server
+from api.models import errors
 from ml_platform.data.ingest import RejectedFile, check_header
 from ml_platform.data.landing import is_temporary, partition_key, rejection_for_name
 from ml_platform.layout import batch_record_path, landed_file, landing_dir
@@ -31,10 +34,19 @@ from ml_platform.stores.s3 import S3Store
 router = APIRouter(tags=["uploads"])
 GRANT_SECONDS = 15 * 60
 HEAD_BYTES = 65536  # what the sensor reads of a file to check its header
+# The landing rules as a schema, slightly stricter than the sensor (it also takes other scripts' letters): ends
+# .csv, no path separator, control character or '..', not hidden or temporary, at most 240 bytes in UTF-8 (no
+# look-around: pydantic's regex engine has none)
+_CH = r" !-\-0-\[\]-~\u00c0-\u024f"  # no . / \\ or control character
+_FIRST = r" !-\-0-\[\]^`-}\u00c0-\u024f"  # nor _ or ~ (hidden, temporary)
+NAME_PATTERN = f"^[{_FIRST}](?:[{_CH}]|\\.[{_CH}])*\\.[cC][sS][vV]$"
+NAME_RULE = ("a .csv name of at most 120 characters: ASCII letters, digits, spaces and punctuation other than / "
+             "and \\, or Latin letters with accents; not starting with '.', '_' or '~', no '..'")
 
 
 class UploadRequest(BaseModel):
-    filename: str = Field(min_length=1, max_length=255, examples=["batch-2026-01-31.csv"])
+    filename: str = Field(pattern=NAME_PATTERN, max_length=120, description=NAME_RULE,
+                          examples=["batch-2026-01-31.csv"])
 
 
 class UploadTarget(BaseModel):
@@ -58,11 +70,10 @@ class Uploaded(BaseModel):
     sha256: str
 
 
-ERRORS = {404: {"description": "unknown dataset"},
-          409: {"description": "the name exists (landed or already ingested), or the data root takes no uploads "
-                               "this way"},
-          422: {"description": "a name the landing zone refuses, or (PUT) a file the sensor would quarantine"},
-          503: {"description": "the data store is unreachable"}}
+ERRORS = errors(e404="unknown dataset",
+                e409="the name exists (landed or already ingested), or the data root takes no uploads this way",
+                e422="a name the landing zone refuses, or (PUT) a file the sensor would quarantine",
+                e503="the data store is unreachable")
 
 
 def name_problem(name: str) -> str | None:
@@ -97,7 +108,8 @@ def _check(request: Request, dataset: str, filename: str):
     return platform, spec, store
 
 
-@router.post("/datasets/{dataset}/uploads", response_model=UploadTarget, responses=ERRORS)
+@router.post("/datasets/{dataset}/uploads", response_model=UploadTarget,
+             responses=ERRORS | errors(e400="the body is not JSON"))
 def grant_upload(dataset: str, body: UploadRequest, request: Request) -> UploadTarget:
     """Where and how to upload a batch file named `filename`. Local data root: PUT the file to the returned
     url. S3: a presigned POST valid 15 minutes for this one object, up to the API's upload limit."""
@@ -145,10 +157,12 @@ async def receive_to(request: Request, target: Path, limit: int) -> tuple[int, s
 
 
 @router.put("/datasets/{dataset}/uploads/{filename}", status_code=201, response_model=Uploaded,
-            responses=ERRORS | {413: {"description": "file over the upload limit"}},
+            responses=ERRORS | errors(e413="file over the upload limit"),
             openapi_extra={"requestBody": {"required": True, "description": "the CSV file, as the raw body",
                                            "content": {"text/csv": {"schema": {"type": "string"}}}}})
-async def put_upload(dataset: str, filename: str, request: Request) -> Uploaded:
+async def put_upload(dataset: str, request: Request,
+                     filename: str = PathParam(pattern=NAME_PATTERN, max_length=120,
+                                                              description=NAME_RULE)) -> Uploaded:
     """Upload a batch file into the landing zone (local data root). It appears under its name only once complete;
     a name that exists is refused, and so is a file whose header the sensor would reject (the reason says why)."""
     platform, spec, store = _check(request, dataset, filename)
@@ -165,6 +179,8 @@ async def put_upload(dataset: str, filename: str, request: Request) -> Uploaded:
         os.link(tmp, folder / filename)
     except RejectedFile as e:
         raise HTTPException(422, f"{filename!r} would be quarantined by the landing sensor: {e}") from None
+    except csv.Error as e:  # check_header lets the csv module's own errors through (a lone CR in the header)
+        raise HTTPException(422, f"{filename!r}: the header line is not readable as CSV: {e}") from None
     except FileExistsError:
         raise HTTPException(409, f"{filename!r} landed meanwhile from another upload; choose another name") from None
     finally:
