@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import requests
 from fastapi import APIRouter, HTTPException, Request
@@ -79,11 +80,10 @@ class Dagster:
         # imported on the first retrain: dagster_graphql imports all of dagster, seconds the API need not wait
         # for at start-up
         from dagster_graphql import DagsterGraphQLClient
-        from gql.transport.requests import RequestsHTTPTransport
 
-        # a transport of our own: the URL may carry a path prefix, and 10 s rather than the client's 300 s
-        transport = RequestsHTTPTransport(url=f"{self.url}/graphql", timeout=TIMEOUT_SECONDS)
-        return DagsterGraphQLClient(self.url, transport=transport)
+        u = urlsplit(self.url)
+        return DagsterGraphQLClient(u.hostname or "", port_number=u.port, use_https=u.scheme == "https",
+                                    path_prefix=u.path.rstrip("/"), timeout=TIMEOUT_SECONDS)
 
     def query(self, query: str, variables: dict) -> dict:
         """A read the client has no method for (step stats, asset nodes): a plain POST to /graphql."""
@@ -132,11 +132,10 @@ def _root(e: BaseException) -> BaseException:
     return e
 
 
-def _connection_failed(e: BaseException) -> bool:
-    from gql.transport.exceptions import TransportConnectionFailed
-
+def _connection_failed(e: BaseException | None) -> bool:
+    """The client's transport (gql over requests) wraps the connection error it met, once or twice."""
     while e is not None:
-        if isinstance(e, requests.ConnectionError | requests.Timeout | TransportConnectionFailed):
+        if isinstance(e, requests.ConnectionError | requests.Timeout):
             return True
         e = e.__cause__
     return False

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.platform import Platform
-from api.runs import retrain_keys
+from api.runs import Dagster, DagsterUnreachable, retrain_keys
 from api.settings import ApiSettings, key_hash
 from ml_platform.local.supervisor import dagster_home, http_ok, stop_pid
 from ml_platform.serve.watcher import ChampionWatcher
@@ -169,3 +169,6 @@ def test_dagster_stopped_is_503(api, dagster):
     for r in (api.post("/datasets/used_cars/retrain"), api.get(f"/runs/{uuid.uuid4()}")):
         assert r.status_code == 503
         assert f"Dagster is unreachable at {dagster.url}" in r.json()["detail"]
+    # the client's own path (a webserver gone between the check and the submit): its wrapped error is recognised
+    with pytest.raises(DagsterUnreachable, match="Dagster is unreachable"):
+        Dagster(dagster.url).submit("__ASSET_JOB", "ml_platform", "__repository__", retrain_keys(USED_CARS))
