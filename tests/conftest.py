@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 # (directly or through another fixture) starts a service, so it is marked `service`; the rest are `fast` unless
 # marked `slow` by hand (a JVM in a subprocess, a wheel build). In a fast run a service fixture that is still
 # reached (request.getfixturevalue) fails the test, and so does a fast test that runs too long.
-SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite"}
+SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite", "dagster"}
 # parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
 SERVICE_PARAMS = {"s3", "hdfs"}
 FAST_TEST_SECONDS = 60
