@@ -28,7 +28,6 @@ CHAIN = {"/".join(k) for k in retrain_keys(USED_CARS)}
 STEPS = {"__".join(k) for k in retrain_keys(USED_CARS)}
 PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
 # these start Dagster: out of the fast set (tests/conftest.py's SERVICE_FIXTURES does not know `dagster` yet)
-SERVICE = pytest.mark.slow
 
 
 class DagsterStack:
@@ -98,7 +97,6 @@ def test_the_api_retrains_what_the_live_metrics_sensor_retrains():
         assert sorted(retrain_keys(spec)) == sorted(k.path for k in sensor.asset_selection.selected_keys)
 
 
-@SERVICE
 def test_retrain_runs_the_chain_and_reports_its_steps(api, dagster):
     t0 = time.monotonic()
     r = api.post("/datasets/used_cars/retrain")
@@ -136,7 +134,6 @@ def test_retrain_runs_the_chain_and_reports_its_steps(api, dagster):
     print(f"retrain to SUCCESS in {time.monotonic() - t0:.1f} s; statuses {list(dict.fromkeys(statuses))}")
 
 
-@SERVICE
 def test_unknown_dataset_and_run_are_404(api):
     r = api.post("/datasets/nope/retrain")
     assert r.status_code == 404 and "unknown dataset 'nope'" in r.json()["detail"]
@@ -148,7 +145,6 @@ def test_unknown_dataset_and_run_are_404(api):
     assert r.status_code == 404 and "UUIDs" in r.json()["detail"]
 
 
-@SERVICE
 def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
     r = api.post("/datasets/fraud/retrain")
     assert r.status_code == 409
@@ -157,12 +153,10 @@ def test_a_dataset_dagster_does_not_load_is_409_with_what_it_has(api):
     assert "broken: failed to load" in detail and "the spec directory is unreadable" in detail
 
 
-@SERVICE
 def test_retrain_needs_an_api_key(api):
     assert api.post("/datasets/used_cars/retrain", headers={"X-API-Key": "wrong"}).status_code == 401
 
 
-@SERVICE
 def test_dagster_stopped_is_503(api, dagster):
     # last in this module: it stops the module's webserver
     dagster.stop()
