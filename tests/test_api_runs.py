@@ -27,7 +27,6 @@ USED_CARS = builtin_specs()["used_cars"]
 CHAIN = {"/".join(k) for k in retrain_keys(USED_CARS)}
 STEPS = {"__".join(k) for k in retrain_keys(USED_CARS)}
 PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
-# these start Dagster: out of the fast set (tests/conftest.py's SERVICE_FIXTURES does not know `dagster` yet)
 
 
 class DagsterStack:
