@@ -18,6 +18,10 @@ from api.platform import NotReady, Platform
 from api.settings import ApiSettings
 
 UPLOAD_PATHS = ("/uploads/", "/predict/batch")
+# what any keyed route may answer besides its own: documented so the schema says what a client can get
+KEYED_RESPONSES = {401: {"description": "missing or unknown API key"},
+                   413: {"description": "request body over the limit"},
+                   429: {"description": "over the key's rate limit (see Retry-After)"}}
 
 
 class Health(BaseModel):
@@ -113,7 +117,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
         """The process is alive (no key needed)."""
         return Health(status="ok", uptime_seconds=round(time.time() - platform.started_at, 1))
 
-    keyed = APIRouter(dependencies=[Depends(authorized)])
+    keyed = APIRouter(dependencies=[Depends(authorized)], responses=KEYED_RESPONSES)
 
     @keyed.get("/ready", response_model=Ready, tags=["service"],
                responses={503: {"model": Ready, "description": "some dataset has no loadable champion"}})
@@ -182,7 +186,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
             if e.name != module:
                 raise
             continue
-        app.include_router(router, dependencies=[Depends(authorized)])
+        app.include_router(router, dependencies=[Depends(authorized)], responses=KEYED_RESPONSES)
     return app
 
 
