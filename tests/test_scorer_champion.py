@@ -5,10 +5,15 @@ cleaned the batch way."""
 
 import dataclasses
 import json
+import time
 
+from fastapi.testclient import TestClient
 from pyspark.ml import PipelineModel
 from pyspark.sql.types import StringType, StructField, StructType
 
+from api.app import create_app
+from api.platform import Platform
+from api.settings import ApiSettings, key_hash
 from ml_platform.data.cleaning import clean_batch
 from ml_platform.local.loadgen import stream_rows
 from ml_platform.local.simulate import SimConfig, write_batch
@@ -71,3 +76,21 @@ def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, 
     assert len(compared) >= 0.8 * len(rows) and set(compared) == set(preds)
     worst = max(abs(preds[rid]["prediction"] - batch[by_request[rid]]) for rid in compared)
     assert worst <= 1e-9, worst
+
+    # the REST API, on the same serving core and the same registered version: the same rows, the same answers
+    settings = ApiSettings(data_root=str(tmp_path / "data"), home=tmp_path, tracking_uri=tracker.uri,
+                           key_hashes=frozenset({key_hash("k")}), publish=False)
+    platform = Platform(settings, spark=spark, specs={served.name: served}, watcher_for=lambda s: registry_watcher(
+        spec.name, tracker.uri, 0.2))
+    with TestClient(create_app(settings, platform), headers={"X-API-Key": "k"}) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
+            request(spec, f"s{i}", r) for i, r in enumerate(rows)]}).json()
+    rest = {r["request_id"]: r for r in body["results"]}
+    assert set(rest) == {f"s{i}" for i in range(len(rows))}
+    assert {rid for rid, r in rest.items() if r["status"] == "scored"} == set(preds)
+    for rid, p in preds.items():
+        assert rest[rid]["prediction"] == p["prediction"] and rest[rid]["model_version"] == p["model_version"]
