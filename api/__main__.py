@@ -8,7 +8,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     import uvicorn
+
+    # MLflow's client retries a dead server for minutes by default: the model routes should answer 503 sooner
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
     from api.app import create_app
     from api.settings import ApiSettings

@@ -19,7 +19,8 @@ from api.settings import ApiSettings
 
 UPLOAD_PATHS = ("/uploads/", "/predict/batch")
 # what any keyed route may answer besides its own: documented so the schema says what a client can get
-KEYED_RESPONSES = {401: {"description": "missing or unknown API key"},
+KEYED_RESPONSES = {400: {"description": "a body that is not what the route reads (e.g. malformed JSON)"},
+                   401: {"description": "missing or unknown API key"},
                    413: {"description": "request body over the limit"},
                    429: {"description": "over the key's rate limit (see Retry-After)"}}
 
@@ -148,7 +149,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
     def predict(dataset: str, body: PredictRequest):
         """Score one row or many. Each result is the prediction (with its request_id and the model version that
         scored it) or, for a row that cannot be scored, the reason exactly as the DLQ record gives it."""
-        server = _server(platform, dataset)
+        server = dataset_server(platform, dataset)
         if len(body.rows) > settings.max_rows:
             raise HTTPException(413, f"{len(body.rows)} rows; at most {settings.max_rows} per call (use "
                                      f"/datasets/{dataset}/predict/batch for files)")
@@ -169,7 +170,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
     def prediction(dataset: str, request_id: str) -> dict[str, Any]:
         """What was predicted for a request (Kafka or REST), by which model version, from which input (its
         SHA-256), and the actual once it arrived."""
-        _server(platform, dataset)
+        dataset_server(platform, dataset)
         try:
             found = platform.store.lookup(dataset, request_id)
         except Exception as e:
@@ -195,7 +196,7 @@ def _route(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
-def _server(platform: Platform, dataset: str):
+def dataset_server(platform: Platform, dataset: str):
     server = platform.servers.get(dataset)
     if server is None:
         known = ", ".join(sorted(platform.servers)) or "none"

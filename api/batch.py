@@ -34,7 +34,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from api.app import _server
+from api.app import dataset_server
 from api.models import errors
 from api.platform import NotReady, say
 from api.uploads import receive_to
@@ -289,7 +289,7 @@ async def predict_batch(dataset: str, request: Request):
     """Score a CSV file of requests (the raw body, `Content-Type: text/csv`). Small files are answered at once;
     larger ones become a job (202) whose result CSV is fetched when done."""
     platform = request.app.state.platform
-    server = _server(platform, dataset)
+    server = dataset_server(platform, dataset)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind.startswith("multipart/") or kind == "application/json":
         raise HTTPException(415, f"send the CSV file as the raw body with Content-Type: text/csv (curl --data-binary "
@@ -339,7 +339,7 @@ def _to_csv(results: list[dict]) -> str:
 
 
 def _job(request: Request, dataset: str, job_id: str) -> BatchJob:
-    _server(request.app.state.platform, dataset)
+    dataset_server(request.app.state.platform, dataset)
     job = jobs_of(request).get(job_id)
     if job is None or job.dataset != dataset:
         raise HTTPException(404, f"no batch job {job_id!r} for {dataset}")

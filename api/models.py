@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from api.app import _server
+from api.app import dataset_server
 from ml_platform.serve.messages import contract
 from ml_platform.spec import DatasetSpec
 from ml_platform.train.metrics import primary
@@ -179,7 +179,7 @@ def dataset_info(dataset: str, request: Request) -> DatasetInfo:
     carries: request_id and event_time rules, every input column with its parse rule and whether a model reads
     it, and the request's JSON Schema."""
     platform = request.app.state.platform
-    server = _server(platform, dataset)
+    server = dataset_server(platform, dataset)
     spec = server.spec
     champion = challenger = None
     with registry(f"{dataset} in the model registry"):
@@ -215,7 +215,7 @@ def leaderboard(dataset: str, request: Request) -> Leaderboard:
     """The last training (the newest parent run of the dataset's MLflow experiment): each base model's holdout
     metrics, cross-validation mean and spread, training time or error, and the stack's holdout metrics."""
     platform = request.app.state.platform
-    spec = _server(platform, dataset).spec
+    spec = dataset_server(platform, dataset).spec
     with registry(f"{dataset} trainings"):
         client = platform.tracker().client
         exp = client.get_experiment_by_name(f"ml_platform/{dataset}")
@@ -251,7 +251,7 @@ def download_model(dataset: str, request: Request,
     from mlflow.artifacts import download_artifacts
 
     platform = request.app.state.platform
-    _server(platform, dataset)
+    dataset_server(platform, dataset)
     tracker = platform.tracker()
     work = Path(tempfile.mkdtemp(prefix=f"model-{dataset}-"))
     try:

@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from api.app import _server
+from api.app import dataset_server
 from api.models import errors
 from ml_platform.data.ingest import RejectedFile, check_header
 from ml_platform.data.landing import is_temporary, partition_key, rejection_for_name
@@ -92,7 +92,7 @@ def name_problem(name: str) -> str | None:
 
 def _check(request: Request, dataset: str, filename: str):
     platform = request.app.state.platform
-    spec = _server(platform, dataset).spec
+    spec = dataset_server(platform, dataset).spec
     reason = name_problem(filename)
     if reason:
         raise HTTPException(422, f"filename {filename[:100]!r}: {reason}")

@@ -51,7 +51,11 @@ def check_header(head: bytes, spec: DatasetSpec, file_size: int) -> HeaderCheck:
     first_line = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     if not first_line.strip():
         raise RejectedFile("no header line: the file starts with an empty line")
-    header = name_empty_headers([h.strip() for h in next(csv.reader([first_line]))], spec)
+    try:
+        cells = next(csv.reader([first_line]))
+    except csv.Error as e:  # a lone carriage return inside the header, say: a rejected file, not a broken tick
+        raise RejectedFile(f"header not readable as CSV: {e}") from None
+    header = name_empty_headers([h.strip() for h in cells], spec)
     if len(header) == 1:
         for delim, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
             if first_line.count(delim) >= 2:
