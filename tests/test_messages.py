@@ -153,12 +153,14 @@ GOOD = {
     "requests": {"request_id": "r1", "event_time": "2026-11-23T10:00:00Z", "year": "2015"},
     "actuals": {"request_id": "r1", "event_time": "2026-11-23T10:00:00Z", "actual": 1.0},
     "predictions": {"request_id": "r1", "prediction": 1.0, "probability": None, "model_name": "m",
-                    "model_version": "1", "event_time": "2026-11-23T10:00:00Z", "scored_at": "2026-11-23T10:00:01Z"},
+                    "model_version": "1", "event_time": "2026-11-23T10:00:00Z", "scored_at": "2026-11-23T10:00:01Z",
+                    "input_sha256": "0" * 64},
     "metrics": {"dataset": "d", "window_start": "2026-11-23T10:00:00Z", "window_end": "2026-11-23T10:01:00Z",
                 "model_version": "1", "count": 3, "rmse": 1.0},
     "dlq": {"raw": "x", "raw_bytes": 1, "raw_sha256": "0" * 64, "raw_truncated": False, "topic": "d.requests",
             "partition": 0, "offset": 1, "reason": "missing request_id", "dlq_at": "2026-11-23T10:00:00Z"},
 }
+GOOD["shadow"] = GOOD["predictions"]  # a challenger's shadow predictions have the prediction contract
 BAD = [
     ("requests", {"request_id": 12345}, "request_id"),
     ("requests", {"request_id": "a\tb"}, "request_id"),
@@ -167,6 +169,8 @@ BAD = [
     ("actuals", {"actual": "12"}, "actual"),
     ("predictions", {"model_version": 3}, "model_version"),
     ("predictions", {"scored_at": None}, "scored_at"),
+    ("predictions", {"input_sha256": "ABC"}, "input_sha256"),
+    ("shadow", {"model_version": 3}, "model_version"),
     ("metrics", {"count": 1.5}, "count"),
     ("metrics", {"window_end": "soon"}, "window_end"),
     ("dlq", {"raw": "x" * (DLQ_EXCERPT_CHARS + 1)}, "raw"),
