@@ -67,7 +67,7 @@ class DatasetServer:
         """ready: a champion is loaded and the alias's newest version did not fail to load (while it fails, the
         loaded one keeps serving, and /ready says so)."""
         cur = self.champion.current
-        failed = self.champion.failing if hasattr(self.champion, "failing") else bool(self.champion._failed)
+        failed = self.champion.failing
         out = {"ready": cur is not None and not failed, "model_version": cur.version if cur else None}
         if failed:
             out["error"] = self.champion.last_error

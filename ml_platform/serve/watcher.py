@@ -41,11 +41,18 @@ class ChampionWatcher:
         self.current: Loaded | None = None
         self._pending: Loaded | None = None
         self._failed: dict[str, float] = {}
+        self.wanted: str | None = None  # where the alias pointed at the last successful read
         self.last_error: str | None = None
         self.swaps: list[tuple[str | None, str | None, float]] = []  # (from, to, at); to None: stopped serving
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def failing(self) -> bool:
+        """The alias points at a version that failed to load (the loaded one, if any, keeps serving): what a
+        readiness probe reports. Pointing the alias back at a loadable version clears it."""
+        return self.wanted is not None and self.wanted in self._failed
 
     def check(self) -> bool:
         """One poll: load the alias's version if it is new. Returns whether a model is waiting to be taken."""
@@ -54,6 +61,7 @@ class ChampionWatcher:
         except Exception as e:  # the registry is down: keep serving, say so
             self._error(f"cannot read the {self.alias} alias: {e}")
             return self._pending is not None
+        self.wanted = wanted
         with self._lock:
             if wanted is None and self.drop_when_gone:
                 if self.current is not None or self._pending is not None:
