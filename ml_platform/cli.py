@@ -169,8 +169,8 @@ def _stack_config(a):
         _spec(a, name)
     return StackConfig(home=Path(a.home), repo=REPO, jars=Path(a.jars).resolve(), kafka_port=a.kafka_port,
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
-                       api_port=a.api_port, store_port=a.store_port, datasets=tuple(a.datasets.split(",")), every=a.every, rows_per_batch=a.rows_per_batch,
-                       sensor_interval=a.sensor_interval)
+                       api_port=a.api_port, store_port=a.store_port, datasets=tuple(a.datasets.split(",")),
+                       every=a.every, rows_per_batch=a.rows_per_batch, sensor_interval=a.sensor_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
