@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ml_platform.serve.messages import KINDS, MAX_MESSAGE_BYTES, errors, topic
+from ml_platform.serve.messages import MAX_MESSAGE_BYTES, errors, topic
 from ml_platform.serve.store import PredictionStore, StoreRejected, StoreUnavailable, actual_item, prediction_item
 from ml_platform.spec import NAME
 
@@ -37,8 +37,7 @@ def log(msg: str) -> None:
 
 def topics(ds: str) -> dict[str, tuple[str, bool]]:
     """topic -> (schema, served) for the topics the writer follows."""
-    shadow = topic(ds, "shadow") if "shadow" in KINDS else f"{ds}.shadow"  # until messages.py has the kind
-    return {topic(ds, "predictions"): ("prediction", True), shadow: ("prediction", False),
+    return {topic(ds, "predictions"): ("prediction", True), topic(ds, "shadow"): ("prediction", False),
             topic(ds, "actuals"): ("actual", True)}
 
 
