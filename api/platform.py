@@ -44,22 +44,23 @@ class DatasetServer:
         m = self.platform.metrics
         if self.last_version != loaded.version:
             if self.last_version is not None:
-                m.swaps.labels(self.spec.name).inc()
+                m.swapped(self.spec.name)
             self.last_version = loaded.version
-            m.model_version.labels(self.spec.name, "champion").set(float(loaded.version))
+            m.serving(self.spec.name, "champion", loaded.version)
+        if self.challenger is not None:
+            m.serving(self.spec.name, "challenger", challenger.version if challenger else None)
         t0 = time.perf_counter()
         outcome = score_messages(self.platform.spark, self.spec, messages, lambda df: score_batch(
             df, self.spec, loaded.model, self.spec.name, loaded.version, self.spec.serving.max_request_bytes,
             challenger=challenger))
-        m.spark_call.labels(self.spec.name).observe(time.perf_counter() - t0)
+        m.call(self.spec.name, time.perf_counter() - t0)
         return outcome
 
     def predict(self, rows: list[dict]) -> Outcome:
         outcome = self.coalescer.submit(encode_rows(rows), timeout=self.platform.settings.wait_seconds)
         for s in outcome.rows:
             version = (s.prediction or {}).get("model_version", "none")
-            self.platform.metrics.predictions.labels(self.spec.name, version,
-                                                      "scored" if s.prediction else "rejected").inc()
+            self.platform.metrics.scored(self.spec.name, version, "scored" if s.prediction else "rejected")
         self.platform.publish(self.spec.name, outcome.published)
         return outcome
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from ml_platform.serve.kafka_io import ensure_topics
 from ml_platform.serve.live import finish, joined_windows, window_rows
 from ml_platform.serve.messages import ContractError, encode, topic
+from ml_platform.serve.prom import ServingMetrics, serve_http
 from ml_platform.serve.scoring import score_batch
 from ml_platform.serve.spark_kafka import kafka_source, write_kafka
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
@@ -83,11 +84,14 @@ def log(msg: str) -> None:
 
 def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
                   status: Status, max_per_trigger: int | None = None, trigger_ms: int = 0,
-                  model_name: str | None = None, on_batch=None, challenger: ChampionWatcher | None = None):
+                  model_name: str | None = None, on_batch=None, challenger: ChampionWatcher | None = None,
+                  prom: ServingMetrics | None = None):
     """`on_batch(batch_id, version, predictions, dlq, seconds)` is called after each micro-batch is written.
-    `challenger` (a watcher of the `challenger` alias) serves as the spec's serving.challenger says."""
+    `challenger` (a watcher of the `challenger` alias) serves as the spec's serving.challenger says. `prom`
+    counts each micro-batch in the serving metrics the REST API exposes too."""
     name = model_name or spec.name
     mode = spec.serving.challenger.mode
+    seen = {"version": None}
 
     def each(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
@@ -104,6 +108,14 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
         p, d = counts.get(topic(spec, "predictions"), 0), counts.get(topic(spec, "dlq"), 0)
         status.add(requests=p + d, predictions=p, dlq=d, shadow=counts.get(topic(spec, "shadow"), 0), batches=1)
         status.serving(watcher, challenger, mode, last_batch_id=batch_id)
+        if prom is not None:
+            if seen["version"] not in (None, loaded.version):
+                prom.swapped(spec.name)
+            seen["version"] = loaded.version
+            prom.serving(spec.name, "champion", loaded.version)
+            prom.scored(spec.name, loaded.version, "scored", p)  # split: the challenger's share is counted here too
+            prom.scored(spec.name, "none", "rejected", d)
+            prom.call(spec.name, time.perf_counter() - t0)
         if on_batch:
             on_batch(batch_id, loaded.version, p, d, time.perf_counter() - t0)
 
@@ -156,7 +168,7 @@ def build_session(dataset: str, master: str, jars_dir: str | None):
 def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, state: Path, status: Status,
           stop: threading.Event, max_per_trigger: int | None = 20000, trigger_ms: int = 0, metrics: bool = True,
           describe: str = "a champion", heartbeat_seconds: float = 10.0,
-          challenger: ChampionWatcher | None = None) -> None:
+          challenger: ChampionWatcher | None = None, prom: ServingMetrics | None = None) -> None:
     """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint. A
     challenger watcher is not waited for: it serves from the micro-batch after it has loaded a model."""
     mode = spec.serving.challenger.mode
@@ -181,7 +193,7 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
             # StackOverflowErrors in Spark's stream threads as queries were stopped mid-start)
             ensure_topics(bootstrap, spec.name)
             queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
-                                         max_per_trigger, trigger_ms, challenger=challenger))
+                                         max_per_trigger, trigger_ms, challenger=challenger, prom=prom))
             if metrics:
                 # not "metrics": that checkpoint's state deduplicated by request_id alone and read no shadow topic,
                 # and Spark refuses a changed state schema or source list on restart
@@ -228,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-per-trigger", type=int, default=20000)
     ap.add_argument("--trigger-ms", type=int, default=0, help="0: start the next micro-batch as soon as possible")
     ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
+    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("ML_PLATFORM_SCORER_METRICS_PORT", 0)),
+                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)")
     a = ap.parse_args(argv)
     loaded = load_spec_dir(a.specs)
     if a.dataset not in loaded.specs:
@@ -248,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     if spec.serving.challenger.mode != "off":
         challenger = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
                                       on_error=lambda msg: status.update(last_error=msg), alias=CHALLENGER)
+    prom = ServingMetrics("kafka")
+    if a.metrics_port:
+        serve_http(prom, a.metrics_port)
+        log(f"Prometheus metrics on http://127.0.0.1:{a.metrics_port}/metrics")
     serve(spark, spec, watcher, a.bootstrap, state, status, stop, a.max_per_trigger, a.trigger_ms,
-          not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})", challenger=challenger)
+          not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})", challenger=challenger,
+          prom=prom)
     spark.stop()
     return 0
 

@@ -263,6 +263,7 @@ class StackConfig:
     dagster_port: int = 3000
     api_port: int = 8000
     store_port: int = 8001
+    scorer_metrics_port: int = 8010  # the first dataset's scorer; the next ones count up
     datasets: tuple[str, ...] = ("used_cars",)
     every: float = 90.0
     rows_per_batch: int = 5000
@@ -370,12 +371,13 @@ def api_key_hash(home: Path) -> str:
 
 def _scorer(ds: str, home: Path, cfg: StackConfig, env: dict[str, str]) -> Service:
     status = home / f"scorer-{ds}.json"
+    port = cfg.scorer_metrics_port + cfg.datasets.index(ds)  # one port per dataset's scorer
     return Service(
         f"scorer-{ds}",
         [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
-         "--trigger-ms", "1000"],
-        None, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
-              f"{topic(ds, 'metrics')} (status: {status})",
+         "--trigger-ms", "1000", "--metrics-port", str(port)],
+        port, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
+              f"{topic(ds, 'metrics')} (status: {status}; Prometheus: http://{LOOPBACK}:{port}/metrics)",
         lambda: status.exists(), env)
 
 
