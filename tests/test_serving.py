@@ -16,6 +16,7 @@ from ml_platform.local.simulate import SimConfig, write_batch
 from ml_platform.serve.kafka_io import ensure_topics, producer, read_topic
 from ml_platform.serve.live import offline_metrics
 from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, contract, errors, request, topic
+from ml_platform.serve.prom import ServingMetrics
 from ml_platform.serve.watcher import registry_watcher
 from ml_platform.train.registry import CHAMPION, Tracker
 from spark_streaming.scorer import Status, metrics_query, scoring_query
@@ -97,7 +98,8 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
     sent += [sent[i] for i in (1, 2, 4, 5, 7)]  # duplicate request_ids are scored again: consumers deduplicate
     _send(kafka.bootstrap, spec, sent)
     ckpt = str(tmp / "ckpt")
-    _run(scoring_query(spark, spec, watcher, kafka.bootstrap, ckpt, status, max_per_trigger=500))
+    prom = ServingMetrics("kafka")
+    _run(scoring_query(spark, spec, watcher, kafka.bootstrap, ckpt, status, max_per_trigger=500, prom=prom))
 
     preds = read_topic(kafka.bootstrap, topic(spec, "predictions"))
     dlq = read_topic(kafka.bootstrap, topic(spec, "dlq"))
@@ -124,16 +126,25 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
         assert p["model_version"] == v1 and p["model_name"] == spec.name and p["prediction"] == float(
             rows[i % len(rows)]["year"])
     assert all(m["key"] == m["value"]["request_id"] for m in preds)
+    # the scorer's Prometheus metrics count the same (the REST API exposes the same families)
+    sample = prom.registry.get_sample_value
+    assert sample("ml_platform_predictions_total", {"front_end": "kafka", "dataset": spec.name,
+                                                    "model_version": v1, "outcome": "scored"}) == len(preds)
+    assert sample("ml_platform_predictions_total", {"front_end": "kafka", "dataset": spec.name,
+                                                    "model_version": "none", "outcome": "rejected"}) == len(dlq)
+    assert sample("ml_platform_model_version", {"front_end": "kafka", "dataset": spec.name,
+                                                "role": "champion"}) == float(v1)
 
     # swap: the alias moves; the next micro-batches use the new version, one version per micro-batch
     v2 = register(spark, tracker, spec.name, year_model(2.0))
     assert watcher.check()
     _send(kafka.bootstrap, spec, [(f"s{i}", json.dumps(request(spec, f"s{i}", rows[i])).encode())
                                   for i in range(300)])
-    _run(scoring_query(spark, spec, watcher, kafka.bootstrap, ckpt, status, max_per_trigger=100))
+    _run(scoring_query(spark, spec, watcher, kafka.bootstrap, ckpt, status, max_per_trigger=100, prom=prom))
     new = [m for m in read_topic(kafka.bootstrap, topic(spec, "predictions")) if m["key"].startswith("s")]
     assert len(new) == 300 and {m["value"]["model_version"] for m in new} == {v2}
     assert all(m["value"]["prediction"] == 2.0 * float(rows[int(m["key"][1:])]["year"]) for m in new)
+    assert sample("ml_platform_model_swaps_total", {"front_end": "kafka", "dataset": spec.name}) == 1
 
     # a version that cannot load: reported, the current model keeps serving
     broken = tracker.client.create_model_version(spec.name, source=str(tmp / "nothing-here"), run_id=None)
