@@ -167,14 +167,12 @@ def classify(df: DataFrame, spec: DatasetSpec, serving: bool = False) -> DataFra
     plan = _plan(spec, serving, tuple(df.columns))
     for cols in plan.projections:
         df = df.select(*cols)
-    for name, col in plan.with_columns:
-        df = df.withColumn(name, col)
-    return df
+    return df.withColumn(REASON, plan.reason)
 
 
 class _Plan(NamedTuple):
     projections: tuple[tuple[Column, ...], ...]
-    with_columns: tuple[tuple[str, Column], ...]
+    reason: Column
 
 
 class CacheInfo(NamedTuple):
@@ -232,18 +230,23 @@ def _plan(spec: DatasetSpec, serving: bool, columns: tuple[str, ...]) -> _Plan:
     values = (F.col("*"), *[expr.alias(f"__v_{name}") for _, name, expr in parsed])
     typed = (*[F.col(f"`{c}`") for c in kept],
              *[(_finite(name, c.range) if name in numeric else _v(name)).alias(name) for c, name, _ in parsed])
-    with_columns = [(d.name, _derive(d.rule, F.col(d.inputs[0]), F.col(d.inputs[1]))) for d in spec.derived]
-    with_columns.append((UNLABELLED, _unlabelled(spec)))
-    if spec.task == "classification":
-        with_columns.append((spec.target, _label(spec)))
-    with_columns.append((spec.target, F.when(~F.col(UNLABELLED), F.col(spec.target))))
+    # derived columns, the unlabelled flag and the final target in one projection (each projection is a Spark
+    # analysis of the whole plan, ~0.1 s here): a derived input that is itself derived is inlined, and the flag is
+    # computed from the typed target as the target is replaced, as the former chain of withColumn calls did
+    derived: dict[str, Column] = {}
+    for d in spec.derived:
+        a, b = (derived.get(n, F.col(n)) for n in d.inputs)
+        derived[d.name] = _derive(d.rule, a, b)
+    target = F.when(~_unlabelled(spec), _label(spec) if spec.task == "classification" else F.col(spec.target))
+    names = kept + [name for _, name, _ in parsed]
+    tail = (*[target.alias(n) if n == spec.target else F.col(f"`{n}`") for n in names],
+            *[e.alias(n) for n, e in derived.items()], _unlabelled(spec).alias(UNLABELLED))
     reason = F.concat_ws("; ", *_value_reasons(spec, serving))
     reason = F.when(reason != "", reason)
     if has_corrupt:  # a malformed row's values are shifted or missing: one reason says it all
         malformed = F.lit("malformed CSV row (wrong number of fields)")
         reason = F.when(F.col(CORRUPT).isNotNull(), malformed).otherwise(reason)
-    with_columns.append((REASON, reason))
-    return _Plan((text, values, typed), tuple(with_columns))
+    return _Plan((text, values, typed, tail), reason)
 
 
 def cleaned_rows(classified: DataFrame, spec: DatasetSpec) -> DataFrame:
