@@ -263,6 +263,7 @@ def main() -> None:
     broker = mlflow = spark = None
     rep = {"rate": a.rate, "seconds": a.seconds, "load_before": os.getloadavg()}
     try:
+        (OUT / "mlflow").mkdir()
         mlflow = MlflowServer(OUT / "mlflow")
         spark = local_session("api-bench", threads=2, shuffle_partitions=2, driver_memory="2g")
         spark.sparkContext.setLogLevel("ERROR")
