@@ -310,7 +310,10 @@ def main() -> None:
         p2 = free_port()
         procs.append(start([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                             f"models:/{spec.name}/{version}", "--env-manager", "local", "-h", "127.0.0.1",
-                            "-p", str(p2), "-t", "120"], env, OUT / "mlflow-serve.log",
+                            "-p", str(p2), "-t", "120"],
+                           # it execs `uvicorn` by name: the venv's bin must be on PATH
+                           env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                           OUT / "mlflow-serve.log",
                            f"http://127.0.0.1:{p2}/health", "mlflow models serve"))
         peer = f"http://127.0.0.1:{p2}/invocations"
         print("warm-up", load(peer, lambda i: {"dataframe_records": [cleaned[i]]}, {}, 1, 5, a.timeout), flush=True)
