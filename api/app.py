@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -146,7 +148,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
     @keyed.post("/datasets/{dataset}/predict", response_model=PredictResponse, tags=["predictions"],
                 responses={404: {"description": "unknown dataset"}, 413: {"description": "too many rows"},
                            503: {"description": "no champion loaded yet"}})
-    def predict(dataset: str, body: PredictRequest):
+    async def predict(dataset: str, body: PredictRequest):
         """Score one row or many. Each result is the prediction (with its request_id and the model version that
         scored it) or, for a row that cannot be scored, the reason exactly as the DLQ record gives it."""
         server = dataset_server(platform, dataset)
@@ -154,12 +156,13 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
             raise HTTPException(413, f"{len(body.rows)} rows; at most {settings.max_rows} per call (use "
                                      f"/datasets/{dataset}/predict/batch for files)")
         rows = _with_ids(body.rows)
-        try:
-            outcome = server.predict(rows)
+        try:  # awaited, not waited for in a thread: every request queued meanwhile joins the next Spark call
+            outcome = await asyncio.wait_for(asyncio.wrap_future(server.submit(rows)), settings.wait_seconds)
         except NotReady as e:
             raise HTTPException(503, str(e)) from None
         except TimeoutError:
             raise HTTPException(503, f"scoring took over {settings.wait_seconds:.0f} s; try again") from None
+        await run_in_threadpool(server.finish, outcome)
         results = [s.as_json() for s in outcome.rows]
         scored = sum(r["status"] == "scored" for r in results)
         return {"scored": scored, "rejected": len(results) - scored, "results": results}

@@ -57,7 +57,17 @@ class DatasetServer:
         return outcome
 
     def predict(self, rows: list[dict]) -> Outcome:
-        outcome = self.coalescer.submit(encode_rows(rows), timeout=self.platform.settings.wait_seconds)
+        """Blocking: queue the rows, wait for their Spark call, count and publish them."""
+        outcome = self.submit(rows).result(self.platform.settings.wait_seconds)
+        self.finish(outcome)
+        return outcome
+
+    def submit(self, rows: list[dict]):
+        """Queue the rows for the next Spark call; a concurrent.futures.Future of their Outcome."""
+        return self.coalescer.submit_future(encode_rows(rows))
+
+    def finish(self, outcome: Outcome) -> None:
+        """After a call: the metrics, and the predictions to the prediction log."""
         for s in outcome.rows:
             version = (s.prediction or {}).get("model_version", "none")
             self.platform.metrics.scored(self.spec.name, version, "scored" if s.prediction else "rejected")
@@ -108,6 +118,7 @@ class Platform:
             self.specs, self.spec_errors = dict(specs), {}
         self._spark, self._watcher_for, self._store, self._producer = spark, watcher_for, store, producer
         self._challenger_for = challenger_for
+        self._producer_failed_at = float("-inf")
         self.servers: dict[str, DatasetServer] = {}
         self.started_at = time.time()
         self._lock = threading.Lock()
@@ -182,7 +193,11 @@ class Platform:
                 from ml_platform.serve.store import PredictionStore
 
                 s = self.settings
-                self._store = PredictionStore(s.store_table, endpoint_url=s.store_endpoint, region=s.region)
+                store = PredictionStore(s.store_table, endpoint_url=s.store_endpoint, region=s.region)
+                # the table may not exist yet when no writer has run (it describes first: no CreateTable needed
+                # where the table exists, as in production)
+                store.ensure_table()
+                self._store = store
             return self._store
 
     def tracker(self):
@@ -216,11 +231,18 @@ class Platform:
     def _get_producer(self):
         with self._lock:
             if self._producer is None:
+                # with the broker down, creating a producer costs max_block_ms per try: try again at most every 30 s
+                if time.monotonic() - self._producer_failed_at < 30:
+                    raise ConnectionError(f"Kafka at {self.settings.bootstrap} was unreachable less than 30 s ago")
                 from kafka import KafkaProducer
 
                 from ml_platform.serve.messages import MAX_MESSAGE_BYTES
 
                 # max_block_ms: with the broker down, send() must fail fast, not hold a predict call for a minute
-                self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=5, acks="all",
-                                               retries=10, max_block_ms=2000, max_request_size=MAX_MESSAGE_BYTES)
+                try:
+                    self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=5, acks="all",
+                                                   retries=10, max_block_ms=2000, max_request_size=MAX_MESSAGE_BYTES)
+                except Exception:
+                    self._producer_failed_at = time.monotonic()
+                    raise
             return self._producer

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,14 @@ def score_messages(spark, spec, messages: list[bytes], score: Callable) -> Outco
     return Outcome(result, [w for w in written if w[0] in (preds, shadow)])
 
 
+def _settle(fut: Future, result: Outcome | None = None, error: Exception | None = None) -> None:
+    """A caller that timed out has cancelled its future: its rows were scored anyway, and nobody waits for them."""
+    try:
+        fut.set_exception(error) if error is not None else fut.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 def _request_id(message: bytes) -> str | None:
     try:
         rid = json.loads(message).get("request_id")
@@ -109,13 +117,18 @@ class Coalescer:
         self._thread.start()
 
     def submit(self, messages: list[bytes], timeout: float | None = None) -> Outcome:
+        return self.submit_future(messages).result(timeout)
+
+    def submit_future(self, messages: list[bytes]) -> Future:
+        """Queue without waiting: an async caller awaits the future, so no thread is held per waiting request and
+        one Spark call can take everything that queued while the previous one ran."""
         fut: Future = Future()
         with self._cv:
             if self._stop:
                 raise RuntimeError("the scorer is stopping")
             self._queue.append((messages, {_request_id(m) for m in messages} - {None}, fut))
             self._cv.notify()
-        return fut.result(timeout)
+        return fut
 
     def _take(self) -> list[tuple[list[bytes], set, Future]]:
         """The next calls to score together: up to max_rows rows, and no request_id twice (outputs are matched
@@ -143,7 +156,7 @@ class Coalescer:
                 outcome = self.run(messages)
             except Exception as e:  # a failed Spark call fails its callers, never the thread
                 for _, _, fut in batch:
-                    fut.set_exception(e)
+                    _settle(fut, error=e)
                 continue
             self.calls += 1
             self.last_seconds = time.perf_counter() - t0
@@ -151,16 +164,16 @@ class Coalescer:
             for msgs, _, fut in batch:
                 part = outcome.rows[start:start + len(msgs)]
                 ids = {s.request_id for s in part}
-                fut.set_result(Outcome([Scored(s.index - start, s.request_id, s.prediction, s.rejected)
-                                        for s in part],
-                                       [w for w in outcome.published if w[1] in ids]))
+                _settle(fut, Outcome([Scored(s.index - start, s.request_id, s.prediction, s.rejected)
+                                      for s in part],
+                                     [w for w in outcome.published if w[1] in ids]))
                 start += len(msgs)
 
     def stop(self) -> None:
         with self._cv:
             self._stop = True
             for _, _, fut in self._queue:
-                fut.set_exception(RuntimeError("the scorer is stopping"))
+                _settle(fut, error=RuntimeError("the scorer is stopping"))
             self._queue.clear()
             self._cv.notify_all()
         self._thread.join(timeout=5)
