@@ -17,7 +17,6 @@ after a crash is written again, so consumers deduplicate by (request_id, model_v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -32,37 +31,20 @@ from ml_platform.serve.messages import ContractError, encode, topic
 from ml_platform.serve.prom import ServingMetrics, serve_http
 from ml_platform.serve.scoring import score_batch
 from ml_platform.serve.spark_kafka import kafka_source, write_kafka
+from ml_platform.serve.status import StatusFile, iso
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
 from ml_platform.spark import local_jars, prepare_environment, session_conf
 from ml_platform.spec import DatasetSpec, load_spec_dir
 from ml_platform.train.registry import CHALLENGER
 
 
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class Status:
-    """What the scorer is doing, as a JSON file (atomic replace) that `make run`, tests and humans read.
-    state: starting -> waiting (no champion yet; `updated_at` moves with every poll) -> serving (from the moment
-    a model is taken and the queries start) -> stopped. Times are ISO-8601 UTC."""
+class Status(StatusFile):
+    """What the scorer is doing (serve/status.py's JSON file). state: starting -> waiting (no champion yet;
+    `updated_at` moves with every poll) -> serving (from the moment a model is taken and the queries start) ->
+    stopped."""
 
     def __init__(self, path: Path | None, dataset: str):
-        self.path = path
-        self.data = {"dataset": dataset, "state": "starting", "pid": os.getpid(), "requests": 0, "predictions": 0,
-                     "dlq": 0, "batches": 0, "swaps": [], "last_error": None}
-        self._lock = threading.Lock()
-
-    def update(self, **kw) -> None:
-        with self._lock:
-            self.data.update(kw, updated_at=iso(time.time()))
-            if self.path:
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data, default=str, indent=1))
-                tmp.replace(self.path)
-
-    def add(self, **counts: int) -> None:
-        self.update(**{k: self.data.get(k, 0) + v for k, v in counts.items()})
+        super().__init__(path, dataset, requests=0, predictions=0, dlq=0, batches=0, swaps=[])
 
     def serving(self, watcher: ChampionWatcher, challenger: ChampionWatcher | None = None, mode: str = "off",
                 **kw) -> None:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES, errors, topic
+from ml_platform.serve.status import StatusFile
 from ml_platform.serve.store import PredictionStore, StoreRejected, StoreUnavailable, actual_item, prediction_item
 from ml_platform.spec import NAME
 
@@ -41,26 +42,12 @@ def topics(ds: str) -> dict[str, tuple[str, bool]]:
             topic(ds, "actuals"): ("actual", True)}
 
 
-class Status:
+class Status(StatusFile):
     """Counts and state as a JSON file (atomic replace), like the scorer's. state: starting -> running ->
     retrying (store unreachable; nothing committed meanwhile) -> running ... -> stopped."""
 
     def __init__(self, path: Path | None, dataset: str):
-        self.path = Path(path) if path else None
-        self.data = {"dataset": dataset, "state": "starting", "pid": os.getpid(), "consumed": 0, "stored": 0,
-                     "repeated": 0, "bad": 0, "batches": 0, "last_bad": None, "last_error": None}
-        self._lock = threading.Lock()
-
-    def update(self, **kw) -> None:
-        with self._lock:
-            self.data.update(kw, updated_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
-            if self.path:
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data, default=str, indent=1))
-                tmp.replace(self.path)
-
-    def add(self, **counts: int) -> None:
-        self.update(**{k: self.data.get(k, 0) + v for k, v in counts.items()})
+        super().__init__(path, dataset, consumed=0, stored=0, repeated=0, bad=0, batches=0, last_bad=None)
 
 
 def record_item(ds: str, rec) -> dict:
