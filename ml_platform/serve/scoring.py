@@ -10,13 +10,14 @@ the split's assignment is serve/routing.py's).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from ml_platform.data.cleaning import REASON, classify
+from ml_platform.data.cleaning import REASON, classify, spec_cached
 from ml_platform.serve.messages import DLQ_EXCERPT_CHARS, DLQ_KEY_CHARS, DLQ_REASON_CHARS, REQUEST_ID_PATTERN, topic
 from ml_platform.serve.routing import in_challenger_column
 from ml_platform.serve.watcher import Loaded
@@ -62,10 +63,23 @@ def string_request_id(raw: Column) -> Column:
 def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> DataFrame:
     """Kafka source rows -> one row per message: the cleaned typed columns, `request_id`, `event_ts`, the Kafka
     coordinates, `__value` (the original bytes) and `_reject_reason` (null when the request can be scored)."""
+    cols = _request_columns(spec, max_bytes)
+    flat = kafka_rows.select(*cols.read).select(*cols.flat)
+    return classify(flat, spec, serving=True).select(*cols.out)
+
+
+class _RequestColumns(NamedTuple):
+    read: tuple[Column, ...]
+    flat: tuple[Column, ...]
+    out: tuple[Column, ...]
+
+
+@spec_cached()  # built once per spec and size limit, not per micro-batch or request (see cleaning.spec_cached)
+def _request_columns(spec: DatasetSpec, max_bytes: int) -> _RequestColumns:
     raw = F.col("value").cast("string")
     size = F.octet_length(F.col("value"))
     big = size > max_bytes
-    df = kafka_rows.select(
+    read = (
         F.col("topic").alias("__topic"), F.col("partition").alias("__partition"), F.col("offset").alias("__offset"),
         F.col("key").cast("string").alias("__key"), F.col("value").alias("__value"), size.alias("__bytes"),
         # one JSON parse: PERMISSIVE from_json puts anything that is not a JSON object in the corrupt column;
@@ -89,18 +103,19 @@ def parse_requests(kafka_rows: DataFrame, spec: DatasetSpec, max_bytes: int) -> 
            .when(ts.isNull(), F.concat(F.lit("event_time: missing or not an ISO-8601 time '"),
                                        F.substring(F.coalesce(F.col("__json.event_time"), F.lit("")), 1, 60),
                                        F.lit("'"))))
-    flat = df.select("__topic", "__partition", "__offset", "__key", "__value", "__bytes",
-                     F.when(valid_id, given).alias("request_id"), ts.alias("event_ts"), pre.alias(PRE),
-                     *[F.col("__json").getField(c).alias(c) for c in spec.column_names])
-    typed = classify(flat.withColumn(spec.target, F.lit(None).cast("string")), spec, serving=True)
+    # a request carries no label: the target is null whatever was sent
+    flat = (*[F.col(c) for c in ("__topic", "__partition", "__offset", "__key", "__value", "__bytes")],
+            F.when(valid_id, given).alias("request_id"), ts.alias("event_ts"), pre.alias(PRE),
+            *[(F.lit(None).cast("string") if c == spec.target else F.col("__json").getField(c)).alias(c)
+              for c in spec.column_names])
     numeric, categorical = spec.feature_columns()
     needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
         {spec.key} if spec.key else set())
     # only the columns a model can read: Spark then skips parsing the rest (free text, excluded columns)
-    out = typed.select(*[F.col(f"__src_{c}").alias(c) for c in KEEP],
-                       *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
-                       F.coalesce(F.col(f"__src_{PRE}"), F.col(REASON)).alias(REASON))
-    return out
+    out = (*[F.col(f"__src_{c}").alias(c) for c in KEEP],
+           *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
+           F.coalesce(F.col(f"__src_{PRE}"), F.col(REASON)).alias(REASON))
+    return _RequestColumns(read, flat, out)
 
 
 def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: str) -> DataFrame:
