@@ -29,7 +29,6 @@ class DatasetServer:
 
     def __init__(self, platform: Platform, spec: DatasetSpec, champion, challenger=None):
         self.platform, self.spec, self.champion, self.challenger = platform, spec, champion, challenger
-        self.last_version: str | None = None
         self.coalescer = Coalescer(self._run, name=f"coalescer-{spec.name}")
 
     def _run(self, messages: list[bytes]) -> Outcome:
@@ -42,11 +41,7 @@ class DatasetServer:
             raise NotReady(f"{self.spec.name}: no champion loaded yet")
         challenger = self.challenger.take() if self.challenger is not None else None
         m = self.platform.metrics
-        if self.last_version != loaded.version:
-            if self.last_version is not None:
-                m.swapped(self.spec.name)
-            self.last_version = loaded.version
-            m.serving(self.spec.name, "champion", loaded.version)
+        m.serving(self.spec.name, "champion", loaded.version)
         if self.challenger is not None:
             m.serving(self.spec.name, "challenger", challenger.version if challenger else None)
         t0 = time.perf_counter()

@@ -73,7 +73,6 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
     counts each micro-batch in the serving metrics the REST API exposes too."""
     name = model_name or spec.name
     mode = spec.serving.challenger.mode
-    seen = {"version": None}
 
     def each(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
@@ -91,9 +90,6 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
         status.add(requests=p + d, predictions=p, dlq=d, shadow=counts.get(topic(spec, "shadow"), 0), batches=1)
         status.serving(watcher, challenger, mode, last_batch_id=batch_id)
         if prom is not None:
-            if seen["version"] not in (None, loaded.version):
-                prom.swapped(spec.name)
-            seen["version"] = loaded.version
             prom.serving(spec.name, "champion", loaded.version)
             prom.scored(spec.name, loaded.version, "scored", p)  # split: the challenger's share is counted here too
             prom.scored(spec.name, "none", "rejected", d)

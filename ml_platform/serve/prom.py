@@ -13,6 +13,7 @@ class ServingMetrics:
     def __init__(self, front_end: str):
         self.registry = r = CollectorRegistry()
         self.front_end = front_end
+        self._last: dict[tuple[str, str], str | None] = {}
         self.predictions = Counter("ml_platform_predictions", "rows scored, by dataset, model version and outcome "
                                    "(scored, rejected)", ["front_end", "dataset", "model_version", "outcome"],
                                    registry=r)
@@ -28,10 +29,13 @@ class ServingMetrics:
             self.predictions.labels(self.front_end, dataset, version, outcome).inc(n)
 
     def serving(self, dataset: str, role: str, version: str | None) -> None:
+        """The version a call or micro-batch used; a champion different from the last one seen is a swap (kept
+        here, so a query restarted from its checkpoint does not forget the last version)."""
+        last = self._last.get((dataset, role))
+        if role == "champion" and None not in (last, version) and last != version:
+            self.swaps.labels(self.front_end, dataset).inc()
+        self._last[(dataset, role)] = version
         self.model_version.labels(self.front_end, dataset, role).set(float(version) if version else 0.0)
-
-    def swapped(self, dataset: str) -> None:
-        self.swaps.labels(self.front_end, dataset).inc()
 
     def call(self, dataset: str, seconds: float) -> None:
         self.spark_call.labels(self.front_end, dataset).observe(seconds)
