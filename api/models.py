@@ -192,7 +192,8 @@ def dataset_info(dataset: str, request: Request) -> DatasetInfo:
             aliases = {}  # nothing registered yet: a dataset with no model is not an error
         if CHAMPION in aliases:
             champion = _version(client, dataset, aliases[CHAMPION])
-        if CHALLENGER in aliases:
+        # the alias on the champion's own version (right after a promotion) is no challenger, as in serving
+        if CHALLENGER in aliases and aliases[CHALLENGER] != aliases.get(CHAMPION):
             challenger = _version(client, dataset, aliases[CHALLENGER])
     return DatasetInfo(name=spec.name, task=spec.task, target=spec.target, key=spec.key,
                        serving_version=server.readiness()["model_version"], champion=champion, challenger=challenger,
