@@ -232,11 +232,10 @@ def test_the_scorer_shadows_a_challenger_until_its_alias_is_removed(spark, serve
     challenger's for every request; live metrics per version equal their offline recomputation; removing the
     alias (or pointing it at the champion) stops the challenger at the next micro-batch."""
     from ml_platform.serve.kafka_io import read_topic
-    from ml_platform.serve.live import offline_metrics
     from ml_platform.serve.watcher import registry_watcher
     from ml_platform.train.registry import CHALLENGER
-    from spark_streaming.scorer import metrics_query, scoring_query
-    from tests.test_serving import _run, _send, register
+    from spark_streaming.scorer import scoring_query
+    from tests.test_serving import _run, _send, live_and_offline, register
 
     spec, tracker, rows, status, tmp = served
     spec = _gated(spec, n=0)
@@ -270,17 +269,7 @@ def test_the_scorer_shadows_a_challenger_until_its_alias_is_removed(spark, serve
     assert (state["model_version"], state["challenger_version"], state["challenger_mode"]) == (v1, v2, "shadow")
     assert state["shadow"] == len(reqs) and state["requests"] == len(reqs)
 
-    q = metrics_query(spark, spec, kafka.bootstrap, str(tmp / "metrics"), status)
-    try:
-        for _ in range(3):  # the watermark advances at the end of a micro-batch; windows close in the next
-            q.processAllAvailable()
-    finally:
-        q.stop()
-    live = {(m["value"]["window_start"], m["value"]["model_version"]): m["value"]
-            for m in read_topic(kafka.bootstrap, topic(spec, "metrics"))}
-    offline = offline_metrics(spec, [m["value"] for m in preds + shadow],
-                              [m["value"] for m in read_topic(kafka.bootstrap, topic(spec, "actuals"))])
-    closed = {k: v for k, v in offline.items() if k[0] < "2026-11-23T10:05"}
+    live, closed = live_and_offline(spark, spec, kafka, tmp, status, preds + shadow)
     assert {v for _, v in closed} == {v1, v2} and set(closed) <= set(live)
     for k, m in closed.items():
         assert live[k]["count"] == m["count"] > 0 and live[k]["rmse"] == pytest.approx(m["rmse"])

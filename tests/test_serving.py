@@ -66,6 +66,22 @@ def _run(query):
         query.stop()
 
 
+def live_and_offline(spark, spec, kafka, tmp, status, predictions):
+    """Run the live-metrics query over what is in the topics -> (its windows by (start, version), the offline
+    recomputation from `predictions` and the actuals, closed windows only)."""
+    q = metrics_query(spark, spec, kafka.bootstrap, str(tmp / "metrics"), status)
+    try:
+        for _ in range(3):  # the watermark advances at the end of a micro-batch; windows close in the next
+            q.processAllAvailable()
+    finally:
+        q.stop()
+    live = {(m["value"]["window_start"], m["value"]["model_version"]): m["value"]
+            for m in read_topic(kafka.bootstrap, topic(spec, "metrics"))}
+    offline = offline_metrics(spec, [m["value"] for m in predictions],
+                              [m["value"] for m in read_topic(kafka.bootstrap, topic(spec, "actuals"))])
+    return live, {k: v for k, v in offline.items() if k[0] < "2026-11-23T10:05"}
+
+
 def _send(bootstrap, spec, messages):
     p = producer(bootstrap)
     for key, value in messages:
@@ -183,17 +199,8 @@ def test_live_metrics_equal_an_offline_recomputation(spark, served, kafka):
     p.flush()
     p.close()
     _run(scoring_query(spark, spec, watcher, kafka.bootstrap, str(tmp / "score"), status))
-    q = metrics_query(spark, spec, kafka.bootstrap, str(tmp / "metrics"), status)
-    try:
-        for _ in range(3):  # the watermark advances at the end of a micro-batch; windows close in the next
-            q.processAllAvailable()
-    finally:
-        q.stop()
-    live = {(m["value"]["window_start"], m["value"]["model_version"]): m["value"]
-            for m in read_topic(kafka.bootstrap, topic(spec, "metrics"))}
-    offline = offline_metrics(spec, [m["value"] for m in read_topic(kafka.bootstrap, topic(spec, "predictions"))],
-                              [m["value"] for m in read_topic(kafka.bootstrap, topic(spec, "actuals"))])
-    closed = {k: v for k, v in offline.items() if k[0] < "2026-11-23T10:05"}
+    live, closed = live_and_offline(spark, spec, kafka, tmp, status,
+                                    read_topic(kafka.bootstrap, topic(spec, "predictions")))
     assert len(closed) == 4 and set(closed) <= set(live)
     for k, m in closed.items():
         assert live[k]["count"] == m["count"] > 0
