@@ -7,14 +7,16 @@ import io
 import os
 import secrets
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import requests
 from conftest import ROOT, free_port
 
-from ml_platform.local.supervisor import stop_pid
+from ml_platform.local.supervisor import dagster_home, http_ok, stop_pid
 
 
 def _wait(ok, proc: subprocess.Popen, log: Path, what: str, seconds: float = 90) -> None:
@@ -159,3 +161,49 @@ class MlflowServer:
 
     def stop(self) -> None:
         stop_pid(self.proc.pid)
+
+
+class DagsterStack:
+    """dagster-webserver and dagster-daemon on a free loopback port, with a throwaway DAGSTER_HOME."""
+
+    def __init__(self, home: Path, locations: dict[str, Path], env: dict[str, str] | None = None,
+                 daemon: bool = True):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.home, self.bin_dir = home, Path(sys.executable).parent
+        workspace = self.workspace = home / "workspace.yaml"
+        workspace.write_text("load_from:\n" + "".join(
+            f"  - python_file:\n      relative_path: {path}\n      location_name: {name}\n"
+            f"      working_directory: {ROOT}\n"
+            for name, path in locations.items()))
+        self.env = os.environ | {"DAGSTER_HOME": str(dagster_home(home))} | (env or {})
+        self.log = home / "dagster.log"
+        self.web = self._spawn([str(self.bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p",
+                                self.url.rsplit(":", 1)[1], "-w", str(workspace)])
+        self.daemon = self.start_daemon() if daemon else None
+        deadline = time.monotonic() + 180  # the webserver, the daemon and their code servers all import dagster
+        while not (http_ok(f"{self.url}/server_info") and self.loaded()):
+            if self.web.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("dagster-webserver did not start:\n" + self.log.read_text(errors="replace")[-3000:])
+            time.sleep(0.3)
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=self.env, cwd=self.home, stdout=open(self.log, "ab"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_daemon(self) -> subprocess.Popen:
+        """The daemon (sensors, the run queue, run monitoring and retries); a test may kill it and start another."""
+        self.daemon = self._spawn([str(self.bin_dir / "dagster-daemon"), "run", "-w", str(self.workspace)])
+        return self.daemon
+
+    def graphql(self, query: str, **variables) -> dict:
+        return requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10).json()
+
+    def loaded(self) -> bool:
+        nodes = self.graphql("{ assetNodes { id } }").get("data", {}).get("assetNodes")
+        return bool(nodes)
+
+    def stop(self) -> None:
+        for p in (self.web, self.daemon):
+            if p is not None and p.poll() is None:
+                stop_pid(p.pid, grace=3)  # nothing to save: a throwaway instance

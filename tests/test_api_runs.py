@@ -2,23 +2,18 @@
 are queued, the daemon launches them in a subprocess) over tests/retrain_defs.py, a code location with
 used_cars's layers as trivial assets, beside a location that fails to load. fraud has a spec but no assets."""
 
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-import requests
-from conftest import ROOT, free_port
+from conftest import ROOT
 from fastapi.testclient import TestClient
+from services import DagsterStack
 
 from api.app import create_app
 from api.platform import Platform
 from api.runs import Dagster, DagsterUnreachable, retrain_keys
 from api.settings import ApiSettings, key_hash
-from ml_platform.local.supervisor import dagster_home, http_ok, stop_pid
 from ml_platform.serve.watcher import ChampionWatcher
 from ml_platform.spec import builtin_specs
 
@@ -29,50 +24,12 @@ STEPS = {"__".join(k) for k in retrain_keys(USED_CARS)}
 PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
 
 
-class DagsterStack:
-    """dagster-webserver and dagster-daemon on a free loopback port, with a throwaway DAGSTER_HOME."""
-
-    def __init__(self, home: Path):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        # beside ours, a code location that fails to load, as a broken deployment would
-        (home / "broken_defs.py").write_text("raise RuntimeError('the spec directory is unreadable')\n")
-        workspace = home / "workspace.yaml"
-        workspace.write_text("load_from:\n" + "".join(
-            f"  - python_file:\n      relative_path: {path}\n      location_name: {name}\n"
-            f"      working_directory: {ROOT}\n"
-            for name, path in (("ml_platform", ROOT / "tests/retrain_defs.py"), ("broken", home / "broken_defs.py"))))
-        env = os.environ | {"DAGSTER_HOME": str(dagster_home(home))}
-        bin_dir = Path(sys.executable).parent
-        self.log = home / "dagster.log"
-        out = open(self.log, "ab")
-        self.web = subprocess.Popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p",
-                                     self.url.rsplit(":", 1)[1], "-w", str(workspace)],
-                                    env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
-                                       env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180  # the webserver, the daemon and their code servers all import dagster
-        while not (http_ok(f"{self.url}/server_info") and self.loaded()):
-            if self.web.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("dagster-webserver did not start:\n" + self.log.read_text(errors="replace")[-3000:])
-            time.sleep(0.3)
-
-    def graphql(self, query: str, **variables) -> dict:
-        return requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=10).json()
-
-    def loaded(self) -> bool:
-        nodes = self.graphql("{ assetNodes { id } }").get("data", {}).get("assetNodes")
-        return bool(nodes)
-
-    def stop(self) -> None:
-        for p in (self.web, self.daemon):
-            if p.poll() is None:
-                stop_pid(p.pid, grace=3)  # nothing to save: a throwaway instance
-
-
 @pytest.fixture(scope="module")
 def dagster(tmp_path_factory):
-    stack = DagsterStack(tmp_path_factory.mktemp("dagster"))
+    home = tmp_path_factory.mktemp("dagster")
+    # beside ours, a code location that fails to load, as a broken deployment would
+    (home / "broken_defs.py").write_text("raise RuntimeError('the spec directory is unreadable')\n")
+    stack = DagsterStack(home, {"ml_platform": ROOT / "tests/retrain_defs.py", "broken": home / "broken_defs.py"})
     yield stack
     stack.stop()
 
