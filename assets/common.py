@@ -8,6 +8,7 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     DagsterEventType,
+    DagsterRunStatus,
     DynamicPartitionsDefinition,
     Failure,
     MetadataValue,
@@ -16,6 +17,7 @@ from dagster import (
 from ml_platform.data.checks import Outcome
 from ml_platform.jobs import JobFailed
 from ml_platform.spec import DatasetSpec
+from ml_platform.train.registry import DAGSTER_RUN_TAG
 
 
 def batch_partitions(spec: DatasetSpec) -> DynamicPartitionsDefinition:
@@ -51,12 +53,15 @@ def run_job(context, spark, spec: DatasetSpec, name: str, args: dict, registry=N
     try:
         return spark.run_job(context, name, spec, args, registry)
     except JobFailed as e:
+        # a refusal is about the data, final: the batch accounting shows it as quarantined and never retries it
+        context.instance.add_run_tags(context.run.run_id, {REFUSED_TAG: str(e)[:1000] or name})
         where = f"{spec.name} batch {context.partition_key!r}" if context.has_partition_key else spec.name
         raise Failure(description=f"{where} {FAILED_AS.get(name, f'{name} failed')}: {e}",
                       metadata={"reason": str(e)}) from None
 
 
 FAILED_AS = {"ingest": "rejected"}
+REFUSED_TAG = "ml_platform/refused"  # ml_platform.data.accounting.RunFact.refused reads it
 
 
 def job_check_results(key: AssetKey, checks: list[dict]) -> list[AssetCheckResult]:
@@ -66,7 +71,27 @@ def job_check_results(key: AssetKey, checks: list[dict]) -> list[AssetCheckResul
 
 def run_tags(context) -> dict[str, str]:
     """What links an MLflow run or model version back to Dagster."""
-    return {"dagster_run_id": context.run.run_id, "dagster_job": context.job_name}
+    return {DAGSTER_RUN_TAG: context.run.run_id, "dagster_job": context.job_name}
+
+
+def end_orphaned_mlflow_runs(context, registry, spec: DatasetSpec) -> list[str]:
+    """End as FAILED the MLflow runs a killed run worker left RUNNING (their Dagster run is over). A Dagster run
+    this instance does not know (another deployment sharing the server) counts as alive. Never fails the step:
+    an unreachable MLflow is the next step's problem, with its own error."""
+    def alive(run_id: str) -> bool:
+        run = context.instance.get_run_by_id(run_id)
+        return run is None or run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                                             DagsterRunStatus.CANCELING)
+
+    try:
+        ended = registry.tracker().end_orphaned_runs(spec.name, alive)
+    except Exception as e:  # noqa: BLE001 — housekeeping: say so and go on
+        context.log.warning(f"could not check {spec.name}'s MLflow runs left RUNNING: {e}")
+        return []
+    if ended:
+        context.log.warning(f"ended {len(ended)} MLflow run(s) of {spec.name} left RUNNING by a run that died: "
+                            f"{ended}")
+    return ended
 
 
 def upstream_value(context, keys: list[AssetKey], field: str) -> str:

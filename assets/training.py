@@ -10,9 +10,9 @@ from dagster import (
     asset,
 )
 
-from assets.common import asset_key, run_job, upstream_value
+from assets.common import asset_key, end_orphaned_mlflow_runs, run_job, upstream_value
 from ml_platform.spec import DatasetSpec
-from resources import SparkResource
+from resources import ModelRegistryResource, SparkResource
 
 LATER_LAYERS = ["feature_pipeline", "stacked_model", "serving_deployment"]
 
@@ -40,12 +40,15 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
            kinds={"spark", "parquet"}, automation_condition=retrain_condition(spec),
            description=f"Every accepted cleaned {spec.name} batch in the training window, one row per key, split "
                        f"into train and holdout by a hash of the key.")
-    def training_set(context: AssetExecutionContext, spark: SparkResource):
+    def training_set(context: AssetExecutionContext, spark: SparkResource, registry: ModelRegistryResource):
+        # a retrain first ends what a killed earlier one left RUNNING in MLflow
+        orphans = end_orphaned_mlflow_runs(context, registry, spec)
         # the run id names the version; the models job opens its MLflow parent run, tagged with it
         s = run_job(context, spark, spec, "training_set", {"version": context.run.run_id})
         t = s["target"]
         return MaterializeResult(metadata={
-            "version": s["version"], "dagster/row_count": s["rows"], "train_rows": s["train_rows"],
+            "version": s["version"], "dagster/row_count": s["rows"],
+            "mlflow_runs_ended_as_failed": len(orphans), "train_rows": s["train_rows"],
             "holdout_rows": s["holdout_rows"], "batches": len(s["batches"]),
             "batch_keys": MetadataValue.json(s["batches"]), "data_hash": s["data_hash"],
             "time_range": f"{s['first_ingested_at']} .. {s['last_ingested_at']}",

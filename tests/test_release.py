@@ -217,3 +217,35 @@ def test_promotion_needs_a_better_model_with_passed_checks_and_rollback_moves_th
     assert gate["promoted"] and tracker.version_for(spec.name, CHAMPION) == better
     assert tracker.version_for(spec.name, PREVIOUS) == bad
     del same
+
+
+def test_only_checked_versions_become_champion_and_orphaned_runs_are_ended(tmp_path):
+    """A version registered without a `checks: passed` tag (a run killed before recording them, or a hand-made
+    registration) is refused by promote and by rollback; MLflow runs left RUNNING by a Dagster run that is over are
+    ended as FAILED, the others are left alone."""
+    from ml_platform.train.registry import Tracker, Unchecked
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    c = tracker.client
+    c.create_registered_model("ds")
+    checked = c.create_model_version("ds", source=str(tmp_path / "a"), tags={"checks": "passed"}).version
+    unchecked = c.create_model_version("ds", source=str(tmp_path / "b")).version
+    failed = c.create_model_version("ds", source=str(tmp_path / "c"), tags={"checks": "failed"}).version
+    tracker.promote("ds", checked)
+    for v in (unchecked, failed):
+        with pytest.raises(Unchecked, match=f"version {v} cannot become champion"):
+            tracker.promote("ds", v)
+    assert tracker.version_for("ds", CHAMPION) == str(checked)
+    c.set_registered_model_alias("ds", PREVIOUS, unchecked)  # set by hand: rollback still refuses it
+    with pytest.raises(Unchecked, match=f"version {unchecked} cannot"):
+        tracker.rollback("ds")
+    assert tracker.version_for("ds", CHAMPION) == str(checked)
+
+    exp = tracker.experiment_id("ds")
+    dead = c.create_run(exp, tags={"dagster_run_id": "dead-run"}).info.run_id
+    live = c.create_run(exp, tags={"dagster_run_id": "live-run"}).info.run_id
+    notebook = c.create_run(exp).info.run_id
+    assert tracker.end_orphaned_runs("ds", lambda rid: rid == "live-run") == [dead]
+    assert c.get_run(dead).info.status == "FAILED" and "dead-run" in c.get_run(dead).data.tags["ended_by"]
+    assert c.get_run(live).info.status == "RUNNING" and c.get_run(notebook).info.status == "RUNNING"
+    assert tracker.end_orphaned_runs("ds", lambda rid: False) == [live]  # once its run is over too

@@ -8,6 +8,9 @@ Aliases on the registered model `<dataset>`:
                      registration: a stack that failed its checks must not take live traffic
   champion           what the scorer serves
   previous_champion  the champion before the last promotion: rollback moves `champion` back to it
+
+A version becomes `champion` only if its `checks` tag says `passed` (promote and rollback refuse any other): a
+version registered by a run killed before its checks were recorded, or registered by hand, is never served.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous_champion"
+CHECKS_TAG = "checks"  # on a registered version: "passed" or "failed", set when it is registered
+DAGSTER_RUN_TAG = "dagster_run_id"  # on MLflow runs made by a Dagster step (assets.common.run_tags)
+
+
+class Unchecked(ValueError):
+    """A version without passing checks was asked to become champion."""
 
 
 def _flat(prefix: str, d: dict) -> dict[str, str]:
@@ -147,6 +156,23 @@ class Tracker:
         self.client.set_terminated(parent_id, "FINISHED")
         return str(mv.version)
 
+    def end_orphaned_runs(self, dataset: str, alive) -> list[str]:
+        """End as FAILED the dataset's MLflow runs still RUNNING whose Dagster run (tag dagster_run_id) is not in
+        flight any more: `alive(dagster_run_id)` says. A killed run worker leaves its run RUNNING forever otherwise.
+        Runs without the tag (a notebook's) are left alone. Returns the run ids ended."""
+        exp = self.client.get_experiment_by_name(f"ml_platform/{dataset}")
+        if exp is None:
+            return []
+        ended = []
+        for run in self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=500):
+            owner = run.data.tags.get(DAGSTER_RUN_TAG)
+            if owner and not alive(owner):
+                self.client.set_tag(run.info.run_id, "ended_by",
+                                    f"ml_platform: its Dagster run {owner} ended without finishing it")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                ended.append(run.info.run_id)
+        return ended
+
     def version_for(self, dataset: str, alias: str) -> str | None:
         try:
             return str(self.client.get_model_version_by_alias(dataset, alias).version)
@@ -170,8 +196,16 @@ class Tracker:
     def version_tags(self, dataset: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(dataset, version).tags)
 
+    def require_checked(self, dataset: str, version: str) -> None:
+        checks = self.version_tags(dataset, str(version)).get(CHECKS_TAG)
+        if checks != "passed":
+            raise Unchecked(f"{dataset} version {version} cannot become champion: its checks are "
+                            f"{checks or 'not recorded'} (tag {CHECKS_TAG!r} must be 'passed')")
+
     def promote(self, dataset: str, version: str) -> str | None:
-        """Point `champion` at `version`, keeping the old champion as `previous_champion`. Returns the old one."""
+        """Point `champion` at `version`, keeping the old champion as `previous_champion`. Returns the old one.
+        Refuses (Unchecked) a version whose checks did not pass."""
+        self.require_checked(dataset, version)
         old = self.version_for(dataset, CHAMPION)
         if old is not None and old != str(version):
             self.client.set_registered_model_alias(dataset, PREVIOUS, old)
@@ -184,6 +218,7 @@ class Tracker:
         cur, prev = self.version_for(dataset, CHAMPION), self.version_for(dataset, PREVIOUS)
         if prev is None or cur is None:
             raise ValueError(f"{dataset}: nothing to roll back to (champion={cur}, previous_champion={prev})")
+        self.require_checked(dataset, prev)
         self.client.set_registered_model_alias(dataset, CHAMPION, prev)
         self.client.set_registered_model_alias(dataset, PREVIOUS, cur)
         self.tag_version(dataset, prev, {"rolled_back_from": cur})

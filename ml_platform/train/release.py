@@ -23,11 +23,9 @@ from ml_platform.train.algorithms import LABEL
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results
 from ml_platform.train.plots import classification_plots, regression_plots
-from ml_platform.train.registry import CHALLENGER, CHAMPION, Tracker
+from ml_platform.train.registry import CHALLENGER, CHAMPION, CHECKS_TAG, Tracker
 from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard
 from ml_platform.train.training_set import TrainingError, training_version
-
-CHECKS_TAG = "checks"
 
 
 def stack_checks(spec: DatasetSpec, holdout: dict, base: dict[str, dict]) -> list[tuple[str, bool, bool, str]]:
