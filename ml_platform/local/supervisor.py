@@ -233,16 +233,23 @@ def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> li
 
 
 def dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME with a queued run coordinator (at most two Spark runs at once on a 2-core machine) and run
-    monitoring for runs stuck starting. On Ctrl-C, running runs get SIGTERM and are marked failed
-    (interrupted); queued runs stay queued and resume at the next `make run`."""
+    """DAGSTER_HOME with a queued run coordinator (at most two Spark runs at once on a 2-core machine), run
+    monitoring and one automatic retry of a run whose worker crashed. On Ctrl-C, running runs get SIGTERM and are
+    marked failed (interrupted); queued runs stay queued and resume at the next `make run`.
+
+    A killed run worker is noticed by the code server that launched it (every 0.5 s) and its run marked failed;
+    the run retries daemon then re-executes it once. retry_on_asset_or_op_failure is off: a step that failed (a
+    batch the data checks refused) fails the same way again, so only crashes are retried. The default run
+    launcher cannot check a started run's worker itself (no check_run_worker_health), so run monitoring here
+    catches runs stuck starting or being cancelled; polling every 5 s makes that, and the retry, quick."""
     d = home / "dagster_home"
     d.mkdir(parents=True, exist_ok=True)
     (d / "dagster.yaml").write_text(
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
         "  config:\n    max_concurrent_runs: 2\n"
-        "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  poll_interval_seconds: 30\n"
-        "  max_resume_run_attempts: 0\n"
+        "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 120\n"
+        "  poll_interval_seconds: 5\n  max_resume_run_attempts: 0\n"
+        "run_retries:\n  enabled: true\n  max_retries: 1\n  retry_on_asset_or_op_failure: false\n"
         "telemetry:\n  enabled: false\n")
     return d
 
