@@ -7,7 +7,8 @@ moment it exists) and <ds>.actuals in consumer group `store-writer-<ds>`. Each p
 against its contract (a bad one is counted and logged with topic/partition/offset, never stops the writer), write
 the batch, then commit the offsets. Delivery is at least once: offsets are committed only after the write, and
 writes are first-write-wins upserts, so a crash at any point (kill -9 included) followed by a restart stores every
-message exactly once. When the store is down it retries with backoff and commits nothing; SIGTERM stops cleanly.
+message exactly once. When a write fails (the store down, throttling, a full disk under it) the writer keeps the
+batch, retries it with backoff and commits nothing meanwhile; SIGTERM stops cleanly.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def topics(ds: str) -> dict[str, tuple[str, bool]]:
 
 class Status(StatusFile):
     """Counts and state as a JSON file (atomic replace), like the scorer's. state: starting -> running ->
-    retrying (store unreachable; nothing committed meanwhile) -> running ... -> stopped."""
+    failing (writes fail: last_error says why, failed_writes counts the attempts, retry_in_s the next wait;
+    nothing committed meanwhile) -> running ... -> stopped."""
 
     def __init__(self, path: Path | None, dataset: str):
-        super().__init__(path, dataset, consumed=0, stored=0, repeated=0, bad=0, batches=0, last_bad=None)
+        super().__init__(path, dataset, consumed=0, stored=0, repeated=0, bad=0, batches=0, last_bad=None,
+                         failed_writes=0, retry_in_s=None)
 
 
 def record_item(ds: str, rec) -> dict:
@@ -94,21 +97,25 @@ def write_records(store: PredictionStore, ds: str, records: list, status: Status
     return new, len(bad)
 
 
-def _until_written(store: PredictionStore, ds: str, records: list, status: Status, stop: threading.Event) -> bool:
-    """Write one batch, retrying while the store is unreachable; False if stopped before it was written."""
-    delay = 0.5
+def _until_written(store: PredictionStore, ds: str, records: list, status: Status, stop: threading.Event,
+                   max_backoff_s: float = MAX_BACKOFF_S) -> bool:
+    """Write one batch, retrying while the store fails; False if stopped before it was written."""
+    delay = min(0.5, max_backoff_s)
     while True:
         try:
             write_records(store, ds, records, status)
             if status.data["state"] != "running":
-                status.update(state="running")
+                status.update(state="running", retry_in_s=None)
+                log(f"writes succeed again after {status.data['failed_writes']} failed attempt(s) in all")
             return True
         except StoreUnavailable as e:
-            status.update(state="retrying", last_error=str(e)[:2000])
-            log(f"store unavailable, retrying in {delay:.1f} s (offsets not committed): {str(e)[:300]}")
+            # a part of the batch may be stored already: the retry writes the same batch, first-write-wins
+            status.update(state="failing", last_error=str(e)[:2000], retry_in_s=delay,
+                          failed_writes=status.data["failed_writes"] + 1)
+            log(f"write failed, retrying in {delay:.1f} s (offsets not committed): {str(e)[:300]}")
             if stop.wait(delay):
                 return False
-            delay = min(delay * 2, MAX_BACKOFF_S)
+            delay = min(delay * 2, max_backoff_s)
             try:
                 store.ensure_table(wait_s=10)  # a table deleted under us comes back
             except (StoreUnavailable, StoreRejected):
@@ -116,7 +123,7 @@ def _until_written(store: PredictionStore, ds: str, records: list, status: Statu
 
 
 def run(ds: str, bootstrap: str, store: PredictionStore, stop: threading.Event, status: Status,
-        max_records: int = 2000) -> None:
+        max_records: int = 2000, max_backoff_s: float = MAX_BACKOFF_S) -> None:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
     from kafka.structs import OffsetAndMetadata
@@ -126,7 +133,7 @@ def run(ds: str, bootstrap: str, store: PredictionStore, stop: threading.Event, 
             store.ensure_table()
             break
         except (StoreUnavailable, StoreRejected) as e:
-            status.update(state="retrying", last_error=str(e)[:2000])
+            status.update(state="failing", last_error=str(e)[:2000])
             log(f"cannot prepare table {store.table}, retrying in 5 s: {str(e)[:300]}")
             stop.wait(5.0)
     # a pattern, not names: a missing topic is not auto-created by subscribing, and <ds>.shadow is picked up
@@ -149,7 +156,7 @@ def run(ds: str, bootstrap: str, store: PredictionStore, stop: threading.Event, 
                     status.update()
                     beat = time.monotonic()
                 continue
-            if not _until_written(store, ds, records, status, stop):
+            if not _until_written(store, ds, records, status, stop, max_backoff_s):
                 break
             offsets = {}
             for r in records:
@@ -174,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--region", default=os.environ.get("AWS_REGION") or "us-east-1")
     ap.add_argument("--status", type=Path, default=None, help="write counts and state to this JSON file")
     ap.add_argument("--max-records", type=int, default=2000, help="records per poll, written as one batch")
+    ap.add_argument("--max-backoff", type=float, default=MAX_BACKOFF_S,
+                    help=f"longest wait in seconds between retries of a failing write (default {MAX_BACKOFF_S:.0f})")
     a = ap.parse_args(argv)
     if a.max_records < 1:
         ap.error("--max-records must be at least 1")
+    if not a.max_backoff > 0:
+        ap.error("--max-backoff must be more than 0 seconds")
     if not NAME.fullmatch(a.dataset):
         ap.error(f"dataset {a.dataset!r}: a letter, then letters, digits or _")
     status = Status(a.status, a.dataset)
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        run(a.dataset, a.bootstrap, store, stop, status, a.max_records)
+        run(a.dataset, a.bootstrap, store, stop, status, a.max_records, a.max_backoff)
     finally:
         store.close()
         status.update(state="stopped")
