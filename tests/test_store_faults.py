@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 from store_service import Dynalite
