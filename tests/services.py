@@ -142,15 +142,17 @@ class MlflowServer:
     as `make run` runs it."""
 
     def __init__(self, home: Path):
-        import sys
-
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.log, self.artifacts = home / "mlflow.log", home / "artifacts"
+        self.home, self.log, self.artifacts = home, home / "mlflow.log", home / "artifacts"
+        self.start()
+
+    def start(self) -> None:
+        """Start (or, after stop(), start again on the same port and database)."""
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-             "--artifacts-destination", str(home / "artifacts")],
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
+             "--artifacts-destination", str(self.artifacts)],
             env=os.environ | MLFLOW_SERVER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
         try:
