@@ -9,6 +9,7 @@ root ('/'-separated); `store.uri(path)` turns one into what Spark reads and writ
     bronze/<dataset>/_hashes/<sha256>           which batch first brought this content
     silver/<dataset>/batch=<key>/               cleaned, typed rows (Parquet)
     silver/<dataset>/_accepted/<key>.json       written by the cleaning job when the batch passed its blocking checks
+    silver/<dataset>/_rejected/<key>.json       written by the cleaning job when it did not: {"partition", "why": [...]}
     gold/<dataset>/<version>/                   one retrain: train/, holdout/, training_set.json, feature_pipeline/,
                                                 models/<algorithm>/{model,oof,result.json}, stacked_model/, *.json
 """
@@ -42,8 +43,12 @@ def bronze_dir(spec: _Named, key: str) -> str:
     return f"bronze/{spec.name}/batch={key}"
 
 
+def batch_records_dir(spec: _Named) -> str:
+    return f"bronze/{spec.name}/_batches"
+
+
 def batch_record_path(spec: _Named, key: str) -> str:
-    return f"bronze/{spec.name}/_batches/{key}.json"
+    return f"{batch_records_dir(spec)}/{key}.json"
 
 
 def content_hash_marker(spec: _Named, digest: str) -> str:
@@ -64,6 +69,14 @@ def accepted_dir(spec: _Named) -> str:
 
 def accepted_marker(spec: _Named, key: str) -> str:
     return f"{accepted_dir(spec)}/{key}.json"
+
+
+def rejected_dir(spec: _Named) -> str:
+    return f"{silver_root(spec)}/_rejected"
+
+
+def rejected_marker(spec: _Named, key: str) -> str:
+    return f"{rejected_dir(spec)}/{key}.json"
 
 
 def version_dir(spec: _Named, version: str) -> str:
