@@ -1,6 +1,11 @@
 """`ml-platform produce`: the load generator. It replays the simulator's held-out test stream as prediction
 requests at a given rate, sends each true label to `<ds>.actuals` after a delay (a share of them never), and
 mixes in a share of malformed messages of every kind the scorer must survive.
+
+Every send is tracked until the broker acknowledges it: one that fails (the broker stopped past the client's delivery
+timeout) is sent again, and at most `max_pending` messages are unacknowledged at once; past that the generator
+waits and says so. The report counts acknowledged messages, and as failed only what was refused for good or was still
+unacknowledged when it gave up waiting at the end (such a message may still have reached the broker).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,54 +85,150 @@ def fuzz(spec: DatasetSpec, kind: str, rid: str, row: dict, rng: random.Random) 
     raise ValueError(f"unknown fuzz kind {kind!r}")
 
 
+class Sender:
+    """A producer's sends, tracked: acknowledged ones are counted (and listed in `ledger` as (kind, key) if given),
+    retriable failures are re-sent after `retry_s`, and `send` blocks while `max_pending` are unacknowledged."""
+
+    def __init__(self, p, name: str, max_pending: int, out, ledger: list | None = None, retry_s: float = 1.0):
+        self.p, self.name, self.max_pending, self.out = p, name, max_pending, out
+        self.ledger, self.retry_s = ledger, retry_s
+        self.acked, self.failed, self.retried = Counter(), Counter(), 0
+        self.inflight: Counter = Counter()  # kind -> sends the client has not resolved yet
+        self.done: deque = deque()  # (item, error or None), appended by the client's I/O thread
+        self.again: deque = deque()  # (due, item) to re-send
+        self.last_error = ""
+
+    def pending(self) -> int:
+        return sum(self.inflight.values()) + len(self.again)
+
+    def send(self, kind: str, topic_name: str, key: str | None, value: bytes) -> None:
+        said = time.monotonic()
+        self.pump()
+        while self.pending() >= self.max_pending:
+            if time.monotonic() - said >= 5:
+                print(f"produce {self.name}: blocked, {self.pending()} unacknowledged ({len(self.again)} to "
+                      f"re-send); last error: {self.last_error or 'none yet'}", file=self.out, flush=True)
+                said = time.monotonic()
+            time.sleep(0.05)
+            self.pump()
+        self._send((kind, topic_name, key, value))
+
+    def _send(self, item: tuple) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            fut = self.p.send(item[1], key=item[2], value=item[3])
+        except KafkaError as e:  # no metadata or no buffer space within max_block_ms, or refused outright
+            self._failed(item, e)
+            return
+        self.inflight[item[0]] += 1
+        fut.add_callback(lambda _md: self.done.append((item, None)))
+        fut.add_errback(lambda e: self.done.append((item, e)))
+
+    def _failed(self, item: tuple, e: Exception) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"[:300]
+        if getattr(e, "retriable", False):
+            self.again.append((time.monotonic() + self.retry_s, item))
+        else:
+            self.failed[item[0]] += 1
+            print(f"produce {self.name}: {item[0]} {item[2]!r} refused for good: {self.last_error}",
+                  file=self.out, flush=True)
+
+    def pump(self) -> None:
+        """Count what was acknowledged or failed since the last call; re-send failures that are due."""
+        while self.done:
+            item, e = self.done.popleft()
+            self.inflight[item[0]] -= 1
+            if e is None:
+                self.acked[item[0]] += 1
+                if self.ledger is not None:
+                    self.ledger.append((item[0], item[2]))
+            else:
+                self._failed(item, e)
+        now = time.monotonic()
+        while self.again and self.again[0][0] <= now:
+            self.retried += 1
+            self._send(self.again.popleft()[1])
+
+    def close(self, drain_s: float) -> None:
+        """Wait up to `drain_s` for every pending message; what is still unacknowledged then counts as failed."""
+        deadline, said = time.monotonic() + drain_s, time.monotonic()
+        while self.pending() and time.monotonic() < deadline:
+            if time.monotonic() - said >= 5:
+                print(f"produce {self.name}: draining, {self.pending()} unacknowledged", file=self.out, flush=True)
+                said = time.monotonic()
+            time.sleep(0.05)
+            self.pump()
+        self.p.close(timeout=5)
+        self.pump()
+        left = self.pending()
+        for _, item in self.again:
+            self.failed[item[0]] += 1
+        self.failed.update(self.inflight)  # closed before the client resolved them: not known to have arrived
+        self.again.clear()
+        self.inflight.clear()
+        if left:
+            print(f"produce {self.name}: gave up on {left} unacknowledged messages (counted as failed)",
+                  file=self.out, flush=True)
+
+    def report(self, dropped_actuals: int) -> dict:
+        return {"requests": self.acked["request"] + self.acked["malformed"], "malformed": self.acked["malformed"],
+                "actuals": self.acked["actual"], "dropped_actuals": dropped_actuals,
+                "failed_requests": self.failed["request"] + self.failed["malformed"],
+                "failed_actuals": self.failed["actual"], "retried": self.retried, "pending": self.pending()}
+
+
 def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, count: int | None,
-            actual_delay: float, actual_drop: float, malformed: float, seed: int = 0, out=sys.stdout) -> dict:
+            actual_delay: float, actual_drop: float, malformed: float, seed: int = 0, out=sys.stdout,
+            max_pending: int = 10000, drain_s: float = 180.0, client=None, ledger: list | None = None) -> dict:
     """Send requests at `rate` per second (until `count`, or the test stream ends); actuals `actual_delay`
-    seconds later unless dropped. Returns what was sent."""
+    seconds later unless dropped. Returns what the broker acknowledged and what failed (Sender.report).
+    `client`: a KafkaProducer to use instead of kafka_io's (the fault test's has a short delivery timeout);
+    `ledger`: a list to append (kind, key) of every acknowledged message to."""
     from ml_platform.serve.kafka_io import ensure_topics, producer
 
+    if max_pending < 1:
+        raise ValueError(f"max_pending {max_pending}: at least 1")
     ensure_topics(bootstrap, spec.name)
-    p = producer(bootstrap)
+    sender = Sender(client or producer(bootstrap), spec.name, max_pending, out, ledger)
     rng = random.Random(seed)
     req_t, act_t = topic(spec, "requests"), topic(spec, "actuals")
     pending: list[tuple[float, str, float]] = []
-    sent = {"requests": 0, "malformed": 0, "actuals": 0, "dropped_actuals": 0}
+    dropped = 0
     start, last_report = time.monotonic(), time.monotonic()
     prefix = f"{int(time.time())}"
     for i, (rid, row) in enumerate(stream_rows(test_dir)):
         if count is not None and i >= count:
             break
         rid = f"{prefix}-{rid}"
-        due = start + i / rate
+        due = start + i / rate  # after a blocked spell the generator catches up at full speed, as a client would
         while True:  # send actuals that are due while waiting for the request's slot
             now = time.monotonic()
             while pending and pending[0][0] <= now:
                 _, arid, value = heapq.heappop(pending)
-                p.send(act_t, key=arid, value=encode("actuals", actual(arid, value)))
-                sent["actuals"] += 1
+                sender.send("actual", act_t, arid, encode("actuals", actual(arid, value)))
             if now >= due:
                 break
+            sender.pump()
             time.sleep(min(due - now, pending[0][0] - now if pending else 1.0, 0.05))
         if rng.random() < malformed:
-            key, value = fuzz(spec, rng.choice(FUZZ_KINDS), rid, row, rng)
-            sent["malformed"] += 1
+            kind, (key, value) = "malformed", fuzz(spec, rng.choice(FUZZ_KINDS), rid, row, rng)
         else:
-            key, value = rid, encode("requests", request(spec, rid, row))
+            kind, key, value = "request", rid, encode("requests", request(spec, rid, row))
             y = actual_value(spec, row)
             if y is not None and rng.random() >= actual_drop:
                 heapq.heappush(pending, (time.monotonic() + actual_delay, rid, y))
             else:
-                sent["dropped_actuals"] += 1
-        p.send(req_t, key=key, value=value)
-        sent["requests"] += 1
+                dropped += 1
+        sender.send(kind, req_t, key, value)
         if time.monotonic() - last_report > 10:
-            print(f"produce {spec.name}: {sent}", file=out, flush=True)
+            print(f"produce {spec.name}: {sender.report(dropped)}", file=out, flush=True)
             last_report = time.monotonic()
     while pending:
         at, arid, value = heapq.heappop(pending)
-        time.sleep(max(0.0, at - time.monotonic()))
-        p.send(act_t, key=arid, value=encode("actuals", actual(arid, value)))
-        sent["actuals"] += 1
-    p.flush()
-    p.close()
-    return sent
+        while time.monotonic() < at:
+            sender.pump()
+            time.sleep(min(0.05, max(0.0, at - time.monotonic())))
+        sender.send("actual", act_t, arid, encode("actuals", actual(arid, value)))
+    sender.close(drain_s)
+    return sender.report(dropped)
