@@ -54,7 +54,7 @@ def _clean(spark, store, spec, a, tracker, log):
     if s.get("duplicate_of"):
         blocked = [f"duplicate of batch {s['duplicate_of']}: nothing new to train on"]
     # training reads only batches whose blocking checks passed; the job that wrote the batch says so
-    mark_accepted(store, spec, a["partition"], not blocked, s)
+    mark_accepted(store, spec, a["partition"], not blocked, s, why=blocked)
     return s | {"accepted": not blocked, "not_accepted_because": blocked, "checks": _checks(outcomes),
                 "path": store.uri(silver_dir(spec, a["partition"])),
                 "quarantine_path": store.uri(quarantine_rows_dir(spec, a["partition"]))}

@@ -21,6 +21,7 @@ from ml_platform.layout import (
     accepted_marker,
     batch_record_path,
     holdout_dir,
+    rejected_marker,
     silver_dir,
     train_dir,
     training_set_record,
@@ -37,12 +38,17 @@ class TrainingError(ValueError):
     """Training data or a model that cannot be used; the message says what and where."""
 
 
-def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict) -> None:
-    """Cleaning records whether a batch passed its blocking checks; only accepted batches are trained on."""
+def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict,
+                  why: list[str] | None = None) -> None:
+    """Cleaning records whether a batch passed its blocking checks; only accepted batches are trained on. A batch
+    not accepted gets its reasons (`why`) in silver/<dataset>/_rejected/, which batch accounting reads; the two
+    markers never both stand."""
     if accepted:
         store.write_json(accepted_marker(spec, key), {"partition": key, "cleaned": summary.get("cleaned")})
+        store.delete_tree(rejected_marker(spec, key))
     else:
         store.delete_tree(accepted_marker(spec, key))
+        store.write_json(rejected_marker(spec, key), {"partition": key, "why": list(why or ["not accepted"])})
 
 
 def accepted_batches(store: Store, spec: DatasetSpec) -> list[dict]:
