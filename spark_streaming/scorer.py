@@ -10,8 +10,11 @@ It waits (and says so) until a champion exists. A background thread follows the 
 new version off the hot path; foreachBatch takes it between micro-batches, so a swap or rollback never restarts
 a query. When the spec's serving.challenger.mode is shadow or split, a second watcher follows the `challenger`
 alias the same way (removing the alias stops the challenger; pointing it at the champion means none). A failed
-query is restarted from its checkpoint; SIGTERM stops cleanly. Delivery is at least once: a micro-batch replayed
-after a crash is written again, so consumers deduplicate by (request_id, model_version).
+query is restarted from its checkpoint (the status file says `failing` until it works again); SIGTERM stops
+cleanly. An output record that cannot be written (over the writer's max.request.size or refused by the broker) is
+dead-lettered with the reason and the micro-batch goes on (spark_kafka.write_isolating): one record never makes
+the scorer replay a micro-batch forever; a broker that does not answer does. Delivery is at least once: a
+micro-batch replayed after a crash is written again, so consumers deduplicate by (request_id, model_version).
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ml_platform.serve.kafka_io import ensure_topics
 from ml_platform.serve.live import finish, joined_windows, window_rows
-from ml_platform.serve.messages import ContractError, encode, topic
+from ml_platform.serve.messages import MAX_MESSAGE_BYTES, ContractError, encode, topic
 from ml_platform.serve.prom import ServingMetrics, serve_http
-from ml_platform.serve.scoring import score_batch
-from ml_platform.serve.spark_kafka import kafka_source, write_kafka
+from ml_platform.serve.scoring import OUTPUT_UNIT, score_batch, unwritten_messages
+from ml_platform.serve.spark_kafka import kafka_source, write_isolating, write_kafka
 from ml_platform.serve.status import StatusFile, iso
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
 from ml_platform.spark import local_jars, prepare_environment, session_conf
@@ -41,10 +45,21 @@ from ml_platform.train.registry import CHALLENGER
 class Status(StatusFile):
     """What the scorer is doing (serve/status.py's JSON file). state: starting -> waiting (no champion yet;
     `updated_at` moves with every poll) -> serving (from the moment a model is taken and the queries start) ->
-    stopped."""
+    stopped; failing while the queries keep failing (`restarts` since start, `consecutive_failures`,
+    `last_error`, `last_failure_at`), serving again once a micro-batch is written or every restarted query has
+    made progress. `write_failed`: outputs that could not be written and were dead-lettered (or, shadow, dropped).
+    With `prom` set, every state change shows in the Prometheus metrics too."""
 
     def __init__(self, path: Path | None, dataset: str):
-        super().__init__(path, dataset, requests=0, predictions=0, dlq=0, batches=0, swaps=[])
+        super().__init__(path, dataset, requests=0, predictions=0, dlq=0, batches=0, swaps=[], restarts=0,
+                         consecutive_failures=0, last_failure_at=None, write_failed=0)
+        self.prom: ServingMetrics | None = None
+
+    def update(self, **kw) -> None:
+        with self._lock:
+            super().update(**kw)
+            if self.prom is not None and "state" in kw:
+                self.prom.set_state(self.data["dataset"], kw["state"], self.data.get("consecutive_failures", 0))
 
     def serving(self, watcher: ChampionWatcher, challenger: ChampionWatcher | None = None, mode: str = "off",
                 **kw) -> None:
@@ -55,9 +70,9 @@ class Status(StatusFile):
                    "challenger_mode": mode,
                    "challenger_swaps": [[old, new, iso(at)] for old, new, at in challenger.swaps]}
         errors = [e for e in (watcher.last_error, challenger and challenger.last_error) if e]
-        self.update(state="serving", model_version=watcher.current.version if watcher.current else None,
-                    swaps=[[old, new, iso(at)] for old, new, at in watcher.swaps],
-                    last_error=errors[0] if errors else None, **kw)
+        self.recovered("serving", model_version=watcher.current.version if watcher.current else None,
+                       swaps=[[old, new, iso(at)] for old, new, at in watcher.swaps],
+                       last_error=errors[0] if errors else None, **kw)
 
 
 def log(msg: str) -> None:
@@ -67,10 +82,11 @@ def log(msg: str) -> None:
 def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, checkpoint: str,
                   status: Status, max_per_trigger: int | None = None, trigger_ms: int = 0,
                   model_name: str | None = None, on_batch=None, challenger: ChampionWatcher | None = None,
-                  prom: ServingMetrics | None = None):
+                  prom: ServingMetrics | None = None, write_limit: int = MAX_MESSAGE_BYTES):
     """`on_batch(batch_id, version, predictions, dlq, seconds)` is called after each micro-batch is written.
     `challenger` (a watcher of the `challenger` alias) serves as the spec's serving.challenger says. `prom`
-    counts each micro-batch in the serving metrics the REST API exposes too."""
+    counts each micro-batch in the serving metrics the REST API exposes too. `write_limit` is the writer's
+    max.request.size (the contract's limit; tests make it tiny to force a record that cannot be written)."""
     name = model_name or spec.name
     mode = spec.serving.challenger.mode
 
@@ -79,17 +95,29 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
         loaded = watcher.take()  # the one model for this whole micro-batch, and at most one challenger
         ch = challenger.take() if challenger is not None else None
         out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes,
-                                  challenger=ch, mode=mode)
+                                  challenger=ch, mode=mode, keep_source=True)
         try:
-            counts = {r["topic"]: r["count"] for r in out.groupBy("topic").count().collect()}
-            write_kafka(out, bootstrap)
+            # the broker answering is checked with the scorer's own topic check: it raises when nobody answers
+            written = write_isolating(out, bootstrap, OUTPUT_UNIT, lambda: ensure_topics(bootstrap, spec.name),
+                                      write_limit)
+            if written.failed:  # each becomes its request's DLQ record; if even that fails, the batch fails
+                write_kafka(unwritten_messages(out, written.failed, spec), bootstrap, write_limit)
         finally:
             for df in cached:
                 df.unpersist()
+        counts, lost = written.rows, Counter(u[0] for u, _ in written.failed)
         p, d = counts.get(topic(spec, "predictions"), 0), counts.get(topic(spec, "dlq"), 0)
-        status.add(requests=p + d, predictions=p, dlq=d, shadow=counts.get(topic(spec, "shadow"), 0), batches=1)
+        p -= lost[topic(spec, "predictions")]
+        d += lost[topic(spec, "predictions")]
+        sh = counts.get(topic(spec, "shadow"), 0) - lost[topic(spec, "shadow")]
+        if written.failed:
+            log(f"error: {len(written.failed)} record(s) of micro-batch {batch_id} not written, dead-lettered "
+                f"(shadow: dropped); first: {written.failed[0][1]}")
+        status.add(requests=p + d, predictions=p, dlq=d, shadow=sh, batches=1, write_failed=len(written.failed))
         status.serving(watcher, challenger, mode, last_batch_id=batch_id)
         if prom is not None:
+            for t, n in lost.items():
+                prom.unwritten(spec.name, t.rsplit(".", 1)[-1], n)
             prom.serving(spec.name, "champion", loaded.version)
             prom.scored(spec.name, loaded.version, "scored", p)  # split: the challenger's share is counted here too
             prom.scored(spec.name, "none", "rejected", d)
@@ -148,10 +176,14 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
           describe: str = "a champion", heartbeat_seconds: float = 10.0,
           challenger: ChampionWatcher | None = None, prom: ServingMetrics | None = None) -> None:
     """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint. A
-    challenger watcher is not waited for: it serves from the micro-batch after it has loaded a model."""
+    challenger watcher is not waited for: it serves from the micro-batch after it has loaded a model. While the
+    queries keep failing the status says `failing` (and counts the restarts); it says `serving` again once a
+    micro-batch is written or every restarted query has made progress (an idle stream writes no micro-batch)."""
     mode = spec.serving.challenger.mode
     checkpoints = state / "checkpoints" / spec.name
     checkpoints.mkdir(parents=True, exist_ok=True)
+    if prom is not None:
+        status.prom = prom
     status.update(state="waiting")
     if not watcher.wait_first(stop, describe=describe, heartbeat=lambda: status.update(state="waiting")):
         return
@@ -163,8 +195,13 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
         challenger.start()
     log(f"serving {spec.name} with model version {watcher.current.version}; requests from "
         f"{topic(spec, 'requests')} at {bootstrap}")
+    failed = False
     while not stop.is_set():
         queries = []
+        if failed:
+            status.add(restarts=1)
+            if prom is not None:
+                prom.restarted(spec.name)
         try:
             # the scorer owns its dataset's topics: a subscribed topic that does not exist fails the query at once,
             # and a user's dataset has no load generator to create them (seen: a restart loop every 5 s, with
@@ -177,19 +214,30 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
                 # and Spark refuses a changed state schema or source list on restart
                 queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics_by_version"),
                                              status))
-            status.serving(watcher, challenger, mode)  # serving from now on, not from the first micro-batch
+            if not failed:
+                status.serving(watcher, challenger, mode)  # serving from now on, not from the first micro-batch
             beat = time.monotonic()
             while not stop.is_set() and all(q.isActive for q in queries):
                 stop.wait(1.0)
-                if time.monotonic() - beat > heartbeat_seconds:  # idle traffic still shows a live scorer
+                if status.data["state"] == "failing":
+                    # a query that reported progress has read its sources; until then, a restart is not a recovery
+                    if all(q.lastProgress is not None for q in queries):
+                        status.serving(watcher, challenger, mode)
+                    elif time.monotonic() - beat > heartbeat_seconds:
+                        status.update()
+                        beat = time.monotonic()
+                elif time.monotonic() - beat > heartbeat_seconds:  # idle traffic still shows a live scorer
                     status.serving(watcher, challenger, mode)
                     beat = time.monotonic()
             for q in queries:
                 if q.exception() is not None:
                     raise RuntimeError(f"query {q.name} failed: {str(q.exception())[:2000]}")
-        except Exception as e:  # a broker restart, a bad write: restart from the checkpoints, keep the model
-            status.update(last_error=str(e)[:2000])
-            log(f"error: {e}; restarting the queries from their checkpoints in 5s")
+            failed = False
+        except Exception as e:  # a broker down, a write that failed: restart from the checkpoints, keep the model
+            failed = True
+            status.failing(e)
+            log(f"error: {e}; restarting the queries from their checkpoints in 5s "
+                f"({status.data['consecutive_failures']} failure(s) in a row)")
         finally:
             for q in queries:
                 try:

@@ -27,6 +27,10 @@ ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
 PRE = "__pre_reason"
 CORRUPT_JSON = "__corrupt_json"
 KEEP = ["__topic", "__partition", "__offset", "__key", "__value", "__bytes", "request_id", "event_ts"]
+OUTPUT_UNIT = ("topic", "__partition", "__offset")  # unique per output row of score_batch(keep_source=True)
+# the excerpt of a DLQ record that replaces an output that could not be written: smaller than DLQ_EXCERPT_CHARS, so
+# the replacement fits where a full DLQ record did not (2,048 control characters are 12 KB once JSON-escaped)
+UNWRITTEN_EXCERPT_CHARS = 256
 
 
 def request_schema(spec: DatasetSpec) -> StructType:
@@ -134,32 +138,46 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
         F.when(~finite, F.lit("the model produced a non-finite prediction")).alias(REASON))
 
 
-def prediction_messages(scored: DataFrame, pred_topic: str) -> DataFrame:
+def prediction_messages(scored: DataFrame, pred_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
     body = F.struct(
         "request_id", "prediction", "probability", "model_name", "model_version",
         iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"),
         F.sha2(F.col("__value"), 256).alias("input_sha256"))
     return scored.select(F.lit(pred_topic).alias("topic"), F.col("request_id").alias("key"),
-                         F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
+                         F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
 
 
-def dlq_messages(rejected: DataFrame, dlq_topic: str) -> DataFrame:
-    """Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS): a DLQ write that cannot fail for size."""
+def dlq_messages(rejected: DataFrame, dlq_topic: str, keep: tuple[str, ...] = (),
+                 excerpt_chars: int = DLQ_EXCERPT_CHARS) -> DataFrame:
+    """Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS): a DLQ write that cannot fail for size. A
+    smaller `excerpt_chars` makes the record for a message whose first output could not be written."""
     text = F.col("__value").cast("string")
-    body = F.struct(F.substring(text, 1, DLQ_EXCERPT_CHARS).alias("raw"), F.col("__bytes").alias("raw_bytes"),
+    body = F.struct(F.substring(text, 1, excerpt_chars).alias("raw"), F.col("__bytes").alias("raw_bytes"),
                     F.sha2(F.col("__value"), 256).alias("raw_sha256"),
-                    F.coalesce(F.char_length(text) > DLQ_EXCERPT_CHARS, F.lit(False)).alias("raw_truncated"),
+                    F.coalesce(F.char_length(text) > excerpt_chars, F.lit(False)).alias("raw_truncated"),
                     F.col("__topic").alias("topic"), F.col("__partition").alias("partition"),
                     F.col("__offset").alias("offset"), F.substring(REASON, 1, DLQ_REASON_CHARS).alias("reason"),
                     iso(F.current_timestamp()).alias("dlq_at"))
     key = F.substring(F.coalesce("request_id", "__key"), 1, DLQ_KEY_CHARS)
     return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"),
-                           F.to_json(body, {"ignoreNullFields": "false"}).alias("value"))
+                           F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
+
+
+def unwritten_messages(out: DataFrame, failed: list[tuple[tuple, str]], spec: DatasetSpec) -> DataFrame:
+    """The DLQ records for the output rows of `out` (score_batch with keep_source) that could not be written:
+    `failed` holds their OUTPUT_UNIT values and why. A prediction or DLQ record becomes its request's DLQ record
+    with that reason (so requests in = predictions + DLQ still holds); a shadow prediction has no caller and
+    is dropped."""
+    why = out.sparkSession.createDataFrame([(*u, reason) for u, reason in failed],
+                                           "topic string, __partition int, __offset long, __why string")
+    rows = out.join(F.broadcast(why), list(OUTPUT_UNIT)).where(F.col("topic") != topic(spec, "shadow"))
+    return dlq_messages(rows.withColumn(REASON, F.col("__why")), topic(spec, "dlq"),
+                        excerpt_chars=UNWRITTEN_EXCERPT_CHARS)
 
 
 def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str, version: str, max_bytes: int,
                 challenger: Loaded | None = None, mode: str | None = None, share: float | None = None,
-                ) -> tuple[DataFrame, list[DataFrame]]:
+                keep_source: bool = False) -> tuple[DataFrame, list[DataFrame]]:
     """One micro-batch of requests -> (topic, key, value) rows for the predictions, shadow and DLQ topics, and the
     cached frames to unpersist once written.
 
@@ -174,7 +192,8 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
     predictions for the same requests go to `<ds>.shadow` (never to the caller; a challenger's non-finite
     prediction is not written). split: a request whose request_id hashes under `share` (routing.in_challenger) is
     answered by the challenger, its prediction stamped with the challenger's version. Parsing and scoring are
-    cached so that each runs once per micro-batch."""
+    cached so that each runs once per micro-batch. `keep_source` keeps the request's columns (KEEP: its Kafka
+    coordinates and bytes) on every output row, so a row that cannot be written can be dead-lettered instead."""
     c = spec.serving.challenger
     mode = mode or c.mode
     share = c.share if share is None else share
@@ -198,9 +217,11 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
             cached.append(shadow)
     scored = scored.persist()
     cached.append(scored)
-    out = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"))
-    out = out.unionByName(dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq")))
-    out = out.unionByName(dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq")))
+    keep = tuple(KEEP) if keep_source else ()
+    out = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"), keep)
+    out = out.unionByName(dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq"), keep))
+    out = out.unionByName(dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq"), keep))
     if shadow is not None:
-        out = out.unionByName(prediction_messages(shadow.where(F.col(REASON).isNull()), topic(spec, "shadow")))
+        out = out.unionByName(prediction_messages(shadow.where(F.col(REASON).isNull()), topic(spec, "shadow"),
+                                                  keep))
     return out, cached

@@ -1,9 +1,23 @@
 """Spark's Kafka source and sink, as every Spark front end (the streaming scorer, the benchmark) reads and writes
-the topics."""
+the topics.
+
+`write_isolating` is the sink for a long-running service: a record that cannot be written (over the producer's
+max.request.size, or refused by the broker, e.g. over a topic's max.message.bytes) is found and returned instead
+of failing the write, so a streaming query does not replay the same micro-batch forever. A broker that does not
+answer is not a record's fault: that write still fails, and the query restarts from its checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES
+
+# What a record adds to its key and value in a request: a record batch header (61 bytes in Kafka's v2 format)
+# and the record's own varints and attributes (at most 21), without headers. Rounded up: the check is only
+# there to spare the producer a record it would refuse.
+RECORD_OVERHEAD = 128
+MAX_ISOLATED = 100  # more records than this failing at once is not "a few bad records": the write fails
 
 
 def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | None):
@@ -16,7 +30,83 @@ def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | 
     return reader.load()
 
 
-def write_kafka(df, bootstrap: str) -> None:
+def write_kafka(df, bootstrap: str, max_request_size: int = MAX_MESSAGE_BYTES) -> None:
     # the contract's limit, as the broker's: DLQ records are bounded (messages.DLQ_EXCERPT_CHARS), the limit is headroom
-    (df.write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
-     .option("kafka.max.request.size", str(MAX_MESSAGE_BYTES)).save())
+    (df.select("topic", "key", "value").write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
+     .option("kafka.max.request.size", str(max_request_size)).save())
+
+
+def cause(error: BaseException, limit: int = 300) -> str:
+    """The line of a (Java) write error that says what went wrong: Kafka's own exception when there is one, not
+    Spark's job-aborted wrapper or a stack trace."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kafka = [line for line in lines if "org.apache.kafka.common.errors." in line]
+    text = kafka[0] if kafka else (lines[0] if lines else type(error).__name__)
+    return text.removeprefix("Caused by: ")[:limit]
+
+
+class Written(NamedTuple):
+    rows: dict[str, int]  # rows written, by topic
+    failed: list[tuple[tuple, str]]  # (the row's `unit` values, why it was not written)
+
+
+def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable[[], object],
+                    max_request_size: int = MAX_MESSAGE_BYTES) -> Written:
+    """Write `df`'s (topic, key, value) rows; `unit` names columns whose values are unique per row (e.g. topic,
+    source partition and offset) and order it. Rows over `max_request_size` are not sent. When the write of the
+    others fails, `broker_ok()` must return (it raises when the broker does not answer, and so does this); then
+    the rows are written again in halves, down to single rows, and the rows that still fail are returned. Rows
+    written before a failed attempt may be written twice (delivery is at least once). The write fails as a whole
+    when nothing could be written or more than MAX_ISOLATED rows fail."""
+    from pyspark.sql import functions as F
+
+    size = F.coalesce(F.octet_length("key"), F.lit(0)) + F.octet_length("value") + RECORD_OVERHEAD
+    total = {r["topic"]: (r["n"], r["big"]) for r in df.groupBy("topic").agg(
+        F.count(F.lit(1)).alias("n"), F.sum((size > max_request_size).cast("int")).alias("big")).collect()}
+    failed: list[tuple[tuple, str]] = []
+    fits = df
+    if any(big for _, big in total.values()):  # rare: one more pass to name them
+        fits = df.where(size <= max_request_size)
+        big = df.where(size > max_request_size).select(F.struct(*unit).alias("unit"), "topic", size.alias("n"))
+        failed = [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
+                   f"max.request.size ({max_request_size})") for r in big.collect()]
+    try:
+        write_kafka(fits, bootstrap, max_request_size)
+    except Exception as e:
+        broker_ok()
+        failed += _bisect(fits, bootstrap, unit, broker_ok, max_request_size, e)
+    rows = {t: n for t, (n, _) in total.items()}
+    if failed and len(failed) >= sum(rows.values()):
+        raise RuntimeError(f"no record of the batch could be written: {failed[0][1]}")
+    return Written(rows, failed)
+
+
+def _bisect(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size: int,
+            first: Exception) -> list[tuple[tuple, str]]:
+    from pyspark.sql import functions as F
+
+    keys = sorted(tuple(r) for r in df.select(*unit).collect())
+    key = F.struct(*unit)
+    failed: list[tuple[tuple, str]] = []
+
+    def piece(lo: int, hi: int):  # keys[lo:hi], as a range of the struct ordering
+        bound = [F.struct(*[F.lit(v) for v in keys[i]]) for i in (lo, hi - 1)]
+        return df.where((key >= bound[0]) & (key <= bound[1]))
+
+    def split(lo: int, hi: int, error: Exception) -> None:
+        if hi - lo == 1:
+            failed.append((keys[lo], f"write failed: {cause(error)}"))
+            if len(failed) > MAX_ISOLATED:
+                raise RuntimeError(f"over {MAX_ISOLATED} records could not be written: {cause(error)}") from error
+            return
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            try:
+                write_kafka(piece(a, b), bootstrap, max_request_size)
+            except Exception as e:
+                broker_ok()
+                split(a, b, e)
+
+    if keys:
+        split(0, len(keys), first)
+    return failed
