@@ -37,12 +37,12 @@ def write_kafka(df, bootstrap: str, max_request_size: int = MAX_MESSAGE_BYTES) -
 
 
 def cause(error: BaseException, limit: int = 300) -> str:
-    """The line of a (Java) write error that says what went wrong: Kafka's own exception when there is one, not
-    Spark's job-aborted wrapper or a stack trace."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    kafka = [line for line in lines if "org.apache.kafka.common.errors." in line]
-    text = kafka[0] if kafka else (lines[0] if lines else type(error).__name__)
-    return text.removeprefix("Caused by: ")[:limit]
+    """What a (Java) write error says went wrong: Kafka's own exception when there is one (Spark puts it inside
+    its job-aborted message), not the wrapper or a stack trace."""
+    text = str(error)
+    at = text.find("org.apache.kafka.common.errors.")
+    line = text[at:].splitlines()[0] if at >= 0 else next((x for x in text.splitlines() if x.strip()), "")
+    return (line.strip() or type(error).__name__)[:limit]
 
 
 class Written(NamedTuple):
