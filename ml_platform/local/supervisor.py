@@ -1,55 +1,49 @@
 """`make run`: the single-machine version of the production stack, started and stopped as one command.
 
-Kafka (KRaft, from the Maven jars), an MLflow tracking server, the Dagster webserver and daemon, and the
-simulator. All state lives under one folder (ML_PLATFORM_HOME, default .local/), so a second run resumes.
-Services are started in their own process groups and stopped by pid, children included.
+Kafka (KRaft, from the Maven jars), an MLflow tracking server, the Dagster webserver and daemon, the prediction
+store, the REST API, and per dataset the store writer, the scorer and (for the shipped examples) the simulator.
+All state lives under one folder (ML_PLATFORM_HOME, default .local/), so a second run resumes. Services are
+started in their own sessions and stopped by pid, children included.
+
+A service that fails to start stops the whole stack (a setup error should be loud, not retried). Once the stack
+is up, a service that dies is restarted with backoff (restarts.py says when, and when it is given up on), and
+<home>/stack.json says what runs where: pids, states, restart counts, last exit codes.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml_platform.local.simulate import GENERATORS
-from ml_platform.serve.messages import MAX_MESSAGE_BYTES, topic
-
-LOOPBACK = "127.0.0.1"
-
-
-class StackError(RuntimeError):
-    pass
-
-
-@dataclass
-class Service:
-    name: str
-    cmd: list[str]
-    port: int | None
-    url: str
-    healthy: Callable[[], bool]
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-
-
-def port_free(port: int, host: str = LOOPBACK) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+# the names tests, benchmarks and the CLI import from here, from before this module was split
+from ml_platform.local.prepare import (  # noqa: F401
+    MLFLOW_SERVER_ENV,
+    StackError,
+    dagster_home,
+    dynalite_command,
+    kafka_properties,
+    prepare_kafka,
+)
+from ml_platform.local.procs import (
+    LOOPBACK,
+    _alive,
+    _read_pid,
+    become_subreaper,
+    descendants,
+    port_free,
+    reap_adopted,
+    session_members,
+    stop_pid,
+    stop_pids,
+)
+from ml_platform.local.restarts import Supervision
+from ml_platform.local.services import Service, StackConfig, build_services, dagster_daemon_ok, http_ok, kafka_ok  # noqa: F401
+from ml_platform.serve.status import iso
 
 
 def check_ports(wanted: dict[str, int], pid_dir: Path) -> None:
@@ -66,326 +60,15 @@ def check_ports(wanted: dict[str, int], pid_dir: Path) -> None:
     raise StackError("\n".join(taken + [hint]))
 
 
-def _read_pid(p: Path) -> int | None:
-    try:
-        return int(p.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    """Running (a zombie, exited but not yet reaped, is not)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of pid, from /proc (children that started their own sessions included)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def stop_pid(pid: int, grace: float = 15.0) -> None:
-    """SIGTERM a process and every descendant, then SIGKILL whatever is left after `grace` seconds."""
-    tree = [pid] + descendants(pid)
-    for p in tree:
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code (stopped for not becoming healthy)"
+    if code < 0:
         try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in tree):
-        _reap(pid)
-        time.sleep(0.2)
-    for p in tree + descendants(pid):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _reap(pid)
-
-
-def http_ok(url: str, contains: str | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200 and (contains is None or contains in r.read().decode("utf-8", "replace"))
-    except OSError:
-        return False
-
-
-def kafka_ok(bootstrap: str) -> bool:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except (KafkaError, OSError):
-        return False
-    finally:
-        admin.close()
-
-
-def dagster_daemon_ok(port: int) -> bool:
-    query = '{"query": "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"}'
-    req = urllib.request.Request(f"http://{LOOPBACK}:{port}/graphql", data=query.encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=3) as r:
-            statuses = json.load(r)["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-    wanted = {s["daemonType"]: s["healthy"] for s in statuses if s["required"]}
-    return bool(wanted) and wanted.get("SENSOR") is True and all(wanted.values())
-
-
-def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"listeners=PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://{LOOPBACK}:{port}",
-        "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"controller.quorum.voters=1@{LOOPBACK}:{controller_port}",
-        f"log.dirs={data_dir}",
-        "num.partitions=2",
-        "offsets.topic.replication.factor=1",
-        # one broker: 50 partitions of __consumer_offsets only make a fresh broker's first consumer group wait
-        "offsets.topic.num.partitions=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=true",
-        f"message.max.bytes={MAX_MESSAGE_BYTES}",  # the contract's limit: a request may be up to 4 MB
-    ]) + "\n"
-
-
-KAFKA_LOG4J = """status = warn
-appender.out.type = Console
-appender.out.name = out
-appender.out.target = SYSTEM_OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.out.ref = out
-# the per-request log and the clients' config dumps repeat on every connection: warnings only
-logger.request.name = kafka.request.logger
-logger.request.level = warn
-logger.clients.name = org.apache.kafka.clients
-logger.clients.level = warn
-logger.config.name = org.apache.kafka.common.config
-logger.config.level = warn
-"""
-
-
-def prepare_kafka(home: Path, jars: Path, port: int, controller_port: int) -> list[str]:
-    """Write the broker config and format its storage once (KRaft); return the broker command."""
-    if not any((jars / "kafka").glob("kafka_2.13-*.jar")):
-        raise StackError(f"no Kafka broker jars in {jars / 'kafka'}: run `make jars-kafka` (or `make setup-run`)")
-    kdir = home / "kafka"
-    kdir.mkdir(parents=True, exist_ok=True)
-    props = kdir / "server.properties"
-    props.write_text(kafka_properties(kdir / "data", port, controller_port))
-    log4j = kdir / "log4j2.properties"
-    log4j.write_text(KAFKA_LOG4J)
-    # without a log4j2 configuration the broker falls back to log4j's default (errors only), so its log stayed
-    # empty; this one writes to stdout, which the supervisor (and the tests' broker) send to kafka.log
-    java = [os.environ.get("JAVA", "java"), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}",
-            "-cp", str(jars / "kafka" / "*")]
-    if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # the tool's argument parser would take a leading '-' for an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                             capture_output=True, text=True)
-        if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
-    return java + ["kafka.Kafka", str(props)]
-
-
-def dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME with a queued run coordinator (at most two Spark runs at once on a 2-core machine), run
-    monitoring and one automatic retry of a run whose worker crashed. On Ctrl-C, running runs get SIGTERM and are
-    marked failed (interrupted); queued runs stay queued and resume at the next `make run`.
-
-    A killed run worker is noticed by the code server that launched it (every 0.5 s) and its run marked failed;
-    the run retries daemon then re-executes it once. retry_on_asset_or_op_failure is off: a step that failed (a
-    batch the data checks refused) fails the same way again, so only crashes are retried. The default run
-    launcher cannot check a started run's worker itself (no check_run_worker_health), so run monitoring here
-    catches runs stuck starting or being cancelled; polling every 5 s makes that, and the retry, quick."""
-    d = home / "dagster_home"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
-        "  config:\n    max_concurrent_runs: 2\n"
-        "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 120\n"
-        "  poll_interval_seconds: 5\n  max_resume_run_attempts: 0\n"
-        "run_retries:\n  enabled: true\n  max_retries: 1\n  retry_on_asset_or_op_failure: false\n"
-        "telemetry:\n  enabled: false\n")
-    return d
-
-
-# MLflow 3's server also starts a job runner with eight huey worker processes (~250 MB each) for its GenAI jobs;
-# nothing here uses them, and on 2 cores they slow the server's own start to minutes
-MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
-@dataclass
-class StackConfig:
-    home: Path
-    repo: Path
-    jars: Path
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    mlflow_port: int = 5000
-    dagster_port: int = 3000
-    api_port: int = 8000
-    store_port: int = 8001
-    scorer_metrics_port: int = 8010  # the first dataset's scorer; the next ones count up
-    datasets: tuple[str, ...] = ("used_cars",)
-    every: float = 90.0
-    rows_per_batch: int = 5000
-    sensor_interval: int = 15
-    startup_timeout: float = 180.0
-
-
-def build_services(cfg: StackConfig) -> list[Service]:
-    bin_dir = Path(sys.executable).parent
-    home = cfg.home.resolve()
-    data = home / "data"
-    bootstrap = f"{LOOPBACK}:{cfg.kafka_port}"
-    mlflow_uri = f"http://{LOOPBACK}:{cfg.mlflow_port}"
-    store_url = f"http://{LOOPBACK}:{cfg.store_port}"
-    (home / "mlflow").mkdir(parents=True, exist_ok=True)
-    platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
-                    "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
-                    "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DAGSTER_HOME": str(dagster_home(home)),
-                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_DATASETS": ",".join(cfg.datasets),
-                    "ML_PLATFORM_STORE_ENDPOINT": store_url, "ML_PLATFORM_DAGSTER_URL":
-                    f"http://{LOOPBACK}:{cfg.dagster_port}"}
-    services = [
-        Service("kafka", prepare_kafka(home, cfg.jars, cfg.kafka_port, cfg.kafka_controller_port), cfg.kafka_port,
-                f"kafka://{bootstrap}", lambda: kafka_ok(bootstrap)),
-        Service("mlflow", [str(bin_dir / "mlflow"), "server", "--host", LOOPBACK, "--port", str(cfg.mlflow_port),
-                           "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                           "--artifacts-destination", str(home / "mlflow" / "artifacts")],
-                cfg.mlflow_port, mlflow_uri, lambda: http_ok(f"{mlflow_uri}/health"), MLFLOW_SERVER_ENV),
-        Service("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-h", LOOPBACK, "-p", str(cfg.dagster_port),
-                                      "-w", str(cfg.repo / "workspace.yaml")],
-                cfg.dagster_port, f"http://{LOOPBACK}:{cfg.dagster_port}",
-                lambda: http_ok(f"http://{LOOPBACK}:{cfg.dagster_port}/server_info"), platform_env),
-        Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(cfg.repo / "workspace.yaml")],
-                None, "(sensors, automation, run queue)", lambda: dagster_daemon_ok(cfg.dagster_port), platform_env),
-        Service("prediction-store", dynalite_command(cfg.repo, home / "store", cfg.store_port), cfg.store_port,
-                f"{store_url} (DynamoDB API, table ml_platform_predictions)", lambda: port_taken(cfg.store_port)),
-        Service("api", [sys.executable, "-m", "api", "--host", LOOPBACK, "--port", str(cfg.api_port)],
-                cfg.api_port, f"http://{LOOPBACK}:{cfg.api_port}/docs (key: {api_key_file(home)})",
-                lambda: http_ok(f"http://{LOOPBACK}:{cfg.api_port}/health"),
-                platform_env | {"ML_PLATFORM_API_KEY_HASHES": api_key_hash(home)}),
-    ]
-    for ds in cfg.datasets:
-        services.append(_store_writer(ds, home, platform_env))
-        if ds not in GENERATORS:  # a user's dataset: its batches are dropped into landing/ by hand, no simulator
-            services.append(_scorer(ds, home, cfg, platform_env))
-            continue
-        services.append(Service(
-            f"simulator-{ds}",
-            [str(bin_dir / "ml-platform"), "simulate", ds, "--landing", str(data / "landing" / ds),
-             "--test-dir", str(data / "test_stream" / ds), "--batches", "100000", "--every", str(cfg.every),
-             "--rows-per-batch", str(cfg.rows_per_batch), "--quiet"],
-            None, f"a batch every {cfg.every:g}s into {data / 'landing' / ds}", lambda: True, platform_env))
-        services.append(_scorer(ds, home, cfg, platform_env))
-        services.append(Service(
-            f"producer-{ds}",
-            [str(bin_dir / "ml-platform"), "produce", ds, "--wait-for-champion", "--loop", "--rate", "20",
-             "--actual-delay", "20"],
-            None, f"20 requests/s into {topic(ds, 'requests')} once a champion exists; watch: ml-platform tail {ds}",
-            lambda: True, platform_env))
-    return services
-
-
-def _store_writer(ds: str, home: Path, env: dict[str, str]) -> Service:
-    status = home / f"store-writer-{ds}.json"
-    return Service(f"store-writer-{ds}", [sys.executable, "-m", "ml_platform.serve.store_writer", ds,
-                                          "--status", str(status)], None,
-                   f"{topic(ds, 'predictions')} + {topic(ds, 'shadow')} + {topic(ds, 'actuals')} -> the prediction "
-                   f"store (status: {status})", lambda: True, env)
-
-
-def dynalite_command(repo: Path, data: Path, port: int) -> list[str]:
-    """The DynamoDB-API server of `make run` and the tests (npm's dynalite on LevelDB: DynamoDB Local's licence
-    is not an open-source one). `make setup-run` installs it under node/dynalite."""
-    cli = repo / "node" / "dynalite" / "node_modules" / "dynalite" / "cli.js"
-    if not cli.exists():
-        raise StackError(f"{cli} is missing: run `make setup-run` (npm ci in node/dynalite)")
-    data.mkdir(parents=True, exist_ok=True)
-    return ["node", str(cli), "--host", LOOPBACK, "--port", str(port), "--path", str(data)]
-
-
-def port_taken(port: int) -> bool:
-    return not port_free(port)
-
-
-def api_key_file(home: Path) -> Path:
-    return home.resolve() / "api-key"
-
-
-def api_key_hash(home: Path) -> str:
-    """`make run`'s API key: ML_PLATFORM_API_KEYS when set; otherwise one made for this state folder and kept in
-    <home>/api-key (mode 600), so curl can read it and it is never printed. The API gets only its hash."""
-    import hashlib
-    import secrets
-
-    given = [k.strip() for k in os.environ.get("ML_PLATFORM_API_KEYS", "").split(",") if k.strip()]
-    f = api_key_file(home)
-    if not given:
-        if not f.exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.touch(mode=0o600)
-            f.write_text(secrets.token_urlsafe(24))
-        given = [f.read_text().strip()]
-    return ",".join(hashlib.sha256(k.encode()).hexdigest() for k in given)
-
-
-def _scorer(ds: str, home: Path, cfg: StackConfig, env: dict[str, str]) -> Service:
-    status = home / f"scorer-{ds}.json"
-    port = cfg.scorer_metrics_port + cfg.datasets.index(ds)  # one port per dataset's scorer
-    return Service(
-        f"scorer-{ds}",
-        [sys.executable, "-m", "spark_streaming.scorer", ds, "--state", str(home), "--jars", str(cfg.jars),
-         "--trigger-ms", "1000", "--metrics-port", str(port)],
-        port, f"{topic(ds, 'requests')} -> {topic(ds, 'predictions')} / {topic(ds, 'dlq')}, live metrics -> "
-              f"{topic(ds, 'metrics')} (status: {status}; Prometheus: http://{LOOPBACK}:{port}/metrics)",
-        lambda: status.exists(), env)
+            return f"code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"code {code}"
+    return f"code {code}"
 
 
 class Stack:
@@ -393,7 +76,13 @@ class Stack:
         self.cfg, self.out = cfg, out
         self.pid_dir = cfg.home / "pids"
         self.log_dir = cfg.home / "logs"
-        self.running: list[Service] = []
+        self.status_path = cfg.home / "stack.json"
+        self.services: list[Service] = []
+        self.sup: dict[str, Supervision] = {}
+        self.started_at = time.time()
+        self.adopting = False  # up() made this process the subreaper of what services leave behind
+        self.kept: list[int] = []  # sessions of dead instances whose children were left to finish (keep_orphans)
+        self.waiting: set[str] = set()  # restarts held back because the port is still taken
 
     def say(self, msg: str) -> None:
         print(msg, file=self.out, flush=True)
@@ -401,22 +90,25 @@ class Stack:
     def start(self) -> None:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        check_ports({"Kafka broker": self.cfg.kafka_port, "Kafka controller": self.cfg.kafka_controller_port,
-                     "MLflow": self.cfg.mlflow_port, "Dagster webserver": self.cfg.dagster_port,
-                     "REST API": self.cfg.api_port, "prediction store": self.cfg.store_port}, self.pid_dir)
+        check_ports(self.cfg.ports(), self.pid_dir)
         (self.pid_dir / "supervisor.pid").write_text(str(os.getpid()))
-        for svc in build_services(self.cfg):
+        self.services = build_services(self.cfg)
+        self.sup = {s.name: Supervision() for s in self.services}
+        self.write_status()
+        for svc in self.services:
             self._launch(svc)
             self._wait_healthy(svc)
         self.say(self.table())
 
     def _launch(self, svc: Service) -> None:
-        log = open(self.log_dir / f"{svc.name}.log", "ab")
-        self.say(f"starting {svc.name} (log: {self.log_dir / (svc.name + '.log')})")
-        svc.proc = subprocess.Popen(svc.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=os.environ | svc.env, cwd=self.cfg.repo, start_new_session=True)
+        log_path = self.log_dir / f"{svc.name}.log"
+        self.say(f"starting {svc.name} (log: {log_path})")
+        with open(log_path, "ab") as log:  # the child keeps its own descriptor
+            svc.proc = subprocess.Popen(svc.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=os.environ | svc.env, cwd=self.cfg.repo, start_new_session=True)
         (self.pid_dir / f"{svc.name}.pid").write_text(str(svc.proc.pid))
-        self.running.append(svc)
+        self.sup[svc.name].launched(time.monotonic())
+        self.write_status()
 
     def _wait_healthy(self, svc: Service) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout
@@ -426,6 +118,8 @@ class Stack:
                                  + self.tail(svc.name))
             if svc.healthy():
                 self.say(f"  {svc.name} is healthy")
+                self.sup[svc.name].healthy(time.monotonic())
+                self.write_status()
                 return
             time.sleep(1.0)
         raise StackError(f"{svc.name} was not healthy after {self.cfg.startup_timeout:.0f}s:\n" + self.tail(svc.name))
@@ -436,27 +130,166 @@ class Stack:
         except OSError:
             return "(no log)"
 
-    def table(self) -> str:
-        rows = [f"  {s.name:<22} {s.url}" for s in self.running]
-        return "\n".join(["", "ml-platform stack is up:", *rows,
-                          f"  state folder           {self.cfg.home.resolve()}", "Ctrl-C stops everything.", ""])
+    # -- supervision ----------------------------------------------------------------------------------------------
 
-    def watch(self) -> int:
-        """Block until Ctrl-C or a service dies; returns the exit code."""
+    def watch(self, tick: float = 1.0) -> int:
+        """Keep the services running until Ctrl-C or SIGTERM; returns 1 only if every service has been given up."""
         while True:
-            for svc in self.running:
-                if svc.proc.poll() is not None:
-                    self.say(f"{svc.name} exited unexpectedly (code {svc.proc.returncode}):\n{self.tail(svc.name)}")
-                    return 1
-            time.sleep(1.0)
+            self.check()
+            if self.sup and all(s.state == "failed" for s in self.sup.values()):
+                self.say("every service has failed: stopping")
+                return 1
+            time.sleep(tick)
+
+    def check(self) -> None:
+        """One round: notice deaths, start what is due, promote what became healthy."""
+        now, changed = time.monotonic(), False
+        for svc in self.services:
+            s = self.sup[svc.name]
+            if s.state in ("starting", "running"):
+                code = svc.proc.poll()
+                if code is not None:
+                    self._died(svc, code)
+                    changed = True
+                elif s.state == "starting":
+                    if svc.healthy():
+                        s.healthy(now)
+                        self.say(f"  {svc.name} is healthy again (restart {s.restarts})")
+                        changed = True
+                    elif now - s.launched_at > self.cfg.startup_timeout:
+                        stop_pid(svc.proc.pid, grace=5)
+                        svc.proc.poll()
+                        self._died(svc, None)
+                        changed = True
+                else:
+                    s.tick(now, self.cfg.restart)
+            elif s.state == "restarting" and now >= s.due:
+                if svc.port is not None and not port_free(svc.port):
+                    if svc.name not in self.waiting:
+                        self.waiting.add(svc.name)
+                        self.say(f"{svc.name}: waiting for port {svc.port} to be free before restarting it")
+                else:
+                    self.waiting.discard(svc.name)
+                    s.restarted(now, time.time())
+                    self._note(svc, f"restarted by the supervisor after {describe_exit(s.last_exit)}")
+                    self._launch(svc)
+                    changed = True
+        if self.adopting:
+            reap_adopted({svc.proc.pid for svc in self.services if svc.proc})
+        if changed:
+            self.write_status()
+
+    def _died(self, svc: Service, code: int | None) -> None:
+        s, policy = self.sup[svc.name], self.cfg.restart
+        if svc.keep_orphans:
+            self.kept.append(svc.proc.pid)
+        else:  # e.g. MLflow's uvicorn worker, which would keep the port
+            left = session_members(svc.proc.pid)
+            if left:
+                stop_pids(left, grace=5)
+        tail = " | ".join(line.strip() for line in self.tail(svc.name, 3).splitlines() if line.strip())[-400:]
+        delay = s.died(code, time.monotonic(), policy)
+        if delay is None:
+            self.say(f"{svc.name} exited with {describe_exit(code)}; giving up on it after {policy.limit} restarts "
+                     f"in {policy.window:g} s (state failed; the rest keep running); log tail: {tail}")
+        else:
+            self.say(f"{svc.name} exited with {describe_exit(code)}; restarting in {delay:g} s "
+                     f"(restarts so far: {s.restarts}); log tail: {tail}")
+        (self.pid_dir / f"{svc.name}.pid").unlink(missing_ok=True)
+
+    def _note(self, svc: Service, msg: str) -> None:
+        """A line in the service's own log, so whoever reads it sees where one life ends and the next begins."""
+        try:
+            with open(self.log_dir / f"{svc.name}.log", "a") as f:
+                f.write(f"\n--- {iso(time.time())} {msg} ---\n")
+        except OSError:
+            pass
+
+    # -- status ---------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        services = {}
+        for svc in self.services:
+            s = self.sup[svc.name]
+            alive = svc.proc is not None and s.state in ("starting", "running")
+            services[svc.name] = {
+                "pid": svc.proc.pid if alive else None, "state": s.state, "restarts": s.restarts,
+                "last_exit": s.last_exit, "last_restart_at": iso(s.last_restart_at) if s.last_restart_at else None,
+                "url": svc.url, "log": str(self.log_dir.resolve() / f"{svc.name}.log")}
+        return {"supervisor_pid": os.getpid(), "started_at": iso(self.started_at), "updated_at": iso(time.time()),
+                "services": services}
+
+    def write_status(self) -> None:
+        """<home>/stack.json, replaced atomically: `ml-platform doctor` and the tests read it while it changes."""
+        tmp = self.status_path.with_name(f".{self.status_path.name}.tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        tmp.replace(self.status_path)
+
+    def status_table(self) -> str:
+        return status_table(self.status())
+
+    def table(self) -> str:
+        return "\n".join(["", "ml-platform stack is up:", self.status_table(),
+                          f"  state folder: {self.cfg.home.resolve()} (status: {self.status_path.resolve()})",
+                          "Ctrl-C stops everything.", ""])
+
+    # -- stop -----------------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        for svc in reversed(self.running):
-            self.say(f"stopping {svc.name} (pid {svc.proc.pid})")
-            stop_pid(svc.proc.pid)
+        for svc in reversed(self.services):
+            if svc.proc is not None and svc.proc.poll() is None:
+                self.say(f"stopping {svc.name} (pid {svc.proc.pid})")
+                stop_pid(svc.proc.pid)
+            if svc.proc is not None:
+                left = session_members(svc.proc.pid)  # a dead instance's children that were left running
+                if left:
+                    stop_pids(left, grace=5)
             (self.pid_dir / f"{svc.name}.pid").unlink(missing_ok=True)
-        self.running.clear()
+            self.sup[svc.name].state = "stopped"
+        left = [p for sid in self.kept for p in session_members(sid)]
+        if left:
+            self.say(f"stopping {len(left)} process(es) dead services left to finish their work")
+            stop_pids(left, grace=5)
+        if self.adopting:  # what escaped its session too: a subreaper's descendants are all the stack's
+            left = descendants(os.getpid())
+            if left:
+                self.say(f"stopping {len(left)} other leftover process(es)")
+                stop_pids(left, grace=5)
+        if self.services:
+            self.write_status()
         (self.pid_dir / "supervisor.pid").unlink(missing_ok=True)
+
+
+def status_table(status: dict) -> str:
+    """stack.json as a table: one line per service with its state, pid, restarts and last exit code."""
+    rows = [f"  {'service':<22} {'state':<11} {'pid':>7} {'restarts':>8} {'last exit':>9}  where"]
+    for name, s in status.get("services", {}).items():
+        last = "" if s.get("last_exit") is None else str(s["last_exit"])
+        rows.append(f"  {name:<22} {s.get('state', '?'):<11} {s.get('pid') or '':>7} {s.get('restarts', 0):>8} "
+                    f"{last:>9}  {s.get('url', '')}")
+    return "\n".join(rows)
+
+
+def status(home: Path, out=sys.stdout) -> int:
+    """`ml-platform status`: the running stack's table from <home>/stack.json. 0 when the supervisor is alive and
+    every service is running, 1 otherwise (stopped, starting, restarting or failed services)."""
+    path = home / "stack.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"no {path}: `make run` has not been started with this state folder", file=out)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"{path} is unreadable: {e}", file=out)
+        return 1
+    pid = data.get("supervisor_pid")
+    live = _alive(pid)
+    states = [s.get("state") for s in data.get("services", {}).values()]
+    head = (f"supervisor pid {pid}, up since {data.get('started_at')}" if live else
+            f"supervisor pid {pid} is not running (last update {data.get('updated_at')})"
+            + ("" if all(st == "stopped" for st in states) else ": stop what it left with `ml-platform down`"))
+    print(head + "\n" + status_table(data), file=out)
+    return 0 if live and states and all(st == "running" for st in states) else 1
 
 
 def down(home: Path, out=sys.stdout) -> int:
@@ -476,6 +309,7 @@ def down(home: Path, out=sys.stdout) -> int:
 
 def up(cfg: StackConfig) -> int:
     stack = Stack(cfg)
+    stack.adopting = become_subreaper()
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
