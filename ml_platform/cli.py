@@ -1,5 +1,6 @@
 """The `ml-platform` command: infer and check dataset specs, simulate data, run the local stack, send prediction
-traffic, watch predictions and live metrics, roll a served model back, hand out presigned upload URLs.
+traffic, watch predictions and live metrics, roll a served model back, hand out presigned upload URLs, say where
+every landed batch stands (`batches`) and whether the stack is healthy (`doctor`).
 
 Datasets are the specs in the directory named by ML_PLATFORM_SPECS (default: the shipped examples)."""
 
@@ -162,6 +163,62 @@ def _upload_url(a) -> int:
     return 0
 
 
+def _data_root(a) -> str:
+    return a.data_root or str(Path(a.home) / "data")
+
+
+def _batches(a) -> int:
+    import dataclasses
+    import json
+    import shutil
+
+    from ml_platform.data.accounting import account, read_store_facts, render_table, summarize
+    from ml_platform.local import dagster_gql as gql
+    from ml_platform.stores import StorageError, open_store
+
+    spec = _spec(a)
+    try:
+        facts = read_store_facts(open_store(_data_root(a)), spec)
+        known = gql.known_partitions(a.dagster_url, spec)
+        runs = gql.runs_from_graphql(a.dagster_url, spec,
+                                     settled=set(facts.accepted) | set(facts.superseded) | set(facts.not_accepted))
+    except (StorageError, gql.DagsterError) as e:
+        print(f"batches {spec.name}: {e}", file=sys.stderr)
+        return 1
+    now = time.time()
+    batches = account(spec, facts, known, runs, now, a.max_attempts)
+    summary = summarize(batches, runs, now)
+    shown = [b for b in batches if a.state in (None, b.state)]
+    if a.json:
+        print(json.dumps({"dataset": spec.name, "batches": [dataclasses.asdict(b) for b in shown], "summary": summary},
+                         indent=1))
+        return 0
+    print(render_table(shown, now, width=shutil.get_terminal_size((160, 24)).columns))
+    age = summary["oldest_unhandled_age_s"]
+    print(f"{spec.name}: {len(batches)} batch(es): " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+          + f"; oldest unhandled {'-' if age is None else f'{age / 60:.0f} min'}; runs queued {summary['queue_depth']}"
+          f", in flight {summary['in_flight']}")
+    return 0
+
+
+def _doctor(a) -> int:
+    from ml_platform.local.doctor import render, run_doctor
+    from ml_platform.stores import StorageError, open_store
+
+    specs = [_spec(a, name) for name in a.datasets.split(",")]
+    try:
+        store = open_store(_data_root(a))
+    except StorageError as e:
+        print(f"doctor: {e}", file=sys.stderr)
+        return 2
+    checks = run_doctor(Path(a.home), a.dagster_url.rstrip("/"), specs, store, a.tracking_uri, a.stuck_minutes,
+                        max_attempts=a.max_attempts)
+    print(render(checks))
+    failed = sum(c.level == "FAIL" for c in checks)
+    print(f"{failed} FAIL, {sum(c.level == 'WARN' for c in checks)} WARN, {sum(c.level == 'OK' for c in checks)} OK")
+    return 1 if failed else 0
+
+
 def _stack_config(a):
     from ml_platform.local.supervisor import StackConfig
 
@@ -265,6 +322,35 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--data-root", default=os.environ.get("ML_PLATFORM_DATA", ""))
     up.add_argument("--s3-endpoint", default=os.environ.get("ML_PLATFORM_S3_ENDPOINT"))
     up.set_defaults(func=_upload_url)
+
+    from ml_platform.data.accounting import STATES
+
+    dagster_url = os.environ.get("ML_PLATFORM_DAGSTER_URL") or \
+        f"http://127.0.0.1:{os.environ.get('ML_PLATFORM_DAGSTER_PORT', 3000)}"
+    data_help = "the store's root (default: $ML_PLATFORM_DATA, else <home>/data)"
+    attempts_help = "failed runs before a batch is `failed` (default: %(default)s, as the new-batch sensor)"
+    b = sub.add_parser("batches", help="every landed file of a dataset and its one state: waiting, running, "
+                                       "accepted, quarantined, failed or superseded, with why")
+    b.add_argument("dataset")
+    b.add_argument("--home", default=home, help="state folder (default: %(default)s)")
+    b.add_argument("--data-root", default=os.environ.get("ML_PLATFORM_DATA"), help=data_help)
+    b.add_argument("--dagster-url", default=dagster_url, help="the Dagster webserver (default: %(default)s)")
+    b.add_argument("--state", choices=STATES, help="list only the batches in this state (the summary counts all)")
+    b.add_argument("--json", action="store_true", help="the batches and the summary as JSON")
+    b.add_argument("--max-attempts", type=int, default=4, help=attempts_help)
+    b.set_defaults(func=_batches)
+
+    dr = sub.add_parser("doctor", help="check the local stack: services, Dagster, the new-batch sensor, batches, "
+                                       "the scorer, the champion; exit 1 on any FAIL")
+    dr.add_argument("--home", default=home, help="state folder (default: %(default)s)")
+    dr.add_argument("--data-root", default=os.environ.get("ML_PLATFORM_DATA"), help=data_help)
+    dr.add_argument("--dagster-url", default=dagster_url, help="the Dagster webserver (default: %(default)s)")
+    dr.add_argument("--tracking-uri", default=tracking)
+    dr.add_argument("--datasets", default=os.environ.get("ML_PLATFORM_DATASETS", "used_cars"))
+    dr.add_argument("--stuck-minutes", type=float, default=60.0,
+                    help="a batch waiting or running longer than this fails the check (default: %(default)s)")
+    dr.add_argument("--max-attempts", type=int, default=4, help=attempts_help)
+    dr.set_defaults(func=_doctor)
 
     args = p.parse_args(argv)
     return args.func(args)
