@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import AssetsDefinition, AssetSpec
+from dagster import AssetChecksDefinition, AssetsDefinition, AssetSpec
 
+from assets.accounting import build_batches_check
 from assets.cleaning import build_cleaned_features
 from assets.models import build_models
 from assets.raw import build_raw_batches
@@ -13,7 +14,7 @@ from assets.training import build_feature_pipeline_asset, build_training_set_ass
 from ml_platform.spec import DatasetSpec
 
 
-def build_dataset_assets(spec: DatasetSpec) -> list[AssetsDefinition | AssetSpec]:
+def build_dataset_assets(spec: DatasetSpec) -> list[AssetsDefinition | AssetSpec | AssetChecksDefinition]:
     return [build_raw_batches(spec), build_cleaned_features(spec), build_training_set_asset(spec),
             build_feature_pipeline_asset(spec), build_models(spec), build_stacked_model(spec),
-            build_serving_deployment(spec), build_live_metrics(spec)]
+            build_serving_deployment(spec), build_live_metrics(spec), build_batches_check(spec)]

@@ -56,6 +56,6 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
             }
         if why_not:
             context.log.warning(f"{spec.name} batch {context.partition_key} is not trained on: {why_not}")
-        return MaterializeResult(metadata=metadata, check_results=job_check_results(key, s["checks"]))
+        return MaterializeResult(metadata=metadata, check_results=job_check_results(context, key, s["checks"]))
 
     return cleaned_features

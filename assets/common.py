@@ -64,9 +64,14 @@ FAILED_AS = {"ingest": "rejected"}
 REFUSED_TAG = "ml_platform/refused"  # ml_platform.data.accounting.RunFact.refused reads it
 
 
-def job_check_results(key: AssetKey, checks: list[dict]) -> list[AssetCheckResult]:
-    """The check outcomes a job evaluated (and acted on), as Dagster's check results."""
-    return check_results(key, [Outcome(**c) for c in checks])
+def job_check_results(context, key: AssetKey, checks: list[dict]) -> list[AssetCheckResult]:
+    """The check outcomes a job evaluated (and acted on), as Dagster's check results. A failed blocking check fails
+    the run after the step; it is a verdict on the data, so the run is tagged as refused (never retried)."""
+    outcomes = [Outcome(**c) for c in checks]
+    blocked = [f"{o.name}: {o.description}" for o in outcomes if o.blocking and not o.passed]
+    if blocked:
+        context.instance.add_run_tags(context.run.run_id, {REFUSED_TAG: "; ".join(blocked)[:1000]})
+    return check_results(key, outcomes)
 
 
 def run_tags(context) -> dict[str, str]:

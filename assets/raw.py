@@ -33,7 +33,7 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
                 "extra_columns": MetadataValue.json(record["extra_columns"]),
                 "path": MetadataValue.path(record["path"]),
             },
-            check_results=job_check_results(key, record["checks"]),
+            check_results=job_check_results(context, key, record["checks"]),
         )
 
     return raw_batches

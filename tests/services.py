@@ -142,6 +142,7 @@ class MlflowServer:
     as `make run` runs it."""
 
     def __init__(self, home: Path):
+        home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.home, self.log, self.artifacts = home, home / "mlflow.log", home / "artifacts"
@@ -171,6 +172,7 @@ class DagsterStack:
     def __init__(self, home: Path, locations: dict[str, Path], env: dict[str, str] | None = None,
                  daemon: bool = True):
         self.url = f"http://127.0.0.1:{free_port()}"
+        home.mkdir(parents=True, exist_ok=True)
         self.home, self.bin_dir = home, Path(sys.executable).parent
         workspace = self.workspace = home / "workspace.yaml"
         workspace.write_text("load_from:\n" + "".join(

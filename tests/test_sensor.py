@@ -2,14 +2,22 @@
 
 import json
 
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetObservation,
+    DagsterInstance,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
 
 from resources import LocalStorage
 from sensors import build_new_batch_sensor
 
 
-def _tick(spec, store, instance, cursor=None):
-    sensor = build_new_batch_sensor(spec, settle_seconds=0)
+def _tick(spec, store, instance, cursor=None, **kw):
+    sensor = build_new_batch_sensor(spec, settle_seconds=0, **kw)
     resources = {"storage": LocalStorage(root=str(store.root))}
     ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     return sensor(ctx)
@@ -58,7 +66,12 @@ def test_rejected_files_are_quarantined_with_reason_and_reported(specs, store, l
     with DagsterInstance.ephemeral() as instance:
         result = _tick(spec, store, instance)
     assert [r.partition_key for r in result.run_requests] == ["good"]
-    observed = {e.metadata["rejected_file"].value: e.metadata["reason"].value for e in result.asset_events}
+    observed = {e.metadata["rejected_file"].value: e.metadata["reason"].value for e in result.asset_events
+                if isinstance(e, AssetObservation)}
+    # the batch accounting of the same tick: four quarantined with their reasons, one on its way
+    [check] = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert check.check_name == "every_batch_accounted" and check.passed
+    assert check.metadata["batches_quarantined"].value == 4 and check.metadata["batches_waiting"].value == 1
     assert set(observed) == {"empty.csv", "garbage.csv", "semi.csv", "weird..name.csv"}
     qdir = store.path("quarantine/used_cars/files")
     for name, reason in observed.items():
@@ -67,6 +80,28 @@ def test_rejected_files_are_quarantined_with_reason_and_reported(specs, store, l
     assert "empty file" in observed["empty.csv"] and "binary" in observed["garbage.csv"]
     assert "semicolon" in observed["semi.csv"]
     assert sorted(p.name for p in store.path("landing/used_cars").iterdir()) == ["good.csv"]
+
+
+def test_a_known_batch_without_a_run_is_requested_again_after_a_grace(specs, store, landing, used_cars_csv):
+    """A partition whose run never came (the daemon died between adding it and launching), or whose run died and
+    was not retried: the sensor's accounting requests ingest and cleaning again, once the grace has passed."""
+    spec = specs["used_cars"]
+    landing("lost.csv", used_cars_csv)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("used_cars_batches", ["lost"])
+        patient = _tick(spec, store, instance)  # default grace: the run may still be on its way
+        assert isinstance(patient.skip_reason, SkipReason)
+        result = _tick(spec, store, instance, grace_seconds=0)
+        [req] = result.run_requests
+        assert req.partition_key == "lost" and req.run_key == "used_cars:lost:raw_batches:attempt1"
+        assert set(req.asset_selection) == {AssetKey(["used_cars", "raw_batches"]),
+                                            AssetKey(["used_cars", "cleaned_features"])}
+        assert req.tags["ml_platform/file"] == "lost.csv"
+        [check] = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+        assert check.passed and check.metadata["batches_waiting"].value == 1
+        # an unchanged accounting is not recorded again on the next tick
+        again = _tick(spec, store, instance, cursor=result.cursor, grace_seconds=0)
+        assert not [e for e in again.asset_events if isinstance(e, AssetCheckEvaluation)]
 
 
 def test_sensor_survives_a_missing_landing_zone(specs, store):
