@@ -16,9 +16,9 @@ from dagster import (
     MetadataValue,
     asset_check,
 )
-from ml_platform.data.accounting import BATCH_LAYERS, Batch, RunFact, account, read_store_facts, summarize
 
 from assets.common import REFUSED_TAG, asset_key, batch_partitions
+from ml_platform.data.accounting import BATCH_LAYERS, Batch, RunFact, account, read_store_facts, summarize
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from resources import StorageResource

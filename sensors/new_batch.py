@@ -17,11 +17,11 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from ml_platform.data.accounting import BATCH_LAYERS, RETRY_BASE_SECONDS, retry_due
 
 from assets.accounting import MAX_ATTEMPTS, batch_states, check_evaluation, evaluation
 from assets.common import asset_key, batch_partitions
 from assets.raw import FILE_TAG
+from ml_platform.data.accounting import BATCH_LAYERS, RETRY_BASE_SECONDS, retry_due
 from ml_platform.data.landing import Cursor, plan_landing
 from ml_platform.data.layers import quarantine_file
 from ml_platform.layout import landing_dir
