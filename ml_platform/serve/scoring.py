@@ -151,14 +151,16 @@ def dlq_messages(rejected: DataFrame, dlq_topic: str, keep: tuple[str, ...] = ()
                  excerpt_chars: int = DLQ_EXCERPT_CHARS) -> DataFrame:
     """Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS): a DLQ write that cannot fail for size. A
     smaller `excerpt_chars` makes the record for a message whose first output could not be written."""
-    text = F.col("__value").cast("string")
+    # invalid UTF-8 replaced (U+FFFD) before cutting: Spark counts a stray lead byte as a whole character, so an
+    # excerpt of random bytes was invalid UTF-8 JSON and longer than excerpt_chars once a consumer decoded it
+    text = F.make_valid_utf8(F.col("__value").cast("string"))
     body = F.struct(F.substring(text, 1, excerpt_chars).alias("raw"), F.col("__bytes").alias("raw_bytes"),
                     F.sha2(F.col("__value"), 256).alias("raw_sha256"),
                     F.coalesce(F.char_length(text) > excerpt_chars, F.lit(False)).alias("raw_truncated"),
                     F.col("__topic").alias("topic"), F.col("__partition").alias("partition"),
                     F.col("__offset").alias("offset"), F.substring(REASON, 1, DLQ_REASON_CHARS).alias("reason"),
                     iso(F.current_timestamp()).alias("dlq_at"))
-    key = F.substring(F.coalesce("request_id", "__key"), 1, DLQ_KEY_CHARS)
+    key = F.substring(F.make_valid_utf8(F.coalesce("request_id", "__key")), 1, DLQ_KEY_CHARS)
     return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"),
                            F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
 
