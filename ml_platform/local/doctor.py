@@ -107,18 +107,19 @@ def health(table: dict) -> list[Check]:
     return out
 
 
-def dagster(url: str, home: Path) -> list[Check]:
+def dagster(url: str, home: Path) -> tuple[Check, bool]:
+    """The webserver answers (the second value) and every daemon the instance requires is healthy."""
     logs = home / "logs"
     try:
         daemons = gql.daemon_health(url)
     except gql.DagsterError as e:
-        return [Check("FAIL", str(e), f"{logs / 'dagster-webserver.log'}")]
+        return Check("FAIL", str(e), f"{logs / 'dagster-webserver.log'}"), False
     sick = [d for d in daemons if not d["healthy"]]
     if not sick:
-        return [Check("OK", f"Dagster at {url}: {len(daemons)} daemon(s) healthy", url)]
+        return Check("OK", f"Dagster at {url}: {len(daemons)} daemon(s) healthy", url), True
     why = "; ".join(f"{d['daemonType']}" + (f" ({d['lastHeartbeatErrors'][0]['message'][:200]})"
                                              if d.get("lastHeartbeatErrors") else "") for d in sick)
-    return [Check("FAIL", f"Dagster daemon not healthy: {why}", f"{logs / 'dagster-daemon.log'}")]
+    return Check("FAIL", f"Dagster daemon not healthy: {why}", f"{logs / 'dagster-daemon.log'}"), True
 
 
 def sensor(url: str, spec, store, known: set[str], quarantined: dict, now: float) -> list[Check]:
@@ -160,7 +161,8 @@ def batches(spec, facts, known: set[str], runs, now: float, stuck_minutes: float
     bs = account(spec, facts, known, runs, now, max_attempts)
     where = f"ml-platform batches {spec.name}"
     failed = [b for b in bs if b.state == "failed"]
-    stuck = [b for b in bs if b.state in ("waiting", "running") and now - b.since > stuck_minutes * 60]
+    stuck = sorted((b for b in bs if b.state in ("waiting", "running") and now - b.since > stuck_minutes * 60),
+                   key=lambda b: b.since)
     out = []
     if failed:
         out.append(Check("FAIL", f"{spec.name}: {len(failed)} batch(es) failed for good: "
@@ -169,7 +171,7 @@ def batches(spec, facts, known: set[str], runs, now: float, stuck_minutes: float
     if stuck:
         out.append(Check("FAIL", f"{spec.name}: {len(stuck)} batch(es) {'/'.join(sorted({b.state for b in stuck}))} "
                                  f"for over {stuck_minutes:g} min: "
-                                 + "; ".join(f"{b.file or b.key} ({b.state}: {b.reason[:120]})" for b in stuck[:3]),
+                                 + "; ".join(f"{b.file or b.key} ({b.state}: {b.reason[:120]})" for b in stuck[:5]),
                          where))
     if not out:
         counts = {s: sum(b.state == s for b in bs) for s in ("accepted", "waiting", "running", "quarantined",
@@ -228,8 +230,8 @@ def run_doctor(home: Path, dagster_url: str, specs: list, store, tracking_uri: s
     now = time.time() if now is None else now
     out, table = services(home, now)
     out += health(table)
-    out += dagster(dagster_url, home)
-    up = out[-1].level == "OK" or "daemon" in out[-1].what
+    check, up = dagster(dagster_url, home)
+    out.append(check)
     for spec in specs:
         facts = read_store_facts(store, spec)
         if up:
