@@ -85,21 +85,40 @@ def fuzz(spec: DatasetSpec, kind: str, rid: str, row: dict, rng: random.Random) 
     raise ValueError(f"unknown fuzz kind {kind!r}")
 
 
+def _discard(p, timeout: float = 1.0) -> None:
+    """Close a KafkaProducer even while the broker is away: kafka-python 3.0.12's close() raises at its flush
+    timeout before stopping its I/O thread, which would then live on, so that thread is stopped here."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        p.close(timeout=timeout)
+    except KafkaTimeoutError:
+        if getattr(p, "_sender", None) is not None:
+            p._sender.force_close()  # what close() itself does past its timeout; unsent batches fail
+
+
 class Sender:
     """A producer's sends, tracked: acknowledged ones are counted (and listed in `ledger` as (kind, key) if given),
-    retriable failures are re-sent after `retry_s`, and `send` blocks while `max_pending` are unacknowledged."""
+    retriable failures are re-sent after `retry_s`, and `send` blocks while `max_pending` are unacknowledged.
 
-    def __init__(self, p, name: str, max_pending: int, out, ledger: list | None = None, retry_s: float = 1.0):
-        self.p, self.name, self.max_pending, self.out = p, name, max_pending, out
+    A client one of whose batches expired (the broker away past its delivery timeout) is replaced by a fresh one
+    from `factory`, and whatever it still held is re-sent: kafka-python 3.0.12's idempotent producer never
+    completes a later send on that partition (its sequence stays unresolved), so the old client would hang the
+    generator for good once the broker is back. A late acknowledgement from the old client is ignored; the copy
+    sent again is one duplicate, which consumers drop by request_id."""
+
+    def __init__(self, factory, name: str, max_pending: int, out, ledger: list | None = None, retry_s: float = 1.0):
+        self.factory, self.p, self.name, self.max_pending, self.out = factory, factory(), name, max_pending, out
         self.ledger, self.retry_s = ledger, retry_s
-        self.acked, self.failed, self.retried = Counter(), Counter(), 0
-        self.inflight: Counter = Counter()  # kind -> sends the client has not resolved yet
-        self.done: deque = deque()  # (item, error or None), appended by the client's I/O thread
+        self.acked, self.failed, self.retried, self.renewed = Counter(), Counter(), 0, 0
+        self.inflight: dict[int, tuple] = {}  # token -> (kind, topic, key, value) the client has not resolved
+        self.token, self.expired, self.next_client = 0, False, 0.0
+        self.done: deque = deque()  # (token, error or None), appended by the client's I/O thread
         self.again: deque = deque()  # (due, item) to re-send
         self.last_error = ""
 
     def pending(self) -> int:
-        return sum(self.inflight.values()) + len(self.again)
+        return len(self.inflight) + len(self.again)
 
     def send(self, kind: str, topic_name: str, key: str | None, value: bytes) -> None:
         said = time.monotonic()
@@ -116,14 +135,18 @@ class Sender:
     def _send(self, item: tuple) -> None:
         from kafka.errors import KafkaError
 
+        if self.p is None:  # between clients
+            self.again.append((time.monotonic() + self.retry_s, item))
+            return
         try:
             fut = self.p.send(item[1], key=item[2], value=item[3])
         except KafkaError as e:  # no metadata or no buffer space within max_block_ms, or refused outright
             self._failed(item, e)
             return
-        self.inflight[item[0]] += 1
-        fut.add_callback(lambda _md: self.done.append((item, None)))
-        fut.add_errback(lambda e: self.done.append((item, e)))
+        self.token += 1
+        self.inflight[tok := self.token] = item
+        fut.add_callback(lambda _md: self.done.append((tok, None)))
+        fut.add_errback(lambda e: self.done.append((tok, e)))
 
     def _failed(self, item: tuple, e: Exception) -> None:
         self.last_error = f"{type(e).__name__}: {e}"[:300]
@@ -136,19 +159,48 @@ class Sender:
 
     def pump(self) -> None:
         """Count what was acknowledged or failed since the last call; re-send failures that are due."""
+        from kafka.errors import KafkaTimeoutError
+
         while self.done:
-            item, e = self.done.popleft()
-            self.inflight[item[0]] -= 1
+            tok, e = self.done.popleft()
+            item = self.inflight.pop(tok, None)
+            if item is None:  # from a client already replaced: its message was queued again
+                continue
             if e is None:
                 self.acked[item[0]] += 1
                 if self.ledger is not None:
                     self.ledger.append((item[0], item[2]))
             else:
+                self.expired |= isinstance(e, KafkaTimeoutError)
                 self._failed(item, e)
         now = time.monotonic()
-        while self.again and self.again[0][0] <= now:
+        if self.expired:
+            self._renew(now)
+        if self.p is None and now >= self.next_client:
+            self._connect(now)
+        while self.p is not None and self.again and self.again[0][0] <= now:
             self.retried += 1
             self._send(self.again.popleft()[1])
+
+    def _renew(self, now: float) -> None:
+        old, self.expired = self.p, False
+        self.again.extend((now + self.retry_s, item) for item in self.inflight.values())
+        self.inflight.clear()
+        self.renewed += 1
+        print(f"produce {self.name}: a batch expired ({self.last_error}); new Kafka client, "
+              f"{len(self.again)} messages to re-send", file=self.out, flush=True)
+        _discard(old)
+        self.p = None
+        self._connect(now)
+
+    def _connect(self, now: float) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self.p = self.factory()
+        except KafkaError as e:  # the broker is still away: try again later, the messages wait in `again`
+            self.last_error = f"{type(e).__name__}: {e}"[:300]
+            self.next_client = now + 5 * self.retry_s
 
     def close(self, drain_s: float) -> None:
         """Wait up to `drain_s` for every pending message; what is still unacknowledged then counts as failed."""
@@ -159,12 +211,14 @@ class Sender:
                 said = time.monotonic()
             time.sleep(0.05)
             self.pump()
-        self.p.close(timeout=5)
-        self.pump()
+        if self.p is not None:
+            _discard(self.p, 5.0)
+            self.pump()
         left = self.pending()
         for _, item in self.again:
             self.failed[item[0]] += 1
-        self.failed.update(self.inflight)  # closed before the client resolved them: not known to have arrived
+        for item in self.inflight.values():  # closed before the client resolved them: not known to have arrived
+            self.failed[item[0]] += 1
         self.again.clear()
         self.inflight.clear()
         if left:
@@ -175,22 +229,23 @@ class Sender:
         return {"requests": self.acked["request"] + self.acked["malformed"], "malformed": self.acked["malformed"],
                 "actuals": self.acked["actual"], "dropped_actuals": dropped_actuals,
                 "failed_requests": self.failed["request"] + self.failed["malformed"],
-                "failed_actuals": self.failed["actual"], "retried": self.retried, "pending": self.pending()}
+                "failed_actuals": self.failed["actual"], "retried": self.retried, "new_clients": self.renewed,
+                "pending": self.pending()}
 
 
 def produce(spec: DatasetSpec, bootstrap: str, test_dir: Path, rate: float, count: int | None,
             actual_delay: float, actual_drop: float, malformed: float, seed: int = 0, out=sys.stdout,
-            max_pending: int = 10000, drain_s: float = 180.0, client=None, ledger: list | None = None) -> dict:
+            max_pending: int = 10000, drain_s: float = 180.0, client_factory=None, ledger: list | None = None) -> dict:
     """Send requests at `rate` per second (until `count`, or the test stream ends); actuals `actual_delay`
     seconds later unless dropped. Returns what the broker acknowledged and what failed (Sender.report).
-    `client`: a KafkaProducer to use instead of kafka_io's (the fault test's has a short delivery timeout);
+    `client_factory`: makes the KafkaProducer instead of kafka_io's (the fault test's has a short delivery timeout);
     `ledger`: a list to append (kind, key) of every acknowledged message to."""
     from ml_platform.serve.kafka_io import ensure_topics, producer
 
     if max_pending < 1:
         raise ValueError(f"max_pending {max_pending}: at least 1")
     ensure_topics(bootstrap, spec.name)
-    sender = Sender(client or producer(bootstrap), spec.name, max_pending, out, ledger)
+    sender = Sender(client_factory or (lambda: producer(bootstrap)), spec.name, max_pending, out, ledger)
     rng = random.Random(seed)
     req_t, act_t = topic(spec, "requests"), topic(spec, "actuals")
     pending: list[tuple[float, str, float]] = []
