@@ -70,8 +70,12 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
         big = df.where(size > max_request_size).select(F.struct(*unit).alias("unit"), "topic", size.alias("n"))
         failed = [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
                    f"max.request.size ({max_request_size})") for r in big.collect()]
+    from pyspark.errors import AnalysisException
+
     try:
         write_kafka(fits, bootstrap, max_request_size)
+    except AnalysisException:  # a bug in the query, not a record that cannot be written
+        raise
     except Exception as e:
         broker_ok()
         failed += _bisect(fits, bootstrap, unit, broker_ok, max_request_size, e)
@@ -81,17 +85,23 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
     return Written(rows, failed)
 
 
-def _bisect(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size: int,
-            first: Exception) -> list[tuple[tuple, str]]:
+def _from(unit: Sequence[str], values: tuple, upward: bool):
+    """Rows at or after (upward) or at or before `values` in the lexicographic order of the `unit` columns (a
+    struct literal compares only when its field names and nullability match exactly)."""
     from pyspark.sql import functions as F
 
-    keys = sorted(tuple(r) for r in df.select(*unit).collect())
-    key = F.struct(*unit)
-    failed: list[tuple[tuple, str]] = []
+    c, v = F.col(unit[0]), F.lit(values[0])
+    if len(unit) == 1:
+        return c >= v if upward else c <= v
+    return (c > v if upward else c < v) | ((c == v) & _from(unit[1:], values[1:], upward))
 
-    def piece(lo: int, hi: int):  # keys[lo:hi], as a range of the struct ordering
-        bound = [F.struct(*[F.lit(v) for v in keys[i]]) for i in (lo, hi - 1)]
-        return df.where((key >= bound[0]) & (key <= bound[1]))
+
+def _bisect(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size: int,
+            first: Exception) -> list[tuple[tuple, str]]:
+    from pyspark.errors import AnalysisException
+
+    keys = sorted(tuple(r) for r in df.select(*unit).collect())
+    failed: list[tuple[tuple, str]] = []
 
     def split(lo: int, hi: int, error: Exception) -> None:
         if hi - lo == 1:
@@ -102,7 +112,10 @@ def _bisect(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size
         mid = (lo + hi) // 2
         for a, b in ((lo, mid), (mid, hi)):
             try:
-                write_kafka(piece(a, b), bootstrap, max_request_size)
+                write_kafka(df.where(_from(unit, keys[a], True) & _from(unit, keys[b - 1], False)), bootstrap,
+                            max_request_size)
+            except AnalysisException:  # a bug in the query, not a record that cannot be written
+                raise
             except Exception as e:
                 broker_ok()
                 split(a, b, e)
