@@ -249,10 +249,10 @@ def test_writer_survives_the_store_going_down(kafka, tmp_path):
             p.send(topic(ds, "predictions"), key=f"d{i}", value=json.dumps(pred(f"d{i}")).encode())
         p.send(topic(ds, "actuals"), key="d0", value=json.dumps(actual("d0")).encode())
         p.flush()
-        wait_for("retrying", lambda: read_status(status).get("state") == "retrying", writer, log)
+        wait_for("failing", lambda: read_status(status).get("state") == "failing", writer, log)
         time.sleep(3)
         s = read_status(status)
-        assert writer.poll() is None and s["state"] == "retrying" and s["stored"] == 50
+        assert writer.poll() is None and s["state"] == "failing" and s["stored"] == 50
         assert "Could not connect" in s["last_error"], s["last_error"]
         # the store API itself says "retry later" while the server is down
         with pytest.raises(StoreUnavailable, match=table):
