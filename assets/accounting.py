@@ -63,6 +63,8 @@ def _with_error(instance: DagsterInstance, fact: RunFact) -> RunFact:
     messages = []
     for e in instance.all_logs(fact.run_id, of_type=FAILURES):
         err = getattr(e.dagster_event.event_specific_data, "error", None)
+        while err is not None and err.cause is not None:  # the step's own exception, not Dagster's wrapper
+            err = err.cause
         messages.append((err.message.strip() if err else None) or e.message or e.dagster_event.message or "")
     return replace(fact, error=(messages[0] if messages else "the run failed")[:1000])
 
