@@ -122,10 +122,10 @@ def _produce(a) -> int:
         time.sleep(10)
     while True:
         sent = produce(spec, a.bootstrap, test_dir, a.rate, a.count, a.actual_delay, a.actual_drop, a.malformed,
-                       a.seed)
+                       a.seed, max_pending=a.max_pending)
         print(f"produce {spec.name}: {sent}", flush=True)
         if not a.loop:
-            return 0
+            return 1 if sent["failed_requests"] or sent["failed_actuals"] else 0
 
 
 def _tail(a) -> int:
@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--malformed", type=float, default=0.02, help="share of malformed requests")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--loop", action="store_true", help="start over when the stream ends (fresh request ids)")
+    g.add_argument("--max-pending", type=int, default=10000,
+                   help="messages not yet acknowledged by the broker before the generator waits")
     g.add_argument("--wait-for-champion", action="store_true")
     g.add_argument("--tracking-uri", default=tracking)
     g.set_defaults(func=_produce)
