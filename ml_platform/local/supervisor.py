@@ -251,7 +251,8 @@ class Stack:
             self.say(f"stopping {len(left)} process(es) dead services left to finish their work")
             stop_pids(left, grace=5)
         if self.adopting:  # what escaped its session too: a subreaper's descendants are all the stack's
-            left = descendants(os.getpid())
+            reap_adopted(set())
+            left = [p for p in descendants(os.getpid()) if _alive(p)]
             if left:
                 self.say(f"stopping {len(left)} other leftover process(es)")
                 stop_pids(left, grace=5)
