@@ -159,6 +159,14 @@ def _two_free_ports() -> int:
     return port
 
 
+def _term_with_parent() -> None:
+    """In the child: SIGTERM when pytest dies (killed by a CI timeout, its fixtures' clean-up never runs), so the
+    supervisor still stops its stack."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _identity(pid: int) -> tuple[int, str] | None:
     st = _stat(pid)
     return (pid, st[19]) if st and len(st) > 19 else None  # start time: a reused pid is another process
@@ -185,7 +193,7 @@ class Up:
                             "ML_PLATFORM_SCORER_METRICS_PORT": str(self.ports["scorer"])}
         env.pop("ML_PLATFORM_HOME", None)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.out, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_term_with_parent)
         self.seen: set[tuple[int, str]] = set()  # every process of the stack ever seen: (pid, start time)
 
     def doc(self) -> dict:
