@@ -227,7 +227,8 @@ def _stack_config(a):
     return StackConfig(home=Path(a.home), repo=REPO, jars=Path(a.jars).resolve(), kafka_port=a.kafka_port,
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
                        api_port=a.api_port, store_port=a.store_port, datasets=tuple(a.datasets.split(",")),
-                       every=a.every, rows_per_batch=a.rows_per_batch, sensor_interval=a.sensor_interval)
+                       every=a.every, rows_per_batch=a.rows_per_batch, sensor_interval=a.sensor_interval,
+                       scorer_metrics_port=a.scorer_metrics_port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between simulated batches")
     u.add_argument("--rows-per-batch", type=int, default=int(os.environ.get("ML_PLATFORM_SIM_ROWS", 5000)))
     u.add_argument("--sensor-interval", type=int, default=15)
+    u.add_argument("--scorer-metrics-port", type=int,
+                   default=int(os.environ.get("ML_PLATFORM_SCORER_METRICS_PORT", 8010)),
+                   help="the first dataset's scorer's Prometheus port; the next ones count up")
     u.set_defaults(func=lambda a: __import__("ml_platform.local.supervisor", fromlist=["up"]).up(_stack_config(a)))
+
+    st = sub.add_parser("status", help="what make run runs: state, pid, restarts, last exit code of each service")
+    st.add_argument("--home", default=home)
+    st.set_defaults(func=lambda a: __import__("ml_platform.local.supervisor", fromlist=["status"]).status(
+        Path(a.home)))
 
     d = sub.add_parser("down", help="stop services an interrupted `make run` left running")
     d.add_argument("--home", default=home)
