@@ -3,7 +3,6 @@
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
-    AutomationCondition,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -16,8 +15,9 @@ from ml_platform.data.checks import CLEANED_CHECKS
 from ml_platform.spec import DatasetSpec
 from resources import SparkResource
 
-# follow each new raw partition, but never past a failed blocking check on it
-FOLLOW_UPSTREAM = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+# No automation condition: the new-batch sensor owns batch runs (ingest and cleaning in one run per new file; its
+# reconciliation cleans a batch ingested alone, after a grace). An eager condition here raced Dagster's own retry of
+# a run killed while cleaning: both cleaned the same partition at once and one read a half-written folder.
 
 
 def _reasons_table(reasons: dict[str, int]) -> str:
@@ -30,7 +30,6 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
 
     @asset(key=key, deps=[asset_key(spec, "raw_batches")], partitions_def=batch_partitions(spec),
            group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "parquet"},
-           automation_condition=FOLLOW_UPSTREAM,
            description=f"Cleaned {spec.name} rows: units, sentinels, signs, booleans and dates parsed, features "
                        f"derived, one row per key. Rows that fail are quarantined with their reason. A batch "
                        f"is trained on only if its blocking checks pass (the cleaning job records that).")

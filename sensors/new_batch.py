@@ -107,7 +107,7 @@ def build_new_batch_sensor(spec: DatasetSpec, interval_seconds: int = 15, settle
             context.log.warning(f"{spec.name}: batch accounting skipped this tick: {type(e).__name__}: {e}")
         cursor = json.dumps(json.loads(plan.cursor.dump()) | {"accounted": accounted})
         # bronze and silver in one run: one process and one Spark start per batch instead of two (the cleaning step
-        # is skipped when a blocking raw check fails); automation still cleans a batch ingested on its own
+        # is skipped when a blocking raw check fails); a batch ingested alone is cleaned by reconcile()
         requests = [RunRequest(partition_key=k, run_key=f"{spec.name}:{k}", asset_selection=[raw_key, cleaned_key],
                                tags={FILE_TAG: f.name, "ml_platform/dataset": spec.name}) for k, f in plan.new]
         if not requests and not retries:

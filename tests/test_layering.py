@@ -105,7 +105,9 @@ def test_definitions_load_and_resolve():
     auto = repo.get_sensor_def("automation_sensor")
     assert auto.default_status == DefaultSensorStatus.RUNNING
     cleaned = repo.assets_defs_by_key[AssetKey(["used_cars", "cleaned_features"])]
-    assert cleaned.automation_conditions_by_key[AssetKey(["used_cars", "cleaned_features"])] is not None
+    # the new-batch sensor requests cleaning (with ingest, or alone when a batch was ingested alone); an automation
+    # condition as well would race Dagster's retry of a killed run over the same partition
+    assert cleaned.automation_conditions_by_key.get(AssetKey(["used_cars", "cleaned_features"])) is None
 
 
 def test_unknown_environment_is_a_clear_error():
