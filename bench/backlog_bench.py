@@ -55,7 +55,8 @@ def sample(instance, store, spec, t0: float) -> dict:
     batches, runs = batch_states(instance, store, spec, now)
     s = summarize(batches, runs, now)
     return {"t": round(now - t0, 1), "counts": s["counts"], "oldest_unhandled_age_s": s["oldest_unhandled_age_s"],
-            "queue_depth": s["queue_depth"], "in_flight": s["in_flight"], "landed": len(batches)}
+            "queue_depth": s["queue_depth"], "in_flight": s["in_flight"], "landed": len(batches),
+            "load_average": round(os.getloadavg()[0], 2)}  # the machine is shared: say how busy it was
 
 
 def busy_shares(instance, spec, t0: float, t1: float) -> dict:
@@ -163,7 +164,9 @@ def main() -> int:
     # (one retrain at a time, back to back when busy): batch runs could fill the rest
     free_for_batches = max(0.0, 1.0 - shares["retrain_share"])
     sustained = a.every * shares["batch_share"] / free_for_batches if free_for_batches else None
+    loads = sorted(s["load_average"] for s in samples)
     summary = {"every_s": a.every, "rows_per_batch": a.rows, "minutes": a.minutes,
+               "load_average_median": loads[len(loads) // 2],
                "landed": samples[-1]["landed"], "final_counts": samples[-1]["counts"],
                "oldest_unhandled_age_s": {"median": sorted(ages)[len(ages) // 2], "max": max(ages),
                                           "last": ages[-1]},
