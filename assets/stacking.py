@@ -26,20 +26,25 @@ def _image(png: bytes) -> str:
 
 def build_stacked_model(spec) -> AssetsDefinition:
     key = asset_key(spec, "stacked_model")
-    names = ["finite_predictions", *spec.training.thresholds, "beats_base_models"]
+    names = ["finite_predictions", *spec.training.thresholds, "not_worse_than_best_member", "beats_base_models"]
     checks = [AssetCheckSpec(n, asset=key, blocking=n != "beats_base_models") for n in names]
 
     @asset(key=key, deps=[asset_key(spec, f"model_{n}") for n in spec.algorithms], group_name=spec.name,
            kinds={"spark", "mlflow"}, automation_condition=FOLLOW, check_specs=checks,
-           description=f"The {spec.name} stack: a {'linear' if spec.task == 'regression' else 'logistic'} "
-                       f"meta-model on the base models' out-of-fold scores, registered in MLflow as challenger.")
+           description=f"The {spec.name} served model: a non-negative "
+                       f"{'linear' if spec.task == 'regression' else 'logistic'} stack on the base models' "
+                       f"out-of-fold scores, or the best single member when the stack does not win; registered in "
+                       f"MLflow as challenger.")
     def stacked_model(context: AssetExecutionContext, spark: SparkResource, registry: ModelRegistryResource):
         version = upstream_value(context, [asset_key(spec, f"model_{n}") for n in spec.algorithms], "version")
         s = run_job(context, spark, spec, "stack", {"version": version, "tags": run_tags(context)}, registry)
         metadata = {
             "leaderboard": MetadataValue.md(s["leaderboard"]),
             **{f"holdout {labelled(spec, k)}": v for k, v in s["holdout"].items() if isinstance(v, int | float)},
+            "served": s["served"], "choice": s["choice"],
             "meta_coefficients": MetadataValue.json(s["meta_coefficients"]),
+            "cv": MetadataValue.json(s["cv"]),
+            **({"reliability": MetadataValue.json(s["reliability"])} if s.get("reliability") else {}),
             "registered_model": spec.name, "model_version": s["model_version"],
             **({"registry_page": MetadataValue.url(s["model_page"])} if s.get("model_page") else {}),
             "mlflow_run": MetadataValue.url(s["mlflow_run"]), "version": s["version"],

@@ -8,12 +8,13 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.regression import LinearRegression
 from pyspark.sql import functions as F
 
+from ml_platform.layout import feature_pipeline_dir, holdout_dir
 from ml_platform.spec import ColumnSpec, SpecError, parse_spec
 from ml_platform.stores import LocalStore
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
 from ml_platform.train.features import FeatureError, build_feature_pipeline
 from ml_platform.train.models import featurized, train_models
-from ml_platform.train.stacking import fit_stack, leaderboard
+from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard, member_pipeline
 from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import SMALL, land_batches, small
 
@@ -66,17 +67,39 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, tra
     train.unpersist()
 
 
-def test_stack_is_one_pipeline_that_composes_its_base_models(spark, trained):
+def test_served_model_is_one_pipeline_never_worse_than_its_best_member(spark, trained):
     spec, store, ts, results, *_ = trained
     stack = fit_stack(spark, store, spec, "v1", results)
-    model = PipelineModel.load(stack["path"])
-    out = model.transform(spark.read.parquet(ts["holdout"]))
-    coef, b = stack["meta_coefficients"], stack["meta_intercept"]
-    manual = F.lit(b) + sum(F.lit(coef[n]) * F.expm1(F.col(f"__prediction_{n}")) for n in sorted(coef))
-    assert out.select(F.max(F.abs(manual - F.col("prediction")))).first()[0] < 1e-6 * 50_000
-    assert stack["holdout"]["non_finite"] == 0 and stack["holdout"]["r2"] > 0.3
     assert set(stack["base_models"]) == {"linear", "random_forest", "xgboost"}
+    assert min(stack["meta_coefficients"].values()) >= 0 and stack["selected"]
+    assert stack["served"] in {"stacked", *results} and stack["choice"].startswith(stack["served"])
     assert results["xgboost"]["holdout"]["r2"] > 0.3 and results["xgboost"]["best_params"]["max_depth"] == 3
+    out = PipelineModel.load(stack["path"]).transform(spark.read.parquet(ts["holdout"]))
+    lo, hi = spec.label_range
+    if stack["served"] == "stacked":  # the blend of the members with a positive weight, clamped to the label range
+        coef, b = stack["meta_coefficients"], stack["meta_intercept"]
+        raw = F.lit(b) + sum(F.lit(coef[n]) * F.expm1(F.col(f"__prediction_{n}")) for n in stack["selected"])
+    else:  # the member alone, on the price scale
+        raw = F.expm1(F.col(f"__prediction_{stack['served']}"))
+    manual = F.least(F.greatest(raw, F.lit(lo)), F.lit(hi))
+    assert out.select(F.max(F.abs(manual - F.col("prediction")))).first()[0] < 1e-6 * 50_000
+    assert out.where((F.col("prediction") < lo) | (F.col("prediction") > hi)).count() == 0
+    best = min(r["holdout"]["rmse"] for r in results.values())
+    assert stack["holdout"]["non_finite"] == 0 and stack["holdout"]["rmse"] <= best * (1 + 1e-9)
+    assert stack["best_member_holdout"] == best
+    board, rows = leaderboard(spec, results, stack)
+    assert [r["model"] for r in rows if r["served"]] == [stack["served"]] and "Served: " in board
+
+
+def test_a_member_served_alone_predicts_what_it_predicted_in_training(spark, trained):
+    """The fallback pipeline: feature stages, the member, its price and the clamp; its holdout RMSE is the
+    member's own (the clamp only moves predictions towards the label range, where every label lies)."""
+    spec, store, ts, results, *_ = trained
+    features = list(PipelineModel.load(store.uri(feature_pipeline_dir(spec, "v1"))).stages)
+    model, threshold = member_pipeline(spec, features, results, "linear")
+    hold = evaluate_pipeline(spark, spec, model, store.uri(holdout_dir(spec, "v1")))
+    assert threshold is None and hold["rmse"] <= results["linear"]["holdout"]["rmse"] * (1 + 1e-9)
+    assert hold["rmse"] > 0.5 * results["linear"]["holdout"]["rmse"]
 
 
 def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_path):
@@ -104,8 +127,14 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
         assert r["holdout"]["pr_auc"] > 2 * base_rate, name
     stack = fit_stack(spark, store, spec, "v1", results)
     assert stack["holdout"]["pr_auc"] > 2 * base_rate and 0 < stack["threshold"] < 1
+    assert stack["holdout"]["pr_auc"] >= max(r["holdout"]["pr_auc"] for r in results.values()) - 1e-9
+    assert min(stack["meta_coefficients"].values()) >= 0 and 0 <= stack["holdout"]["brier"] <= 1
+    if stack["served"] == "stacked":  # the meta-model is fitted unweighted, so its probabilities keep the base rate
+        assert stack["holdout"]["brier"] < base_rate * (1 - base_rate)
     out = PipelineModel.load(stack["path"]).transform(spark.read.parquet(ts["holdout"]))
     assert out.where(F.col("probability").isNull()).count() == 0
+    assert sum(b["n"] for b in stack["reliability"]) == out.count() == ts["holdout_rows"]
+    assert all(0 <= b["mean_p"] <= 1 and 0 <= b["observed"] <= 1 for b in stack["reliability"])
 
 
 def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):

@@ -115,6 +115,21 @@ def search_space(spec: DatasetSpec, name: str) -> list[dict[str, Any]]:
     return combos + draws or [{}]
 
 
+def grid_edges(spec: DatasetSpec, name: str, best: dict[str, Any]) -> list[str]:
+    """Where the best setting sits at the low or high end of a numeric grid of two or more values: the search may
+    be cut short there, so the leaderboard says so."""
+    out = []
+    for param, values in ((spec.algorithms.get(name) or {}).get("grid") or {}).items():
+        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(nums) < 2 or param not in best:
+            continue
+        if best[param] == min(nums):
+            out.append(f"{param}={best[param]} is the lowest value tried; a lower one may do better")
+        elif best[param] == max(nums):
+            out.append(f"{param}={best[param]} is the highest value tried; a higher one may do better")
+    return out
+
+
 def param_maps(estimator, settings: list[dict[str, Any]], where: str) -> list[dict]:
     """Spec settings -> ParamMaps, naming the algorithm and parameter when one does not exist."""
     out = []

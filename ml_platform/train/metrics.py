@@ -80,6 +80,23 @@ def classification_metrics(df: DataFrame, label: str, score: str, threshold: flo
             "precision": precision, "recall": recall, "threshold": threshold, "non_finite": int(row["non_finite"])}
 
 
+def brier(df: DataFrame, label: str, p: str) -> float:
+    """Mean squared difference between the predicted probability and the 0/1 outcome (lower is better)."""
+    return float(df.agg(F.avg((F.col(p) - F.col(label)) ** 2)).first()[0])
+
+
+def reliability(scored: DataFrame, label: str, bins: int = 10) -> list[dict]:
+    """The reliability curve of a model's `probability`: per equal-width bin of p, its rows, mean p and the
+    observed share of positives. A calibrated model has observed ≈ mean p in every bin."""
+    p = vector_to_array(F.col("probability"))[1]
+    b = F.least(F.floor(p * bins), F.lit(bins - 1)).cast("int")
+    rows = (scored.select(b.alias("bin"), p.alias("p"), F.col(label).alias("y")).groupBy("bin")
+            .agg(F.count(F.lit(1)).alias("n"), F.avg("p").alias("mean_p"), F.avg("y").alias("observed"))
+            .orderBy("bin").collect())
+    return [{"bin": f"{r['bin'] / bins:.1f}-{(r['bin'] + 1) / bins:.1f}", "n": int(r["n"]),
+             "mean_p": float(r["mean_p"]), "observed": float(r["observed"])} for r in rows]
+
+
 def primary(task: str) -> tuple[str, bool]:
     """The metric that ranks models and gates promotion, and whether larger is better."""
     return ("pr_auc", True) if task == "classification" else ("rmse", False)

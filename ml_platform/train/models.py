@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, param_maps, search_space
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, grid_edges, param_maps, search_space
 from ml_platform.train.metrics import classification_metrics, curves, primary, regression_metrics, score_column
 from ml_platform.train.training_set import TrainingError
 
@@ -117,6 +117,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     result = {
         "algorithm": name, "version": version, "features": alg.features, "score": kind,
         "search_space": settings, "best_params": settings[best], "param_maps": len(maps), "folds": folds,
+        "grid_edges": grid_edges(spec, name, settings[best]),
         "cv_metric": metric,
         "cv_mean": avg[best], "cv_std": std[best], "cv_all": avg, "holdout": hold, "threshold": threshold,
         "train_seconds": round(train_seconds, 2), "validation_seconds": round(validation_seconds, 2),

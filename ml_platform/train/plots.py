@@ -1,5 +1,6 @@
-"""Diagnostic plots as PNG bytes: predicted vs actual and residuals (regression), ROC and PR curves
-(classification). Points come from a bounded sample or from binned curve counts, never whole columns."""
+"""Diagnostic plots as PNG bytes: predicted vs actual and residuals (regression), ROC, PR and
+reliability curves (classification). Points come from a bounded sample or from binned counts, never whole
+columns."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def classification_plots(curve: dict, title: str) -> dict[str, bytes]:
     ax.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall", ylim=(0, 1.02))
     out["pr.png"] = _png(fig)
     return out
+
+
+def reliability_plot(bins: list[dict], title: str) -> bytes:
+    """Observed share of positives against mean predicted probability per bin; the diagonal is calibrated."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], marker="o")
+    ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--")
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive share", title=f"{title}: reliability",
+           xlim=(0, 1), ylim=(0, 1))
+    return _png(fig)

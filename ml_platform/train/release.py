@@ -22,15 +22,17 @@ from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LABEL
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results
-from ml_platform.train.plots import classification_plots, regression_plots
+from ml_platform.train.plots import classification_plots, regression_plots, reliability_plot
 from ml_platform.train.registry import CHALLENGER, CHAMPION, CHECKS_TAG, Tracker
 from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard
 from ml_platform.train.training_set import TrainingError, training_version
 
 
-def stack_checks(spec: DatasetSpec, holdout: dict, base: dict[str, dict]) -> list[tuple[str, bool, bool, str]]:
-    """(name, passed, blocking, description): metric thresholds from the spec and finite predictions block;
-    beating every base model is reported but does not block."""
+def stack_checks(spec: DatasetSpec, stack: dict, base: dict[str, dict]) -> list[tuple[str, bool, bool, str]]:
+    """(name, passed, blocking, description) of the served model (the stack or the member chosen in its place):
+    finite predictions, the spec's metric thresholds, and never worse than the best single member on the holdout
+    block; the stack itself beating every member is reported but does not block (a member is served when not)."""
+    holdout = stack["holdout"]
     out = [("finite_predictions", holdout["non_finite"] == 0, True,
             f"{holdout['non_finite']} non-finite holdout predictions")]
     for name, limit in spec.training.thresholds.items():
@@ -39,11 +41,17 @@ def stack_checks(spec: DatasetSpec, holdout: dict, base: dict[str, dict]) -> lis
         ok = value is not None and math.isfinite(value) and (value >= limit if kind == "min" else value <= limit)
         out.append((f"{name}", ok, True, f"holdout {metric} = {value:.4g}, {kind} {limit}"))
     metric, larger = primary(spec.task)
-    worse = [n for n, r in base.items()
-             if not (holdout[metric] > r["holdout"][metric] if larger else holdout[metric] < r["holdout"][metric])]
+    best, best_score, served = stack["best_member"], stack["best_member_holdout"], holdout[metric]
+    tol = 1e-9 * max(1.0, abs(best_score))
+    ok = served >= best_score - tol if larger else served <= best_score + tol
+    out.append(("not_worse_than_best_member", ok, True,
+                f"served {stack['served']}: holdout {metric} {served:.4g}; best member {best} {best_score:.4g}"))
+    own = stack.get("stack_holdout") or {}
+    worse = [n for n, r in base.items() if metric not in own
+             or not (own[metric] > r["holdout"][metric] if larger else own[metric] < r["holdout"][metric])]
     out.append(("beats_base_models", not worse, False,
-                f"stack {metric} {holdout[metric]:.4g}; not beaten: {worse}" if worse
-                else f"stack {metric} {holdout[metric]:.4g} beats all {len(base)} base models"))
+                f"stack {metric} {own.get(metric, float('nan')):.4g}; not beaten: {worse}; served: {stack['served']}"
+                if worse else f"stack {metric} {own[metric]:.4g} beats all {len(base)} base models"))
     return out
 
 
@@ -76,11 +84,13 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     results = model_results(store, spec, version)
     stack = fit_stack(spark, store, spec, version, results)
     board, rows = leaderboard(spec, results, stack)
-    checks = stack_checks(spec, stack["holdout"], results)
+    checks = stack_checks(spec, stack, results)
     passed = all(ok for _, ok, blocking, _ in checks if blocking)
     stacked = PipelineModel.load(stack["path"])
     holdout_uri = store.uri(holdout_dir(spec, version))
     plots = diagnostics(spark, spec, stacked, holdout_uri)
+    if stack.get("reliability"):
+        plots["reliability.png"] = reliability_plot(stack["reliability"], f"{spec.name} {stack['served']}")
     parent = tracker.parent_run(spec.name, cur, tags)
     for name, png in plots.items():
         tracker.log_artifact_bytes(parent, name, png)
@@ -89,8 +99,8 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     # a served challenger (shadow/split) is chosen by the gate, never by registering: failed checks must not serve
     mv = tracker.register_stack(parent, spec.name, stacked, example, pred, stack["holdout"], tags | {
         "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
-        CHECKS_TAG: "passed" if passed else "failed"}, alias=CHALLENGER if spec.serving.challenger.mode == "off"
-        else None)
+        "served_model": stack["served"], CHECKS_TAG: "passed" if passed else "failed"},
+        alias=CHALLENGER if spec.serving.challenger.mode == "off" else None)
     return stack | {"leaderboard": board, "rows": rows, "checks": checks, "plots": plots, "model_version": mv,
                     "mlflow_run": tracker.run_link(parent), "training": cur,
                     "model_page": tracker.model_page(spec.name, mv)}

@@ -1,24 +1,24 @@
-"""Stacking: a linear (regression) or logistic (classification) meta-model on the base models' out-of-fold scores,
-and the one deployable PipelineModel:
+"""Stacking: a non-negative meta-model (train/meta.py) on the base models' out-of-fold scores, the choice of what
+to serve, and the one deployable PipelineModel:
 
-  feature stages ─▶ base model i (own output columns) ─▶ ScoreColumn i ─▶ ... ─▶ VectorAssembler ─▶ meta-model
+  feature stages ─▶ base model i (own output columns) ─▶ ScoreColumn i ─▶ ... ─▶ Blend
 
-Meta inputs are on the scale the meta-model is linear in: prices (expm1 of a log-target prediction), log-odds of a
-probability, or a linear SVC's margin. The meta-model's `prediction` is the platform's answer: a price, or 0/1 at the
-threshold with the best out-of-fold F1, beside `probability`.
+Meta inputs are on the scale the blend is linear in: prices (expm1 of a log-target prediction), log-odds of a
+probability, or a linear SVC's margin. Members with weight 0 are left out. The served model is the stack only when
+its cross-validated metric beats the best member's out-of-fold one and no member beats it on the holdout;
+otherwise it is that member alone, ending in the same Blend stage. `prediction` is the platform's answer: a price
+clamped into the spec's label range, or 0/1 at the threshold with the best out-of-fold F1, beside `probability`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from pyspark import keyword_only
 from pyspark.ml import PipelineModel, Transformer
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.regression import LinearRegression
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -26,12 +26,12 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import LABEL, ROW_ID, WEIGHT
-from ml_platform.train.metrics import curves, primary, regression_metrics, score_column
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
+from ml_platform.train.meta import Blend, classification_meta, regression_meta
+from ml_platform.train.metrics import brier, curves, primary, regression_metrics, reliability, score_column
 from ml_platform.train.models import evaluate, labelled
 from ml_platform.train.training_set import TrainingError
 
-META_FEATURES = "__meta_features"
 EPS = 1e-6
 
 
@@ -81,71 +81,159 @@ def _renamed(model, name: str):
     return model
 
 
+def _member_stages(spec: DatasetSpec, results: dict[str, dict], names: list[str], how=None) -> list:
+    """Each member as its fitted model (own output columns) and the ScoreColumn the blend reads."""
+    stages = []
+    for n in names:
+        kind = results[n]["score"]
+        stages += [_renamed(PipelineModel.load(results[n]["model"]).stages[0], n), ScoreColumn(
+            inputCol=f"__{kind}_{n}", outputCol=f"score_{n}", element=-1 if kind == "prediction" else 1,
+            how=how or _how(spec, kind))]
+    return stages
+
+
+def _blend(spec: DatasetSpec, names: list[str], weights: list[float], intercept: float, link: str,
+           threshold: float | None) -> Blend:
+    lo, hi = spec.label_range
+    return Blend(inputCols=[f"score_{n}" for n in names], weights=weights, intercept=intercept, task=spec.task,
+                 link=link, threshold=0.5 if threshold is None else threshold,
+                 clamp=spec.task == "regression", lower=float(lo), upper=float(hi))
+
+
+def member_pipeline(spec: DatasetSpec, features: list, results: dict[str, dict], name: str):
+    """One base model served alone, ending in the same Blend stage as a stack: a price (expm1 of a log-target
+    prediction, clamped into the label range), or the member's own probability and its out-of-fold F1 threshold
+    (a linear SVC's margin through a sigmoid)."""
+    r = results[name]
+    if spec.task == "regression":
+        return PipelineModel(stages=features + _member_stages(spec, results, [name])
+                             + [_blend(spec, [name], [1.0], 0.0, "identity", None)]), None
+    margin = r["score"] != "probability"
+    threshold = 1 / (1 + math.exp(-r["threshold"])) if margin else r["threshold"]
+    return PipelineModel(stages=features + _member_stages(spec, results, [name], how="identity") + [_blend(
+        spec, [name], [1.0], 0.0, "sigmoid" if margin else "identity", threshold)]), threshold
+
+
+def _beats(a: float, b: float, larger: bool) -> bool:
+    return a > b if larger else a < b
+
+
+def _worse(a: float, b: float, larger: bool) -> bool:
+    """a is worse than b beyond floating-point noise."""
+    tol = 1e-9 * max(1.0, abs(b))
+    return a < b - tol if larger else a > b + tol
+
+
+def _best(scores: dict[str, float], larger: bool) -> str:
+    return max(sorted(scores), key=lambda n: scores[n] if larger else -scores[n])
+
+
 def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dict[str, dict]) -> dict:
-    """Fit the meta-model on out-of-fold scores, assemble and save the stacked PipelineModel, score the holdout."""
+    """Fit the non-negative meta-model on out-of-fold scores, choose what to serve by out-of-fold evidence (the
+    stack if its cross-validated metric beats the best member's out-of-fold one, else that member), guard it on
+    the holdout (a member better on the holdout than the choice is served instead), and save the served
+    PipelineModel. The result says what was chosen and why."""
     if len(results) < 2:
         raise TrainingError(f"{spec.name}: stacking needs at least 2 trained base models, have {sorted(results)}")
     names = sorted(results)
-    train = spark.read.parquet(store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, WEIGHT, spec.target)
+    metric, larger = primary(spec.task)
+    train = spark.read.parquet(store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, FOLD, spec.target)
     for n in names:
-        oof = spark.read.parquet(results[n]["oof"]).select(
-            ROW_ID, meta_input(F.col("score"), _how(spec, results[n]["score"])).alias(f"score_{n}"))
+        oof = spark.read.parquet(results[n]["oof"]).select(ROW_ID, F.col("score").alias(f"raw_{n}"), meta_input(
+            F.col("score"), _how(spec, results[n]["score"])).alias(f"score_{n}"))
         train = train.join(oof.hint("merge"), ROW_ID)  # no broadcast: OOF tables grow with the data
-    assembler = VectorAssembler(inputCols=[f"score_{n}" for n in names], outputCol=META_FEATURES)
-    meta_train = assembler.transform(train)
+    cols = [f"score_{n}" for n in names]
     t0 = time.perf_counter()
+    threshold = None
     if spec.task == "regression":
-        meta = LinearRegression(featuresCol=META_FEATURES, labelCol=spec.target, regParam=1e-4,
-                                elasticNetParam=0.0).fit(meta_train)
-        threshold, coef = None, [float(c) for c in meta.coefficients]
+        meta = regression_meta(train, cols, spec.target, FOLD)
     else:
-        meta = LogisticRegression(featuresCol=META_FEATURES, labelCol=LABEL, weightCol=WEIGHT, regParam=1e-4,
-                                  probabilityCol="probability").fit(meta_train)
-        oof_meta = meta.transform(meta_train).withColumn("__p", score_column("probability"))
-        threshold = curves(oof_meta, LABEL, "__p")["threshold"]
-        meta.set(meta.getParam("threshold"), float(threshold))
-        coef = [float(c) for c in meta.coefficients]
+        # unweighted: class weights would shift the stack's probabilities off the base rate (the Brier score and
+        # reliability curve report calibration); the F1 threshold handles the imbalance
+        meta = classification_meta(train, cols, {c: f"raw_{n}" for c, n in zip(cols, names, strict=True)}, LABEL,
+                                   FOLD, None)
+        threshold = curves(meta["oof"], LABEL, "__p")["threshold"]  # best F1 on the stack's out-of-fold p
+        meta["oof"].unpersist()
     fit_seconds = time.perf_counter() - t0
-    fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
-    stages = list(fp.stages)
-    for n in names:
-        model = PipelineModel.load(results[n]["model"]).stages[0]
-        kind = results[n]["score"]
-        stages += [_renamed(model, n), ScoreColumn(
-            inputCol=f"__{kind}_{n}", outputCol=f"score_{n}", element=-1 if kind == "prediction" else 1,
-            how=_how(spec, kind))]
-    stacked = PipelineModel(stages=stages + [assembler, meta])
+    weights = dict(zip(names, meta["weights"], strict=True))
+    members_cv = {n: meta["members_cv"][f"score_{n}"] for n in names}
+    selected = [n for n in names if weights[n] > 0]
+    features = list(PipelineModel.load(store.uri(feature_pipeline_dir(spec, version))).stages)
+    holdout_uri = store.uri(holdout_dir(spec, version))
+    stack_model, stack_hold = None, None
+    if selected:
+        stack_model = PipelineModel(stages=features + _member_stages(spec, results, selected) + [_blend(
+            spec, selected, [weights[n] for n in selected], meta["intercept"],
+            "sigmoid" if spec.task == "classification" else "identity", threshold)])
+        stack_hold = evaluate_pipeline(spark, spec, stack_model, holdout_uri)
+    cv_best = _best(members_cv, larger)
+    said = f"CV {metric} {meta['cv']:.4g} vs the best member's out-of-fold {cv_best} {members_cv[cv_best]:.4g}"
+    if stack_model is not None and _beats(meta["cv"], members_cv[cv_best], larger):
+        served, model, hold, served_threshold = "stacked", stack_model, stack_hold, threshold
+        choice = f"stacked ({len(selected)} of {len(names)} members weighted): {said}"
+    else:
+        served = cv_best
+        model, served_threshold = member_pipeline(spec, features, results, served)
+        hold = evaluate_pipeline(spark, spec, model, holdout_uri)
+        choice = f"{served} alone: the stack does not win in cross-validation ({said})"
+    hold_scores = {n: r["holdout"][metric] for n, r in results.items()}
+    hold_best = _best(hold_scores, larger)
+    if served != hold_best and _worse(hold[metric], hold_scores[hold_best], larger):
+        choice += (f"; on the holdout {served} ({metric} {hold[metric]:.4g}) loses to {hold_best} "
+                   f"({hold_scores[hold_best]:.4g}), so {hold_best} is served")
+        served = hold_best
+        model, served_threshold = member_pipeline(spec, features, results, served)
+        hold = evaluate_pipeline(spark, spec, model, holdout_uri)
     path = store.uri(stacked_model_dir(spec, version))
-    stacked.write().overwrite().save(path)
-    holdout = evaluate_pipeline(spark, spec, stacked, store.uri(holdout_dir(spec, version)), threshold)
-    result = {"version": version, "base_models": names, "meta_coefficients": dict(zip(names, coef, strict=True)),
-              "meta_intercept": float(meta.intercept), "threshold": threshold, "holdout": holdout,
-              "fit_seconds": round(fit_seconds, 2), "path": path}
+    model.write().overwrite().save(path)
+    result = {"version": version, "base_models": names, "selected": selected,
+              "meta_coefficients": weights, "meta_intercept": meta["intercept"], "threshold": served_threshold,
+              "served": served, "choice": choice, "cv": {"stacked": meta["cv"], **members_cv},
+              "stack_holdout": stack_hold, "holdout": hold, "best_member": hold_best,
+              "best_member_holdout": hold_scores[hold_best], "fit_seconds": round(fit_seconds, 2), "path": path}
+    if spec.task == "classification":
+        result["reliability"] = reliability(model.transform(spark.read.parquet(holdout_uri)), LABEL)
     store.write_json(stacked_model_record(spec, version), result)
     return result
 
 
 def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_uri: str,
                       threshold: float | None = None) -> dict:
-    """Score a deployable model on a holdout and compute the same metrics as for base models (original scale)."""
+    """Score a deployable model on a holdout and compute the same metrics as for base models (original scale);
+    classification at `threshold`, by default the model's own (its last stage's)."""
     scored = model.transform(spark.read.parquet(holdout_uri))
+    last = model.stages[-1]
+    if threshold is None and last.hasParam("threshold"):
+        threshold = float(last.getOrDefault("threshold"))
     if spec.task == "regression":  # the stack predicts the target itself, on its original scale
         return regression_metrics(scored, spec.target, "prediction")
-    return evaluate(spec, scored.withColumn("__score", score_column("probability")), "__score", threshold)
+    scored = scored.withColumn("__score", score_column("probability"))
+    return evaluate(spec, scored, "__score", threshold) | {"brier": brier(scored, LABEL, "__score")}
 
 
 def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tuple[str, list[dict]]:
-    """A markdown table of the base models and the stack on the holdout, best first, each column with its scale."""
+    """A markdown table of the base models and the stack on the holdout, best first, each column with its scale,
+    the served model marked; then what was served and why, the blend's weights, and any best setting at the edge
+    of its grid."""
     metric, larger = primary(spec.task)
-    cols = ["rmse", "mae", "r2"] if spec.task == "regression" else ["pr_auc", "roc_auc", "f1", "precision", "recall"]
-    rows = [{"model": n, **{c: r["holdout"][c] for c in cols}, "cv": r["cv_mean"], "train_s": r["train_seconds"]}
-            for n, r in results.items()]
-    rows.append({"model": "stacked", **{c: stack["holdout"][c] for c in cols}, "cv": None,
-                 "train_s": stack["fit_seconds"]})
+    cols = ["rmse", "mae", "r2"] if spec.task == "regression" else ["pr_auc", "roc_auc", "f1", "brier"]
+    cv = stack.get("cv", {})
+    rows = [{"model": n, **{c: r["holdout"].get(c) for c in cols}, "cv": r["cv_mean"], "oof": cv.get(n),
+             "weight": stack["meta_coefficients"].get(n), "train_s": r["train_seconds"]} for n, r in results.items()]
+    if stack.get("stack_holdout"):
+        rows.append({"model": "stacked", **{c: stack["stack_holdout"].get(c) for c in cols}, "cv": None,
+                     "oof": cv.get("stacked"), "weight": None, "train_s": stack["fit_seconds"]})
+    for r in rows:
+        r["served"] = r["model"] == stack["served"]
     rows.sort(key=lambda r: -r[metric] if larger else r[metric])
+    fmt = lambda v: "" if v is None else format(v, ".4g")  # noqa: E731
     # every error column names its scale: CV of a log-target model is on log1p(target), the holdout on the target
-    head = ("| model | " + " | ".join(labelled(spec, c) for c in cols) + f" | {labelled(spec, 'cv')} | train s |\n|---|"
-            + "---|" * (len(cols) + 2))
-    body = "\n".join(f"| {r['model']} | " + " | ".join(f"{r[c]:.4g}" for c in cols)
-                     + f" | {'' if r['cv'] is None else format(r['cv'], '.4g')} | {r['train_s']} |" for r in rows)
-    return head + "\n" + body, rows
+    head = ("| model | " + " | ".join(labelled(spec, c) for c in cols)
+            + f" | {labelled(spec, 'cv')} | out-of-fold {metric} | weight | train s |\n|---|"
+            + "---|" * (len(cols) + 4))
+    body = "\n".join(f"| {r['model']}{' ◀ served' if r['served'] else ''} | "
+                     + " | ".join(fmt(r[c]) for c in cols)
+                     + f" | {fmt(r['cv'])} | {fmt(r['oof'])} | {fmt(r['weight'])} | {r['train_s']} |" for r in rows)
+    notes = [f"Served: {stack['choice']}."]
+    notes += [f"Grid edge: {n}: {e}" for n, r in sorted(results.items()) for e in r.get("grid_edges", [])]
+    return head + "\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes), rows
