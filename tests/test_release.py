@@ -79,7 +79,10 @@ def test_new_batches_retrain_once_and_promote_a_champion(platform):
     serving = _meta(run, AssetKey([spec.name, "serving_deployment"]))
     assert serving["promoted"] is True and serving["champion_after"] == "1" and serving["champion_before"] == "none"
     stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
-    assert "| stacked |" in stacked["leaderboard"] and "data:image/png;base64" in stacked["predicted_vs_actual"]
+    assert "| stacked" in stacked["leaderboard"] and "data:image/png;base64" in stacked["predicted_vs_actual"]
+    # what is served, and why, is in the metadata: the stack, or its best member when the stack does not win
+    assert f"Served: {stacked['served']}" in stacked["leaderboard"] and stacked["served"] in {
+        "stacked", "linear", "random_forest"}
     assert tracker.version_for(spec.name, CHAMPION) == tracker.version_for(spec.name, CHALLENGER) == "1"
     tags = tracker.version_tags(spec.name, "1")
     assert tags["dagster_run_id"] == run.run_id and tags["batches"] == "batch-00001,batch-00002"
