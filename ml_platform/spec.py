@@ -18,6 +18,11 @@ import yaml
 PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating", "drop"}
 DERIVE_RULES = {"years_between", "per_year"}
 TASKS = {"regression", "classification"}
+# the algorithm names each task accepts; train/algorithms.REGISTRY implements exactly these (a test holds them equal)
+ALGORITHMS = {
+    "regression": ("gbt", "random_forest", "linear", "glm", "xgboost", "weighted_average"),
+    "classification": ("logistic", "linear_svc", "random_forest", "gbt", "xgboost", "naive_bayes"),
+}
 FEATURE_PARSES = {"number", "unit", "bool", "category", "rating"}
 # source text meaning "unknown", as null: shared by cleaning (Spark), spec inference and label_value (plain Python)
 MISSING_TOKENS = ("", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
@@ -373,6 +378,7 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
     if not 0 <= share <= 1:
         raise _fail(src, f"checks.max_quarantine_share must be in [0, 1], got {share}")
     training = _training(src, data.get("training") or {}, known)
+    _algorithms_fit(src, data["task"], data.get("algorithms") or {})
     lr = data.get("label_range") or ([0, 1] if positive is not None or classes else [float("-inf"), float("inf")])
     return DatasetSpec(
         name=str(data["name"]),
@@ -391,6 +397,18 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         classes=classes,
         unlabelled=_unlabelled(src, data.get("unlabelled"), positive is not None or bool(classes)),
     )
+
+
+def _algorithms_fit(src: str, task: str, algorithms: Any) -> None:
+    if not isinstance(algorithms, dict):
+        raise _fail(src, "algorithms must be a mapping of algorithm name to its search space")
+    for name in algorithms:
+        if name in ALGORITHMS.get(task, ()):
+            continue
+        other = [t for t, names in ALGORITHMS.items() if name in names]
+        fits = f"; {name!r} is a {' and '.join(other)} algorithm" if other else ""
+        raise _fail(src, f"algorithms.{name} does not fit task {task!r}{fits}; a {task} spec may use "
+                         f"{', '.join(ALGORITHMS.get(task, ()))}")
 
 
 SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision", "recall", "pr_auc_approx"}}

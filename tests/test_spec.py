@@ -63,6 +63,10 @@ def _base(**extra) -> dict:
     (lambda d: d.update(label_range=[0, 1]), "label_range is for numeric labels"),
     (lambda d: d.update(task="regression"), "positive / classes are for classification targets"),
     (lambda d: d.update(name="my data"), "name must be letters, digits and _"),
+    (lambda d: d.update(algorithms={"glm": {}}), "algorithms.glm does not fit task 'classification'; 'glm' is a "
+                                                 "regression algorithm; a classification spec may use logistic"),
+    (lambda d: d.update(algorithms={"logistic": {}, "als": {}}), "algorithms.als does not fit task 'classification'; "
+                                                                 "a classification spec may use"),
 ])
 def test_spec_errors_name_file_field_and_allowed_values(mutate, message):
     data = _base()
@@ -127,3 +131,10 @@ def test_label_value_matches_cleaning_rules(specs):
     two = parse_spec({k: v for k, v in _base(classes=["good", "bad"], unlabelled=["?"]).items() if k != "positive"})
     assert [two.label_value(v) for v in (" bad ", "good", "meh", "?")] == [1.0, 0.0, None, None]
     assert [parse_spec(_base()).label_value(v) for v in ("bad", "meh", "NA")] == [1.0, 0.0, None]
+
+
+def test_the_spec_names_exactly_the_algorithms_training_implements():
+    from ml_platform.spec import ALGORITHMS
+    from ml_platform.train.algorithms import REGISTRY
+
+    assert {(t, n) for t, names in ALGORITHMS.items() for n in names} == set(REGISTRY)

@@ -137,6 +137,16 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
     assert all(0 <= b["mean_p"] <= 1 and 0 <= b["observed"] <= 1 for b in stack["reliability"])
 
 
+def test_glm_takes_family_and_link_from_the_spec(spark, trained):
+    spec, store, *_ = trained
+    glm = small(spec, algorithms={"glm": {"grid": {"family": ["gamma"], "link": ["log"], "regParam": [0.01, 0.1]}}})
+    res = train_models(spark, store, glm, "v1", ["glm"], 1)["glm"]
+    assert isinstance(res, dict) and res["ok"] and res["holdout"]["r2"] > 0.3, res
+    model = PipelineModel.load(res["model"]).stages[0]
+    assert (model.getOrDefault("family"), model.getOrDefault("link")) == ("gamma", "log")
+    assert res["grid_edges"] and "regParam" in res["grid_edges"][0]  # two values, the best is one of the ends
+
+
 def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):
     spec, store, *_ = trained
     bad = small(spec, algorithms={"gbt": {"grid": {"maxDepth": [40]}}, "linear": {"grid": {"regParam": [0.1]}}})

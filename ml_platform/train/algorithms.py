@@ -61,6 +61,10 @@ REGISTRY: dict[tuple[str, str], Algorithm] = {
         Algorithm("random_forest", "regression", _tree(R.RandomForestRegressor), TREE_FEATURES, weights=False),
         Algorithm("linear", "regression", _plain(R.LinearRegression, maxIter=100), LINEAR_FEATURES, weights=False),
         Algorithm("xgboost", "regression", _xgboost("regression"), TREE_FEATURES, weights=False),
+        # a generalized linear model: the spec's grid picks `family` and `link` (e.g. gamma with log for prices,
+        # poisson for counts), as GeneralizedLinearRegression's own parameters
+        Algorithm("glm", "regression", _plain(R.GeneralizedLinearRegression, maxIter=50), LINEAR_FEATURES,
+                  weights=False),
         Algorithm("weighted_average", "regression", _plain(WeightedAverageRegressor), LINEAR_FEATURES,
                   weights=False),
         Algorithm("logistic", "classification", _plain(C.LogisticRegression, maxIter=100), LINEAR_FEATURES),

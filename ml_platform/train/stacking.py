@@ -97,7 +97,8 @@ def _blend(spec: DatasetSpec, names: list[str], weights: list[float], intercept:
     lo, hi = spec.label_range
     return Blend(inputCols=[f"score_{n}" for n in names], weights=weights, intercept=intercept, task=spec.task,
                  link=link, threshold=0.5 if threshold is None else threshold,
-                 clamp=spec.task == "regression", lower=float(lo), upper=float(hi))
+                 clamp=spec.task == "regression" and math.isfinite(lo) and math.isfinite(hi),
+                 lower=float(lo) if math.isfinite(lo) else 0.0, upper=float(hi) if math.isfinite(hi) else 0.0)
 
 
 def member_pipeline(spec: DatasetSpec, features: list, results: dict[str, dict], name: str):
