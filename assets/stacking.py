@@ -44,6 +44,7 @@ def build_stacked_model(spec) -> AssetsDefinition:
             "served": s["served"], "choice": s["choice"],
             "meta_coefficients": MetadataValue.json(s["meta_coefficients"]),
             "cv": MetadataValue.json(s["cv"]),
+            "importance": MetadataValue.json({m: v["permutation"] for m, v in s["importance"].items()}),
             **({"reliability": MetadataValue.json(s["reliability"])} if s.get("reliability") else {}),
             "registered_model": spec.name, "model_version": s["model_version"],
             **({"registry_page": MetadataValue.url(s["model_page"])} if s.get("model_page") else {}),

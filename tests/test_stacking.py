@@ -12,6 +12,7 @@ from ml_platform.layout import feature_pipeline_dir, holdout_dir
 from ml_platform.spec import ColumnSpec, SpecError, parse_spec
 from ml_platform.stores import LocalStore
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
+from ml_platform.train.explain import explain_models, importance_table
 from ml_platform.train.features import FeatureError, build_feature_pipeline
 from ml_platform.train.models import featurized, train_models
 from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard, member_pipeline
@@ -67,7 +68,7 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, tra
     train.unpersist()
 
 
-def test_served_model_is_one_pipeline_never_worse_than_its_best_member(spark, trained):
+def test_served_model_is_one_pipeline_never_worse_than_its_best_member_and_explained(spark, trained):
     spec, store, ts, results, *_ = trained
     stack = fit_stack(spark, store, spec, "v1", results)
     assert set(stack["base_models"]) == {"linear", "random_forest", "xgboost"}
@@ -89,6 +90,7 @@ def test_served_model_is_one_pipeline_never_worse_than_its_best_member(spark, tr
     assert stack["best_member_holdout"] == best
     board, rows = leaderboard(spec, results, stack)
     assert [r["model"] for r in rows if r["served"]] == [stack["served"]] and "Served: " in board
+    _explained(spark, spec, store, results, stack)  # the same fitted stack, explained
 
 
 def test_a_member_served_alone_predicts_what_it_predicted_in_training(spark, trained):
@@ -135,6 +137,23 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
     assert out.where(F.col("probability").isNull()).count() == 0
     assert sum(b["n"] for b in stack["reliability"]) == out.count() == ts["holdout_rows"]
     assert all(0 <= b["mean_p"] <= 1 and 0 <= b["observed"] <= 1 for b in stack["reliability"])
+
+
+def _explained(spark, spec, store, results, stack):
+    served = PipelineModel.load(stack["path"])
+    imp = explain_models(spark, store, spec, "v1", results, served, "stacked")
+    numeric, categorical = spec.feature_columns()
+    assert set(imp) == set(results) | {"stacked"}
+    strong = {"year", "age", "mileage", "miles_per_year", "horsepower", "power_hp", "make_name", "model_name"}
+    for name in ("xgboost", "random_forest", "stacked"):
+        perm = imp[name]["permutation"]
+        assert set(perm) <= set(numeric + categorical) and len(perm) > 20
+        assert strong & set(list(perm)[:5]), (name, list(perm)[:5])  # the price drivers lead
+        assert list(perm.values())[0] > 0
+    for name in ("xgboost", "random_forest"):  # trees also have their own importances, one per cleaned column
+        assert abs(sum(imp[name]["impurity"].values()) - 1) < 1e-6 and strong & set(list(imp[name]["impurity"])[:5])
+    assert imp["linear"]["impurity"] is None
+    assert "| xgboost |" in importance_table(imp)
 
 
 def test_glm_takes_family_and_link_from_the_spec(spark, trained):

@@ -11,6 +11,7 @@ sensor decides (serve/live.challenger_verdict) and requests serving_deployment, 
 
 from __future__ import annotations
 
+import json
 import math
 
 from pyspark.ml import PipelineModel
@@ -20,6 +21,7 @@ from ml_platform.layout import holdout_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LABEL
+from ml_platform.train.explain import explain_models, importance_table
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results
 from ml_platform.train.plots import classification_plots, regression_plots, reliability_plot
@@ -77,9 +79,9 @@ def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str
 
 def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec, version: str,
                        tags: dict[str, str]) -> dict:
-    """Fit the stack on one training version's base models, log the leaderboard and plots to its parent MLflow
-    run (found by the version's tags), register the PipelineModel as a new version of `<dataset>` with alias
-    `challenger`."""
+    """Fit the stack on one training version's base models, explain every model, log the leaderboard, feature
+    importance and plots to its parent MLflow run (found by the version's tags), register the served
+    PipelineModel as a new version of `<dataset>` with alias `challenger`."""
     cur = training_version(store, spec, version)
     results = model_results(store, spec, version)
     stack = fit_stack(spark, store, spec, version, results)
@@ -94,15 +96,18 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     parent = tracker.parent_run(spec.name, cur, tags)
     for name, png in plots.items():
         tracker.log_artifact_bytes(parent, name, png)
+    importance = explain_models(spark, store, spec, version, results, stacked, stack["served"])
+    board += "\n\n**Feature importance** (cleaned columns)\n\n" + importance_table(importance)
     tracker.log_artifact_bytes(parent, "leaderboard.md", board)
+    tracker.log_artifact_bytes(parent, "importance.json", json.dumps(importance, indent=1).encode())
     example, pred = _examples(spark, spec, stacked, holdout_uri)
     # a served challenger (shadow/split) is chosen by the gate, never by registering: failed checks must not serve
     mv = tracker.register_stack(parent, spec.name, stacked, example, pred, stack["holdout"], tags | {
         "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
         "served_model": stack["served"], CHECKS_TAG: "passed" if passed else "failed"},
         alias=CHALLENGER if spec.serving.challenger.mode == "off" else None)
-    return stack | {"leaderboard": board, "rows": rows, "checks": checks, "plots": plots, "model_version": mv,
-                    "mlflow_run": tracker.run_link(parent), "training": cur,
+    return stack | {"leaderboard": board, "rows": rows, "importance": importance, "checks": checks, "plots": plots,
+                    "model_version": mv, "mlflow_run": tracker.run_link(parent), "training": cur,
                     "model_page": tracker.model_page(spec.name, mv)}
 
 
