@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.guard import BodyLimit, authorized
 from api.platform import NotReady, Platform
 from api.settings import ApiSettings
+from ml_platform.serve.explain import METHOD, explanation, variants
 
 UPLOAD_PATHS = ("/uploads/", "/predict/batch")
 # what any keyed route may answer besides its own: documented so the schema says what a client can get
@@ -51,12 +52,17 @@ class DatasetSummary(BaseModel):
     model_version: str | None
 
 
+MAX_EXPLAIN = 10  # rows per call with explain: each costs one variant per feature field
+
+
 class PredictRequest(BaseModel):
     """Rows with the columns of a Kafka request (raw text such as '35.1 in' is cleaned as in training). A row
     without `request_id` gets one (`rest-<uuid>`), a row without `event_time` gets the time of the call."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"rows": [{"request_id": "r-1", "mileage": "12,345"}]}]})
     rows: list[dict[str, Any]] = Field(min_length=1)
+    explain: bool = Field(False, description=f"add an `explanation` to each scored row (at most {MAX_EXPLAIN} rows): "
+                                            f"each feature field's contribution, {METHOD}")
 
 
 class Scored(BaseModel):
@@ -152,6 +158,8 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
         """Score one row or many. Each result is the prediction (with its request_id and the model version that
         scored it) or, for a row that cannot be scored, the reason exactly as the DLQ record gives it."""
         server = dataset_server(platform, dataset)
+        if body.explain and len(body.rows) > MAX_EXPLAIN:
+            raise HTTPException(413, f"{len(body.rows)} rows; explain takes at most {MAX_EXPLAIN} per call")
         if len(body.rows) > settings.max_rows:
             raise HTTPException(413, f"{len(body.rows)} rows; at most {settings.max_rows} per call (use "
                                      f"/datasets/{dataset}/predict/batch for files)")
@@ -164,6 +172,8 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
             raise HTTPException(503, f"scoring took over {settings.wait_seconds:.0f} s; try again") from None
         await run_in_threadpool(server.finish, outcome)
         results = [s.as_json() for s in outcome.rows]
+        if body.explain:
+            await _explain(server, rows, results, settings.wait_seconds)
         scored = sum(r["status"] == "scored" for r in results)
         return {"scored": scored, "rejected": len(results) - scored, "results": results}
 
@@ -205,6 +215,32 @@ def dataset_server(platform: Platform, dataset: str):
         known = ", ".join(sorted(platform.servers)) or "none"
         raise HTTPException(404, f"unknown dataset {dataset!r}; served: {known}")
     return server
+
+
+async def _explain(server, rows: list[dict], results: list[dict], wait_seconds: float) -> None:
+    """Each scored result gets its `explanation`: its variants (ml_platform.serve.explain) scored in one call
+    through the same core. They are neither published nor counted: they are not predictions anyone asked for."""
+    spec = server.spec
+    medians = await run_in_threadpool(server.medians)
+    sent = {r["request_id"]: r for r in rows}
+    plans, batch = [], []
+    for res in results:
+        if res["status"] == "scored":
+            pairs, skipped = variants(spec, sent[res["request_id"]], medians)
+            plans.append((res, [f for f, _ in pairs], skipped, len(batch)))
+            batch += [v for _, v in pairs]
+    scored = []
+    if batch:
+        try:
+            outcome = await asyncio.wait_for(asyncio.wrap_future(server.submit(batch)), wait_seconds)
+        except (NotReady, TimeoutError) as e:  # the predictions stand; only their explanations are missing
+            why = str(e) or f"scoring the variants took over {wait_seconds:.0f} s"
+            for res, *_ in plans:
+                res["explanation"] = {"error": f"not explained: {why}"}
+            return
+        scored = [s.as_json() for s in outcome.rows]
+    for res, fields, skipped, start in plans:
+        res["explanation"] = explanation(spec, res, fields, skipped, scored[start:start + len(fields)])
 
 
 def _with_ids(rows: list[dict]) -> list[dict]:

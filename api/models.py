@@ -85,7 +85,10 @@ class ModelRow(BaseModel):
 
 
 class StackRow(BaseModel):
-    holdout: dict[str, float]
+    holdout: dict[str, float] = Field(description="the served model's holdout metrics: the stack's, or those of the "
+                                                  "member served in its place")
+    served: str | None = Field(None, description="what the registered version serves: `stacked` or a member's "
+                                                 "algorithm (the stack did not win)")
     model_versions: list[str] = Field(description="registered versions built from this training")
 
 
@@ -236,8 +239,10 @@ def leaderboard(dataset: str, request: Request) -> Leaderboard:
     return Leaderboard(dataset=dataset, training_version=parent.data.tags.get("training_version"),
                        run_id=parent.info.run_id, status=parent.info.status.lower(),
                        started_at=_iso(parent.info.start_time), primary_metric=metric, models=rows,
-                       stack=StackRow(holdout=stack, model_versions=sorted(
-                           (str(v.version) for v in versions if v.name == dataset), key=int)) if stack else None)
+                       stack=StackRow(holdout=stack, served=next(
+                           (v.tags.get("served_model") for v in versions if v.name == dataset), None),
+                           model_versions=sorted((str(v.version) for v in versions if v.name == dataset), key=int))
+                       if stack else None)
 
 
 @router.get("/datasets/{dataset}/model/download", response_class=FileResponse,

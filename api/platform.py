@@ -30,6 +30,7 @@ class DatasetServer:
     def __init__(self, platform: Platform, spec: DatasetSpec, champion, challenger=None):
         self.platform, self.spec, self.champion, self.challenger = platform, spec, champion, challenger
         self.coalescer = Coalescer(self._run, name=f"coalescer-{spec.name}")
+        self._medians: tuple[str | None, dict[str, float]] = (None, {})
 
     def _run(self, messages: list[bytes]) -> Outcome:
         """One Spark call: one champion version (taken here, between calls, as the scorer does between
@@ -68,6 +69,17 @@ class DatasetServer:
             self.platform.metrics.scored(self.spec.name, version, "scored" if s.prediction else "rejected")
         self.platform.publish(self.spec.name, outcome.published)
         return outcome
+
+    def medians(self) -> dict[str, float]:
+        """The champion's training medians (explanations' baselines), read once per loaded version."""
+        from ml_platform.serve.explain import training_medians
+
+        cur = self.champion.current
+        if cur is None:
+            return {}
+        if self._medians[0] != cur.version:
+            self._medians = (cur.version, training_medians(cur.model))
+        return self._medians[1]
 
     def readiness(self) -> dict:
         """ready: a champion is loaded and the alias's newest version did not fail to load (while it fails, the

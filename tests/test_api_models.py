@@ -51,7 +51,8 @@ def trained(spark, tmp_path):
     example = spark.createDataFrame([(2015.0,)], "year double")
     v1 = tracker.register_stack(parent, "used_cars", model, example.toPandas(),
                                 model.transform(example).select("prediction").toPandas(),
-                                {"rmse": 2400.0, "r2": 0.85}, {"checks": "passed", "training_version": "v-20260101"})
+                                {"rmse": 2400.0, "r2": 0.85}, {"checks": "passed", "training_version": "v-20260101",
+                                                               "served_model": "linear"})
     tracker.promote("used_cars", v1)
     v2 = register(spark, tracker, "used_cars", year_model(3.0), promote=False)
     return tracker, v1, v2
@@ -86,7 +87,7 @@ def test_dataset_info_and_leaderboard(trained, tmp_path):
         assert linear["holdout"] == {"rmse": 2500.0, "mae": 1250.0, "r2": 0.8} and linear["cv_metric"] == "rmse"
         assert linear["cv_mean"] == 0.25 and linear["cv_std"] == pytest.approx(0.025)
         assert linear["train_seconds"] == 12.5 and board["models"][2]["error"] == "xgboost: out of memory"
-        assert board["stack"] == {"holdout": {"rmse": 2400.0, "r2": 0.85}, "model_versions": [v1]}
+        assert board["stack"] == {"holdout": {"rmse": 2400.0, "r2": 0.85}, "served": "linear", "model_versions": [v1]}
 
         assert c.get("/datasets/nope").status_code == 404
         assert c.get("/datasets/nope/leaderboard").status_code == 404

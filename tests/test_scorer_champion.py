@@ -17,6 +17,7 @@ from api.settings import ApiSettings, key_hash
 from ml_platform.data.cleaning import clean_batch
 from ml_platform.local.loadgen import stream_rows
 from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.serve.explain import feature_fields, training_medians
 from ml_platform.serve.kafka_io import ensure_topics, read_topic
 from ml_platform.serve.messages import errors, request, topic
 from ml_platform.serve.watcher import registry_watcher
@@ -47,7 +48,10 @@ def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, 
     assert tracker.version_for(spec.name, CHAMPION) == stack["model_version"]
     model = PipelineModel.load(stack["path"])
     names = [type(s).__name__ for s in model.stages]
-    assert len(names) >= 5 and "LinearRegressionModel" in names and "RandomForestRegressionModel" in names
+    # the stack, or its best member alone when the stack does not win: either way one pipeline ending in Blend
+    members = {"LinearRegressionModel", "RandomForestRegressionModel"} & set(names)
+    assert len(names) >= 5 and names[-1] == "Blend" and (members == {
+        "LinearRegressionModel", "RandomForestRegressionModel"} if stack["served"] == "stacked" else len(members) == 1)
 
     # requests: the simulator's held-out stream, raw as in the files; served under their own topics
     write_batch(SimConfig("used_cars", 60, test_share=0.5, broken_share=0.0, seed=21), 9, tmp_path / "land",
@@ -89,8 +93,25 @@ def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, 
             time.sleep(0.2)
         body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
             request(spec, f"s{i}", r) for i, r in enumerate(rows)]}).json()
+        # explanations on request: the oldest and the newest car, each field's contribution to its price
+        years = {i: float(r["year"]) for i, r in enumerate(rows)}
+        pick = [min(years, key=years.get), max(years, key=years.get)]
+        explained = client.post(f"/datasets/{served.name}/predict", json={"explain": True, "rows": [
+            request(spec, f"e{i}", rows[i]) for i in pick]}).json()["results"]
     rest = {r["request_id"]: r for r in body["results"]}
     assert set(rest) == {f"s{i}" for i in range(len(rows))}
     assert {rid for rid, r in rest.items() if r["status"] == "scored"} == set(preds)
     for rid, p in preds.items():
         assert rest[rid]["prediction"] == p["prediction"] and rest[rid]["model_version"] == p["model_version"]
+    medians = training_medians(model)
+    fields = set(feature_fields(spec))
+    for i, res in zip(pick, explained, strict=True):
+        ex = res["explanation"]
+        assert res["prediction"] == rest[f"s{i}"]["prediction"] and ex["model_version"] == res["model_version"]
+        assert set(ex["contributions"]) <= fields and "year" in ex["contributions"] and not ex["not_explained"]
+        # a car older than the training median is worth less for it, a newer one more
+        if years[i] < medians["year"] - 2:
+            assert ex["contributions"]["year"] < 0, (years[i], ex)
+        if years[i] > medians["year"] + 2:
+            assert ex["contributions"]["year"] > 0, (years[i], ex)
+    assert years[pick[0]] < medians["year"] - 2 < medians["year"] + 2 < years[pick[1]]
