@@ -16,6 +16,7 @@ from pyspark.ml.feature import ImputerModel, StringIndexerModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from ml_platform.layout import feature_pipeline_dir, holdout_dir
 from ml_platform.spec import DatasetSpec
@@ -62,28 +63,19 @@ def holdout_sample(holdout: DataFrame, seed: int, rows: int = SAMPLE_ROWS) -> Da
 
 def permuted_copies(sample: DataFrame, columns: list[str], seed: int) -> DataFrame:
     """The sample once as is (PERM = '') and once per column with that column's values shuffled across rows
-    (PERM = the column): a random order of the rows, and each row takes the column from the row `shift` places
-    further along it, a shift drawn per column."""
-    pdf_rows = sample.count()
+    (PERM = the column). The sample is small, so the copies are built on the driver from its rows and go back as
+    one DataFrame with the sample's own schema: no joins, no type guessing."""
     rng = np.random.default_rng(seed)
-    indexed = sample.withColumn("__order", F.rand(seed)).withColumn(
-        "__i", F.row_number().over(_window("__order")) - 1).drop("__order").localCheckpoint(eager=True)
-    copies = [indexed.withColumn(PERM, F.lit(BASELINE))]
+    rows = [tuple(r) for r in sample.collect()]
+    names = sample.columns
+    data = [(*r, BASELINE) for r in rows]
     for c in columns:
-        shift = int(rng.integers(1, max(pdf_rows, 2)))
-        moved = indexed.select(((F.col("__i") + shift) % pdf_rows).alias("__i"), F.col(f"`{c}`").alias("__moved"))
-        copies.append(indexed.join(moved, "__i").withColumn(c, F.col("__moved")).drop("__moved")
-                      .withColumn(PERM, F.lit(c)))
-    out = copies[0]
-    for df in copies[1:]:
-        out = out.unionByName(df)
-    return out
-
-
-def _window(order: str):
-    from pyspark.sql import Window
-
-    return Window.orderBy(order)
+        i = names.index(c)
+        values = [r[i] for r in rows]
+        order = rng.permutation(len(rows))
+        data += [(*r[:i], values[j], *r[i + 1:], c) for r, j in zip(rows, order, strict=True)]
+    schema = StructType([*sample.schema.fields, StructField(PERM, StringType(), False)])
+    return sample.sparkSession.createDataFrame(data, schema)
 
 
 def _average_precision(y: np.ndarray, p: np.ndarray) -> float:
@@ -128,8 +120,10 @@ def explain_models(spark, store: Store, spec: DatasetSpec, version: str, results
     features = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
     slots = tree_slots(features)
     numeric, categorical = spec.feature_columns()
-    sample = holdout_sample(spark.read.parquet(store.uri(holdout_dir(spec, version))), spec.training.seed)
-    columns = [c for c in numeric + categorical if c in sample.columns]
+    holdout = spark.read.parquet(store.uri(holdout_dir(spec, version)))
+    columns = [c for c in numeric + categorical if c in holdout.columns]
+    keep = [c for c in holdout.columns if c in set(columns) | {spec.target, LABEL}]
+    sample = holdout_sample(holdout.select(*[F.col(f"`{c}`") for c in keep]), spec.training.seed)
     copies = permuted_copies(sample, columns, spec.training.seed).localCheckpoint(eager=True)
     out = {}
     for name in sorted(results):
