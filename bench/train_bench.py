@@ -183,8 +183,11 @@ def main() -> None:
             b = baseline(spark, store, spec, "bench")
             metric = "rmse" if spec.task == "regression" else "pr_auc"
             gbt = run["results"].get("gbt")
+            st = run["stack"]
             report["quality"] = {
-                "stack": run["stack"]["holdout"][metric],
+                "served": st["served"], "choice": st["choice"], "served_score": st["holdout"][metric],
+                "stack": (st.get("stack_holdout") or {}).get(metric), "weights": st["meta_coefficients"],
+                "cv": st["cv"], "brier": st["holdout"].get("brier"),
                 "base": {n: r["holdout"][metric] for n, r in run["results"].items()},
                 "baseline_hgb": b["score"], "baseline_params": b["params"],
                 "gbt_refit_seconds_est": gbt and gbt["train_seconds"] / (gbt["param_maps"] * gbt["folds"] + 1),

@@ -127,6 +127,15 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
     base_rate = ts["target"]["mean"]
     for name, r in results.items():
         assert r["holdout"]["pr_auc"] > 2 * base_rate, name
+    # naive Bayes is scored by its log-odds: its probabilities round to 0 or 1, and would tie
+    nb = results["naive_bayes"]
+    oof = spark.read.parquet(nb["oof"])
+    assert nb["score"] == "logOdds" and oof.select("score").distinct().count() > 0.95 * oof.count()
+    features = list(PipelineModel.load(store.uri(feature_pipeline_dir(spec, "v1"))).stages)
+    alone, _ = member_pipeline(spec, features, results, "naive_bayes")  # served alone: ranked the same way
+    hold = evaluate_pipeline(spark, spec, alone, store.uri(holdout_dir(spec, "v1")))
+    assert abs(hold["pr_auc"] - nb["holdout"]["pr_auc"]) < 1e-9
+    assert abs(hold["roc_auc"] - nb["holdout"]["roc_auc"]) < 1e-9
     stack = fit_stack(spark, store, spec, "v1", results)
     assert stack["holdout"]["pr_auc"] > 2 * base_rate and 0 < stack["threshold"] < 1
     assert stack["holdout"]["pr_auc"] >= max(r["holdout"]["pr_auc"] for r in results.values()) - 1e-9

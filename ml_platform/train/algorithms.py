@@ -17,6 +17,7 @@ from pyspark.ml import classification as C
 from pyspark.ml import regression as R
 
 from ml_platform.spec import DatasetSpec, SpecError
+from ml_platform.train.metrics import LOG_ODDS
 from ml_platform.train.war import WeightedAverageRegressor
 
 TREE_FEATURES = "features_tree"
@@ -32,7 +33,7 @@ class Algorithm:
     make: Any                 # (featuresCol, seed) -> an unfitted estimator
     features: str
     weights: bool = True      # accepts weightCol (class weights for imbalance)
-    score: str = "probability"  # classification: which output column carries the positive-class score
+    score: str = "probability"  # classification: the positive-class score (metrics.score_column's kinds)
 
 
 def _tree(cls, **kw):
@@ -74,8 +75,10 @@ REGISTRY: dict[tuple[str, str], Algorithm] = {
         Algorithm("gbt", "classification", _tree(C.GBTClassifier), TREE_FEATURES),
         Algorithm("xgboost", "classification", _xgboost("classification"), TREE_FEATURES),
         # Gaussian naive Bayes takes any real features, so the scaled vector serves; the multinomial and
-        # Bernoulli models would need counts, which these datasets do not have
-        Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes, modelType="gaussian"), LINEAR_FEATURES),
+        # Bernoulli models would need counts, which these datasets do not have. Its score is its log-odds: a
+        # product of many per-feature likelihoods puts most probabilities at exactly 0 or 1 in double precision
+        Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes, modelType="gaussian"), LINEAR_FEATURES,
+                  score=LOG_ODDS),
     ]
 }
 

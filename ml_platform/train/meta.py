@@ -31,7 +31,8 @@ RIDGE = 1e-6  # relative to the mean member variance: keeps the Gram matrix inve
 
 
 class Blend(Transformer, HasInputCols, DefaultParamsReadable, DefaultParamsWritable):
-    """`prediction` (and, for classification, `probability` as [1 - p, p]) from a weighted sum of input columns."""
+    """`prediction` from z, a weighted sum of input columns; for classification also `probability` [1 - p, p] and
+    `rawPrediction` [-z, z] (ranking by z keeps the order that p loses where it rounds to 0 or 1)."""
 
     weights = Param(Params._dummy(), "weights", "one weight per input column", typeConverter=TypeConverters.toListFloat)
     intercept = Param(Params._dummy(), "intercept", "added to the weighted sum", typeConverter=TypeConverters.toFloat)
@@ -66,6 +67,7 @@ class Blend(Transformer, HasInputCols, DefaultParamsReadable, DefaultParamsWrita
             return dataset.withColumn("prediction", z.cast("double"))
         p = 1 / (1 + F.exp(-z)) if get(self.link) == "sigmoid" else F.least(F.greatest(z, F.lit(0.0)), F.lit(1.0))
         return (dataset.withColumn("__blend_p", p.cast("double"))
+                .withColumn("rawPrediction", array_to_vector(F.array(-z, z)))
                 .withColumn("probability", array_to_vector(F.array(1 - F.col("__blend_p"), F.col("__blend_p"))))
                 .withColumn("prediction", (F.col("__blend_p") >= get(self.threshold)).cast("double"))
                 .drop("__blend_p"))

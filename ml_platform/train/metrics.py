@@ -8,12 +8,18 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+LOG_ODDS = "logOdds"  # a score kind: rawPrediction[1] - rawPrediction[0], a model's log-odds without rounding
+
 
 def score_column(kind: str, prefix: str = "") -> Column:
     """The one number per row a model contributes: the prediction (regression), the positive-class probability,
-    or the positive-class margin (linear SVC has no probability)."""
+    the positive-class margin (linear SVC has no probability), or the log-odds (naive Bayes, whose probabilities
+    round to exactly 0 or 1 for most rows, so that ranking by them ties)."""
     if kind == "prediction":
         return F.col(f"{prefix}prediction")
+    if kind == LOG_ODDS:
+        raw = vector_to_array(F.col(f"{prefix}rawPrediction"))
+        return raw[1] - raw[0]
     return vector_to_array(F.col(f"{prefix}{kind}"))[1]
 
 
@@ -62,10 +68,13 @@ def curves(df: DataFrame, label: str, score: str) -> dict:
             "recall": best[3]}
 
 
-def classification_metrics(df: DataFrame, label: str, score: str, threshold: float) -> dict[str, float]:
+def classification_metrics(df: DataFrame, label: str, score: str, threshold: float,
+                           rank: str | None = None) -> dict[str, float]:
+    """AUCs by `rank` (default: the score; a served model's log-odds, which do not round to 1.0 as its probability
+    can), precision, recall and F1 at `threshold` on the score."""
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
 
-    ev = BinaryClassificationEvaluator(labelCol=label, rawPredictionCol=score)
+    ev = BinaryClassificationEvaluator(labelCol=label, rawPredictionCol=rank or score)
     y, hit = F.col(label), F.col(score) >= threshold
     row = df.agg(F.sum(F.when(hit & (y == 1), 1).otherwise(0)).alias("tp"),
                  F.sum(F.when(hit & (y == 0), 1).otherwise(0)).alias("fp"),

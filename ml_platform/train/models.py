@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.ml import PipelineModel
-from pyspark.ml.evaluation import BinaryClassificationEvaluator, RegressionEvaluator
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, Evaluator, RegressionEvaluator
 from pyspark.ml.tuning import CrossValidator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -41,10 +41,11 @@ def _root_cause(e: Exception) -> str:
     return (cause[-1] if cause else lines[0] if lines else type(e).__name__)[:400]
 
 
-def evaluate(spec: DatasetSpec, scored: DataFrame, score: str, threshold: float | None = None) -> dict:
+def evaluate(spec: DatasetSpec, scored: DataFrame, score: str, threshold: float | None = None,
+             rank: str | None = None) -> dict:
     """Holdout metrics of a scored frame. Regression on a log target: on the log scale and the original one."""
     if spec.task == "classification":
-        return classification_metrics(scored, LABEL, score, threshold if threshold is not None else 0.5)
+        return classification_metrics(scored, LABEL, score, threshold if threshold is not None else 0.5, rank)
     if spec.training.log_target:
         out = regression_metrics(scored.withColumn("__orig", F.expm1(F.col(score))), spec.target, "__orig")
         log = regression_metrics(scored, LABEL, score)
@@ -68,6 +69,22 @@ def labelled(spec: DatasetSpec, metric: str) -> str:
     return f"{name} ({unit})" if unit else name
 
 
+class ScoreEvaluator(Evaluator):
+    """PR-AUC of a classifier's score (metrics.score_column's kind), so cross-validation ranks settings by the same
+    number the out-of-fold scores, the holdout metrics and the stack use."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def _evaluate(self, dataset) -> float:
+        return BinaryClassificationEvaluator(labelCol=LABEL, rawPredictionCol="__cv_score", metricName="areaUnderPR") \
+            .evaluate(dataset.withColumn("__cv_score", score_column(self.kind)))
+
+    def isLargerBetter(self) -> bool:
+        return True
+
+
 def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, train: DataFrame,
                     holdout: DataFrame, log=print) -> dict:
     where = f"{spec.name}/model_{name}"
@@ -81,7 +98,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     metric, larger = primary(spec.task)
     ev = (RegressionEvaluator(labelCol=LABEL, predictionCol="prediction", metricName="rmse")
           if spec.task == "regression" else
-          BinaryClassificationEvaluator(labelCol=LABEL, rawPredictionCol=kind, metricName="areaUnderPR"))
+          ScoreEvaluator(kind))
     folds = spec.training.folds
     cv = CrossValidator(estimator=est, estimatorParamMaps=maps, evaluator=ev, numFolds=folds, foldCol=FOLD,
                         collectSubModels=True, parallelism=spec.training.parallelism, seed=spec.training.seed)

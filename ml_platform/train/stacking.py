@@ -28,11 +28,12 @@ from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
 from ml_platform.train.meta import Blend, classification_meta, regression_meta
-from ml_platform.train.metrics import brier, curves, primary, regression_metrics, reliability, score_column
+from ml_platform.train.metrics import LOG_ODDS, brier, curves, primary, regression_metrics, reliability, score_column
 from ml_platform.train.models import evaluate, labelled
 from ml_platform.train.training_set import TrainingError
 
 EPS = 1e-6
+LOG_ODDS_ELEMENT = -2
 
 
 def meta_input(score: Column, how: str) -> Column:
@@ -48,8 +49,8 @@ class ScoreColumn(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
     """A base model's output column -> one double the meta-model reads (element 1 of a vector column, then
     expm1, logit or nothing)."""
 
-    element = Param(Params._dummy(), "element", "vector element to take; -1 for a scalar column",
-                    typeConverter=TypeConverters.toInt)
+    element = Param(Params._dummy(), "element", "vector element to take; -1 for a scalar column; -2 for element "
+                    "1 minus element 0 (log-odds from log-likelihoods)", typeConverter=TypeConverters.toInt)
     how = Param(Params._dummy(), "how", "identity | expm1 | logit", typeConverter=TypeConverters.toString)
 
     @keyword_only
@@ -62,15 +63,18 @@ class ScoreColumn(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
         from pyspark.ml.functions import vector_to_array
 
         col = F.col(self.getInputCol())
-        if self.getOrDefault(self.element) >= 0:
-            col = vector_to_array(col)[self.getOrDefault(self.element)]
+        element = self.getOrDefault(self.element)
+        if element >= 0:
+            col = vector_to_array(col)[element]
+        elif element == LOG_ODDS_ELEMENT:
+            col = vector_to_array(col)[1] - vector_to_array(col)[0]
         return dataset.withColumn(self.getOutputCol(), meta_input(col, self.getOrDefault(self.how)))
 
 
 def _how(spec: DatasetSpec, kind: str) -> str:
     if spec.task == "regression":
         return "expm1" if spec.training.log_target else "identity"
-    return "logit" if kind == "probability" else "identity"
+    return "logit" if kind == "probability" else "identity"  # margins and log-odds are on the blend's scale already
 
 
 def _renamed(model, name: str):
@@ -86,9 +90,10 @@ def _member_stages(spec: DatasetSpec, results: dict[str, dict], names: list[str]
     stages = []
     for n in names:
         kind = results[n]["score"]
+        column = "rawPrediction" if kind == LOG_ODDS else kind
+        element = -1 if kind == "prediction" else LOG_ODDS_ELEMENT if kind == LOG_ODDS else 1
         stages += [_renamed(PipelineModel.load(results[n]["model"]).stages[0], n), ScoreColumn(
-            inputCol=f"__{kind}_{n}", outputCol=f"score_{n}", element=-1 if kind == "prediction" else 1,
-            how=how or _how(spec, kind))]
+            inputCol=f"__{column}_{n}", outputCol=f"score_{n}", element=element, how=how or _how(spec, kind))]
     return stages
 
 
@@ -209,7 +214,11 @@ def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_ur
     if spec.task == "regression":  # the stack predicts the target itself, on its original scale
         return regression_metrics(scored, spec.target, "prediction")
     scored = scored.withColumn("__score", score_column("probability"))
-    return evaluate(spec, scored, "__score", threshold) | {"brier": brier(scored, LABEL, "__score")}
+    rank = None
+    if "rawPrediction" in scored.columns:  # rank by the margin: probabilities of confident models round to 1.0
+        rank = "__rank"
+        scored = scored.withColumn(rank, score_column(LOG_ODDS))
+    return evaluate(spec, scored, "__score", threshold, rank) | {"brier": brier(scored, LABEL, "__score")}
 
 
 def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tuple[str, list[dict]]:
