@@ -60,15 +60,19 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
     write_batch(SimConfig("used_cars", 2000, test_share=0.5, broken_share=0.0, seed=5), 1, tmp_path / "land",
                 tmp_path / "test")
     rows = [r for _, r in stream_rows(tmp_path / "test")]
-    n = 2400
-    sent = {f"sf{i}" for i in range(n)}  # a prefix no other test on the session broker uses
+    sent: list[str] = []  # keys with a prefix no other test on the session broker uses
+    stop = threading.Event()
 
     def produce():
+        """~50 requests/s until told to stop: the stream spans every fault below however long each one takes
+        (a fixed count ended before the swap on a loaded machine, leaving no request for the new version)."""
         p = producer(kafka.bootstrap)
-        for i in range(n):
-            p.send(topic(spec, "requests"), key=f"sf{i}",
-                   value=json.dumps(request(spec, f"sf{i}", rows[i % len(rows)])).encode())
-            time.sleep(0.02)  # ~50 requests/s for ~50 s, across every fault below
+        while not stop.is_set():
+            key = f"sf{len(sent)}"
+            p.send(topic(spec, "requests"), key=key,
+                   value=json.dumps(request(spec, key, rows[len(sent) % len(rows)])).encode())
+            sent.append(key)
+            time.sleep(0.02)
         p.flush()
         p.close()
 
@@ -88,6 +92,7 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
               "the restarted scorer to serve")
         v2 = register(spark, tracker, spec.name, year_model(2.0))  # the alias moves mid-stream
         _wait(lambda: _status(state).get("model_version") == v2, 60, "the swap to v2")
+        at_swap = len(sent)
         kafka.stop()  # the broker restarts under the running query
         time.sleep(3)
         kafka.start()
@@ -95,15 +100,18 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
         tracker.client.set_registered_model_alias(spec.name, CHAMPION, broken.version)
         _wait(lambda: f"version {broken.version} failed to load" in (_status(state).get("last_error") or ""), 60,
               "the failed load to be reported")
-        sender.join(300)
-        _wait(lambda: sent <= {m["key"] for m in read_topic(kafka.bootstrap, topic(spec, "predictions"), 2)}, 300,
-              "every request to be predicted")
+        _wait(lambda: len(sent) >= at_swap + 300, 60, "300 more requests after the swap")
+        stop.set()
+        sender.join(60)
+        _wait(lambda: set(sent) <= {m["key"] for m in read_topic(kafka.bootstrap, topic(spec, "predictions"), 2)},
+              300, "every request to be predicted")
         assert proc.poll() is None  # the broker restart did not take the scorer down
     finally:
+        stop.set()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    report = delivery_report(sent, _ours(kafka, spec, "predictions"), _ours(kafka, spec, "dlq"))
-    assert report["lost"] == [] and report["unexpected"] == [] and report["predicted"] == n, report
+    report = delivery_report(set(sent), _ours(kafka, spec, "predictions"), _ours(kafka, spec, "dlq"))
+    assert report["lost"] == [] and report["unexpected"] == [] and report["predicted"] == len(sent), report
     assert set(report["switches"].values()) == {1}, report["versions"]
     assert all(s == [v1, v2] for s in report["versions"].values())
     final = _status(state)
