@@ -2,6 +2,7 @@
 mid-stream and then to a version that cannot load. Nothing is lost, duplicates vanish after deduplicating by
 request_id, and each partition switches model version exactly once."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -19,10 +20,23 @@ from ml_platform.train.registry import CHAMPION, Tracker
 from tests.delivery import delivery_report
 from tests.test_serving import register, year_model
 
+NAME = "t_faults"  # the used_cars spec under its own name: its own topics and model, which no other test touches
+
+
+def _spec_dir(tmp_path):
+    """A spec directory with the shipped used_cars spec renamed (the scorer process loads specs from it)."""
+    d = tmp_path / "specs"
+    d.mkdir()
+    text = (ROOT / "ml_platform" / "specs" / "used_cars.yaml").read_text()
+    assert "\nname: used_cars\n" in text
+    (d / f"{NAME}.yaml").write_text(text.replace("\nname: used_cars\n", f"\nname: {NAME}\n"))
+    return d
+
 
 def _start(kafka, uri, state):
     log = open(state / "scorer.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "spark_streaming.scorer", "used_cars", "--state", str(state),
+    return subprocess.Popen([sys.executable, "-m", "spark_streaming.scorer", NAME, "--state", str(state),
+                             "--specs", str(state.parent / "specs"),
                              "--tracking-uri", uri, "--bootstrap", kafka.bootstrap, "--jars", str(ROOT / ".jars"),
                              "--no-metrics", "--max-per-trigger", "300"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -30,7 +44,7 @@ def _start(kafka, uri, state):
 
 def _status(state):
     try:
-        return json.loads((state / "scorer-used_cars.json").read_text())
+        return json.loads((state / f"scorer-{NAME}.json").read_text())
     except (OSError, ValueError):
         return {}
 
@@ -43,16 +57,19 @@ def _wait(cond, timeout, what):
 
 
 def _predicted(kafka):
-    return len(read_topic(kafka.bootstrap, topic("used_cars", "predictions"), timeout_s=2))
+    return len(read_topic(kafka.bootstrap, topic(NAME, "predictions"), timeout_s=2))
 
 
 def _ours(kafka, spec, name):
-    """This test's messages: other tests share the session broker and the used_cars topics."""
+    """This test's messages (its topics are its own; the key prefix is a second guard)."""
     return [m for m in read_topic(kafka.bootstrap, topic(spec, name)) if (m["key"] or "").startswith("sf")]
 
 
 def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, tmp_path):
-    spec = specs["used_cars"]
+    # an earlier test's unconsumed used_cars requests would be scored first, past the swap, so the stream here
+    # has topics of its own
+    spec = dataclasses.replace(specs["used_cars"], name=NAME)
+    _spec_dir(tmp_path)
     ensure_topics(kafka.bootstrap, spec.name)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(uri)
