@@ -33,18 +33,19 @@ def _spec_dir(tmp_path):
     return d
 
 
-def _start(kafka, uri, state):
+def _start(kafka, uri, state, dataset="used_cars"):
+    """The scorer process for `dataset`: a shipped spec, or NAME from the spec dir beside `state`."""
     log = open(state / "scorer.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "spark_streaming.scorer", NAME, "--state", str(state),
-                             "--specs", str(state.parent / "specs"),
+    specs = ["--specs", str(state.parent / "specs")] if dataset == NAME else []
+    return subprocess.Popen([sys.executable, "-m", "spark_streaming.scorer", dataset, "--state", str(state), *specs,
                              "--tracking-uri", uri, "--bootstrap", kafka.bootstrap, "--jars", str(ROOT / ".jars"),
                              "--no-metrics", "--max-per-trigger", "300"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _status(state):
+def _status(state, dataset="used_cars"):
     try:
-        return json.loads((state / f"scorer-{NAME}.json").read_text())
+        return json.loads((state / f"scorer-{dataset}.json").read_text())
     except (OSError, ValueError):
         return {}
 
@@ -95,7 +96,7 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
 
     state = tmp_path / "state"
     state.mkdir()
-    proc = _start(kafka, uri, state)
+    proc = _start(kafka, uri, state, NAME)
     sender = threading.Thread(target=produce)
     sender.start()
     try:
@@ -104,18 +105,18 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
             _wait(lambda b=before: _predicted(kafka) > b + 100, 180, "predictions before the kill")
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            proc = _start(kafka, uri, state)
-        _wait(lambda: _status(state).get("pid") == proc.pid and _status(state).get("state") == "serving", 180,
-              "the restarted scorer to serve")
+            proc = _start(kafka, uri, state, NAME)
+        _wait(lambda: _status(state, NAME).get("pid") == proc.pid
+              and _status(state, NAME).get("state") == "serving", 180, "the restarted scorer to serve")
         v2 = register(spark, tracker, spec.name, year_model(2.0))  # the alias moves mid-stream
-        _wait(lambda: _status(state).get("model_version") == v2, 60, "the swap to v2")
+        _wait(lambda: _status(state, NAME).get("model_version") == v2, 60, "the swap to v2")
         at_swap = len(sent)
         kafka.stop()  # the broker restarts under the running query
         time.sleep(3)
         kafka.start()
         broken = tracker.client.create_model_version(spec.name, source=str(tmp_path / "gone"), run_id=None)
         tracker.client.set_registered_model_alias(spec.name, CHAMPION, broken.version)
-        _wait(lambda: f"version {broken.version} failed to load" in (_status(state).get("last_error") or ""), 60,
+        _wait(lambda: f"version {broken.version} failed to load" in (_status(state, NAME).get("last_error") or ""), 60,
               "the failed load to be reported")
         _wait(lambda: len(sent) >= at_swap + 300, 60, "300 more requests after the swap")
         stop.set()
@@ -131,6 +132,6 @@ def test_kill_restart_broker_restart_swap_and_failed_load(spark, specs, kafka, t
     assert report["lost"] == [] and report["unexpected"] == [] and report["predicted"] == len(sent), report
     assert set(report["switches"].values()) == {1}, report["versions"]
     assert all(s == [v1, v2] for s in report["versions"].values())
-    final = _status(state)
+    final = _status(state, NAME)
     assert final["model_version"] == v2  # the broken version never served
     assert [sw[:2] for sw in final["swaps"]] == [[None, v1], [v1, v2]]  # a hot swap inside the last process
