@@ -44,8 +44,8 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
                 "quarantine_reasons": MetadataValue.md(_reasons_table(s["top_reasons"])),
                 "quarantined_by_field": MetadataValue.json(s.get("quarantined_by_field") or {}),
                 "unlabelled_rows": s.get("unlabelled", 0),
-                f"{spec.target}_min": s["target_min"], f"{spec.target}_max": s["target_max"],
-                f"{spec.target}_mean": s["target_mean"],
+                **({f"{spec.target}_min": s["target_min"], f"{spec.target}_max": s["target_max"],
+                    f"{spec.target}_mean": s["target_mean"]} if spec.target else {}),
                 "null_rates": MetadataValue.json({c: round(v, 4) for c, v in s["null_rate"].items() if v > 0}),
                 "dagster/column_schema": TableSchema(
                     columns=[TableColumn(c, t) for c, t in s["schema"].items()]),

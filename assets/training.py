@@ -52,7 +52,12 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
             "holdout_rows": s["holdout_rows"], "batches": len(s["batches"]),
             "batch_keys": MetadataValue.json(s["batches"]), "data_hash": s["data_hash"],
             "time_range": f"{s['first_ingested_at']} .. {s['last_ingested_at']}",
-            f"{spec.target}_stats": MetadataValue.json({k: t[k] for k in ("mean", "std", "min", "max")}),
+            **({f"{spec.target}_stats": MetadataValue.json({k: t[k] for k in ("mean", "std", "min", "max")})}
+               if spec.task in ("regression", "classification", "recommendation") else {}),
+            **({"rows_by_class (train)": MetadataValue.json(t["train_by_class"]),
+                "rows_by_class (holdout)": MetadataValue.json(t["holdout_by_class"]),
+                "holdout_only_classes": MetadataValue.json(t["holdout_only_classes"]),
+                "class_weights": MetadataValue.json(s["class_weights"])} if spec.task == "multiclass" else {}),
             **({"positives_in_train": int(t["train_positives"]),
                 "class_weights": MetadataValue.json(s["class_weights"])} if spec.task == "classification" else {}),
             "path": MetadataValue.path(s["train"]),

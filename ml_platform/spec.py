@@ -17,23 +17,29 @@ import yaml
 
 PARSE_RULES = {"string", "category", "number", "unit", "bool", "date", "rating", "drop"}
 DERIVE_RULES = {"years_between", "per_year"}
-TASKS = {"regression", "classification"}
+TASKS = {"regression", "classification", "multiclass", "clustering", "recommendation"}
 # the algorithm names each task accepts; train/algorithms.REGISTRY implements exactly these (a test holds them equal)
 ALGORITHMS = {
     "regression": ("gbt", "random_forest", "linear", "glm", "xgboost", "weighted_average"),
     "classification": ("logistic", "linear_svc", "random_forest", "gbt", "xgboost", "naive_bayes"),
+    # gbt and linear_svc are binary in Spark: a one-vs-rest wrapper trains one per class
+    "multiclass": ("logistic", "random_forest", "naive_bayes", "xgboost", "gbt", "linear_svc"),
+    "clustering": ("kmeans", "bisecting_kmeans", "gmm"),
+    "recommendation": ("als",),
 }
+SUPERVISED = {"regression", "classification", "multiclass"}
 FEATURE_PARSES = {"number", "unit", "bool", "category", "rating"}
 # source text meaning "unknown", as null: shared by cleaning (Spark), spec inference and label_value (plain Python)
 MISSING_TOKENS = ("", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 # which parse rules a target may have: numeric labels are parsed, text labels are mapped by positive/classes
 TARGET_PARSES = {"regression": {"number", "unit"}, "classification": {"number", "bool"},
-                 "labels": {"string", "category"}}
+                 "recommendation": {"number"}, "labels": {"string", "category"}}
 TOP_FIELDS = ("name", "task", "target", "key", "label_range", "positive", "classes", "unlabelled", "columns",
-              "derived", "checks", "algorithms", "training", "serving")
+              "derived", "checks", "algorithms", "training", "serving", "recommend")
 COLUMN_FIELDS = ("name", "parse", "position", "required", "unit", "units", "range", "format", "strip")
 DERIVED_FIELDS = ("name", "rule", "from")
 CHECK_FIELDS = ("max_null_rate", "max_quarantine_share")
+RECOMMEND_FIELDS = ("user", "item", "implicit", "top_n", "eval_k")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -119,10 +125,23 @@ class ServingSpec:
 
 
 @dataclass(frozen=True)
+class RecommendSpec:
+    """A recommendation dataset's columns: who (user), what (item); the spec's target is the rating, or with
+    `implicit` a count of interactions (views, plays, purchases). Top-N lists hold `top_n` items; precision@k and
+    NDCG@k are measured at k = `eval_k`."""
+
+    user: str
+    item: str
+    implicit: bool = False
+    top_n: int = 10
+    eval_k: int = 10
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     task: str
-    target: str
+    target: str | None                 # None only for clustering, which has no label
     key: str | None
     label_range: tuple[float, float]
     columns: tuple[ColumnSpec, ...]
@@ -135,15 +154,24 @@ class DatasetSpec:
     positive: str | None = None        # text labels: this one is class 1, every other label class 0
     classes: tuple[str, ...] = ()      # text labels: listed as [class 0, class 1]; others are quarantined
     unlabelled: tuple[Any, ...] = ()   # target values meaning "no label": floats (numeric) or texts (labels)
+    recommend: RecommendSpec | None = None  # recommendation: the user and item columns
+
+    @property
+    def supervised(self) -> bool:
+        """Regression and (binary or multi-class) classification: a label, a stack, live quality from actuals."""
+        return self.task in SUPERVISED
 
     @property
     def text_labels(self) -> bool:
-        """The target is text mapped to 0/1 by `positive` or `classes` (not a number)."""
+        """The target is text mapped to 0/1 by `positive` or `classes`, or to 0..K-1 by `classes` (multiclass)."""
         return bool(self.positive is not None or self.classes)
 
     def label_value(self, text: Any) -> float | None:
-        """The label cleaning gives a raw target value (0.0/1.0 for classification), in plain Python for producers
-        of actuals; None where cleaning would keep no label (missing, unlabelled, unknown or out of range)."""
+        """The label cleaning gives a raw target value (0.0/1.0 for classification, the class's index for
+        multiclass), in plain Python for producers of actuals; None where cleaning would keep no label (missing,
+        unlabelled, unknown or out of range, or a clustering spec, which has none)."""
+        if self.target is None:
+            return None
         t = str(text if text is not None else "").strip().translate({ord(c): None for c in self.column(
             self.target).strip or ""})
         if t in MISSING_TOKENS:
@@ -174,7 +202,7 @@ class DatasetSpec:
     @property
     def required_columns(self) -> list[str]:
         """Columns a batch file must have in its header; the others may be absent and become null."""
-        req = [self.target] + ([self.key] if self.key else [])
+        req = ([self.target] if self.target else []) + ([self.key] if self.key else [])
         return req + [c.name for c in self.columns if c.required and c.name not in req]
 
     @property
@@ -186,6 +214,8 @@ class DatasetSpec:
         """(numeric, categorical) cleaned columns the models use: every parsed column but the target, the key,
         free strings, dates and what `training.exclude` names. Booleans count as numeric (0/1)."""
         skip = {self.target, self.key, *self.training.exclude}
+        if self.recommend:  # the user and item are ALS's own inputs, not features
+            skip |= {self.recommend.user, self.recommend.item}
         numeric, categorical = [], []
         for c in self.columns:
             if c.parse not in FEATURE_PARSES:
@@ -264,17 +294,26 @@ def _label(src: str, where: str, v) -> str:
 
 
 def _labels(src: str, data: dict, target: ColumnSpec) -> tuple[str | None, tuple[str, ...]]:
-    """(positive, classes) of a classification target; numeric 0/1 targets have neither."""
+    """(positive, classes) of a classification target; numeric 0/1 targets have neither. A multiclass target
+    lists its classes (index 0..K-1, in that order)."""
+    task = data["task"]
     positive, classes = data.get("positive"), data.get("classes")
+    if task == "multiclass":
+        if positive is not None:
+            raise _fail(src, "positive is for binary classification; a multiclass spec lists classes: [a, b, c, ...]")
+        if target.parse not in TARGET_PARSES["labels"]:
+            raise _fail(src, f"target {target.name!r} of a multiclass spec needs parse string or category (class "
+                             f"codes such as 1, 2, 3 too), got {target.parse!r}")
     if positive is None and classes is None:
-        if target.parse not in TARGET_PARSES[data["task"]]:
-            hint = " or give 'positive: <label>' / 'classes: [negative, positive]'" \
-                if data["task"] == "classification" else ""
-            raise _fail(src, f"target {target.name!r} has parse {target.parse!r}; a {data['task']} target needs parse "
-                             f"{' or '.join(sorted(TARGET_PARSES[data['task']]))}{hint}")
+        if task == "multiclass":
+            raise _fail(src, "a multiclass spec lists its classes: classes: [a, b, c, ...] as they appear in the file")
+        if target.parse not in TARGET_PARSES[task]:
+            hint = " or give 'positive: <label>' / 'classes: [negative, positive]'" if task == "classification" else ""
+            raise _fail(src, f"target {target.name!r} has parse {target.parse!r}; a {task} target needs parse "
+                             f"{' or '.join(sorted(TARGET_PARSES[task]))}{hint}")
         return None, ()
-    if data["task"] != "classification":
-        raise _fail(src, "positive / classes are for classification targets; this spec's task is regression")
+    if task not in ("classification", "multiclass"):
+        raise _fail(src, f"positive / classes are for classification targets; this spec's task is {task}")
     if positive is not None and classes is not None:
         raise _fail(src, "give either positive (binary: every other label is the negative class) or classes "
                          "([negative, positive]), not both")
@@ -282,18 +321,47 @@ def _labels(src: str, data: dict, target: ColumnSpec) -> tuple[str | None, tuple
         raise _fail(src, f"target {target.name!r} with positive/classes needs parse string or category, "
                          f"got {target.parse!r}")
     if "label_range" in data:
-        raise _fail(src, "label_range is for numeric labels; with positive/classes the labels map to 0 and 1")
+        raise _fail(src, "label_range is for numeric labels; with positive/classes the labels map to class indices")
     if positive is not None:
         return _label(src, "positive", positive), ()
     if not isinstance(classes, list):
-        raise _fail(src, f"classes must be a list of labels, [negative, positive], got {classes!r}")
+        raise _fail(src, f"classes must be a list of labels, got {classes!r}")
     labels = tuple(_label(src, f"classes[{i}]", c) for i, c in enumerate(classes))
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        raise _fail(src, f"classes must list two different labels, [negative, positive], got {list(labels)}")
-    if len(labels) > 2:
-        raise _fail(src, f"classes lists {len(labels)} labels {list(labels)}: only binary classification is "
-                         "supported (multi-class arrives with issue 14); use positive: <label> for one-vs-rest")
+    if len(set(labels)) != len(labels):
+        raise _fail(src, f"classes lists a label twice: {list(labels)}")
+    if task == "multiclass" and len(labels) < 3:
+        raise _fail(src, f"a multiclass spec needs three or more classes, got {list(labels)}; two classes are "
+                         "task: classification with classes: [negative, positive]")
+    if task == "classification" and len(labels) != 2:
+        raise _fail(src, f"classes lists {len(labels)} labels {list(labels)}: binary classification takes "
+                         "[negative, positive]; for more classes use task: multiclass")
     return None, labels
+
+
+def _recommend(src: str, data: dict, columns: tuple[ColumnSpec, ...]) -> RecommendSpec | None:
+    raw = data.get("recommend")
+    if data["task"] != "recommendation":
+        if raw is not None:
+            raise _fail(src, f"recommend is for task recommendation; this spec's task is {data['task']}")
+        return None
+    if not isinstance(raw, dict) or "user" not in raw or "item" not in raw:
+        raise _fail(src, "a recommendation spec needs recommend: {user: <column>, item: <column>} (the target is "
+                         "the rating, or with implicit: true a count of interactions)")
+    _only(src, "recommend", raw, RECOMMEND_FIELDS)
+    for f in ("user", "item"):
+        c = _column_ref(src, raw, f, columns)
+        if c.name in (data.get("target"), data.get("key")):
+            raise _fail(src, f"recommend.{f} {c.name!r} is also the target or the key")
+    if raw["user"] == raw["item"]:
+        raise _fail(src, f"recommend.user and recommend.item are the same column {raw['user']!r}")
+    r = RecommendSpec(**raw)
+    for f in ("top_n", "eval_k"):
+        v = getattr(r, f)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+            raise _fail(src, f"recommend.{f} must be a whole number in [1, 1000], got {v!r}")
+    if not isinstance(r.implicit, bool):
+        raise _fail(src, f"recommend.implicit must be true or false, got {r.implicit!r}")
+    return r
 
 
 def _unlabelled(src: str, raw, text_labels: bool) -> tuple:
@@ -336,7 +404,7 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
     if not isinstance(data, dict):
         raise _fail(src, "top level must be a mapping")
     _only(src, "the top level", data, TOP_FIELDS)
-    for k in ("name", "task", "target", "columns"):
+    for k in ("name", "task", "columns"):
         if k not in data:
             raise _fail(src, f"missing '{k}'")
     if not isinstance(data["name"], str) or not NAME.fullmatch(data["name"]):
@@ -345,13 +413,23 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
     if data["task"] not in TASKS:
         raise _fail(src, f"task must be one of {sorted(TASKS)}, got {data['task']!r}")
     columns = _columns(src, data["columns"])
-    target = _column_ref(src, data, "target", columns)
-    if target is None:
-        raise _fail(src, "target must name a column")
+    if data["task"] == "clustering":
+        if data.get("target") is not None:
+            raise _fail(src, f"a clustering spec has no target (clusters are found, not learned from a label); "
+                             f"remove target: {data['target']!r}, or list it under training.exclude as a column")
+        for k in ("positive", "classes", "label_range", "unlabelled"):
+            if k in data:
+                raise _fail(src, f"{k} is about a target; a clustering spec has none")
+        target = None
+    else:
+        target = _column_ref(src, data, "target", columns)
+        if target is None:
+            raise _fail(src, f"missing 'target': a {data['task']} spec learns it; name a column")
     _column_ref(src, data, "key", columns)
-    if data.get("key") == data["target"]:
-        raise _fail(src, f"key and target are the same column {data['target']!r}")
-    positive, classes = _labels(src, data, target)
+    if target is not None and data.get("key") == target.name:
+        raise _fail(src, f"key and target are the same column {target.name!r}")
+    positive, classes = _labels(src, data, target) if target is not None else (None, ())
+    recommend = _recommend(src, data, columns)
     known = {n for c in columns for n in c.output_names()}
     derived = []
     for i, d in enumerate(data.get("derived") or []):
@@ -379,11 +457,12 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         raise _fail(src, f"checks.max_quarantine_share must be in [0, 1], got {share}")
     training = _training(src, data.get("training") or {}, known)
     _algorithms_fit(src, data["task"], data.get("algorithms") or {})
-    lr = data.get("label_range") or ([0, 1] if positive is not None or classes else [float("-inf"), float("inf")])
-    return DatasetSpec(
+    lr = data.get("label_range") or ([0, max(1, len(classes) - 1)] if positive is not None or classes
+                                     else [float("-inf"), float("inf")])
+    spec = DatasetSpec(
         name=str(data["name"]),
         task=data["task"],
-        target=data["target"],
+        target=target.name if target is not None else None,
         key=data.get("key"),
         label_range=(float(lr[0]), float(lr[1])),
         columns=columns,
@@ -396,7 +475,12 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         positive=positive,
         classes=classes,
         unlabelled=_unlabelled(src, data.get("unlabelled"), positive is not None or bool(classes)),
+        recommend=recommend,
     )
+    if spec.task == "clustering" and not spec.feature_columns()[0]:
+        raise _fail(src, "clustering needs numeric features (distances are measured on them); this spec has "
+                         f"none: categorical {spec.feature_columns()[1]}, excluded {list(spec.training.exclude)}")
+    return spec
 
 
 def _algorithms_fit(src: str, task: str, algorithms: Any) -> None:

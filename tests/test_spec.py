@@ -57,8 +57,35 @@ def _base(**extra) -> dict:
     (lambda d: d.pop("positive"), "target 'y' has parse 'category'; a classification target needs parse bool or "
                                   "number or give 'positive: <label>'"),
     (lambda d: d.update(classes=["a", "b"]), "either positive .* or classes"),
-    (lambda d: d.pop("positive") and d.update(classes=["a", "b", "c"]), "multi-class arrives with issue 14"),
-    (lambda d: d.pop("positive") and d.update(classes=["a", "a"]), "two different labels"),
+    (lambda d: d.pop("positive") and d.update(classes=["a", "b", "c"]), "for more classes use task: multiclass"),
+    (lambda d: d.pop("positive") and d.update(classes=["a", "a"]), "classes lists a label twice"),
+    (lambda d: d.pop("positive") and d.update(task="multiclass", classes=["a", "b"]),
+     "needs three or more classes.*task: classification"),
+    (lambda d: d.update(task="multiclass"), "positive is for binary classification"),
+    (lambda d: d.pop("positive") and d.update(task="multiclass"), "a multiclass spec lists its classes"),
+    (lambda d: d.pop("positive") and d.update(task="clustering"), "a clustering spec has no target"),
+    (lambda d: d.pop("positive") and d.pop("target") and d.update(task="clustering", training={"exclude": ["x"]}),
+     r"clustering needs numeric features .* categorical \['y'\], excluded \['x'\]"),
+    (lambda d: d.pop("positive") and d["columns"][1].update(parse="string") or d.update(
+        task="recommendation", target="x", key=None, recommend={"user": "k", "item": "y"}),
+     "target 'x' has parse 'string'; a recommendation target needs parse number"),
+    (lambda d: d.pop("positive") and d.update(task="recommendation", target="x"), "needs recommend: {user"),
+    (lambda d: d.pop("positive") and d.update(task="recommendation", target="x", key=None, recommend={"user": "k"}),
+     "needs recommend: {user"),
+    (lambda d: d.pop("positive") and d.update(task="recommendation", target="x", key=None,
+                                              recommend={"user": "k", "item": "k"}),
+     "recommend.user and recommend.item are the same column"),
+    (lambda d: d.pop("positive") and d.update(task="recommendation", target="x", key=None,
+                                              recommend={"user": "k", "item": "y", "top_n": 0}),
+     r"recommend.top_n must be a whole number in \[1, 1000\]"),
+    (lambda d: d.update(recommend={"user": "k", "item": "x"}), "recommend is for task recommendation"),
+    (lambda d: d.pop("positive") and d.update(task="recommendation", target="x", key=None,
+                                              recommend={"user": "k", "item": "y"}, algorithms={"gbt": {}}),
+     "algorithms.gbt does not fit task 'recommendation'; 'gbt' is a regression and classification and multiclass "
+     "algorithm; a recommendation spec may use als"),
+    (lambda d: d.pop("positive") and d.pop("target") and d.update(task="clustering", algorithms={"logistic": {}}),
+     "algorithms.logistic does not fit task 'clustering'; 'logistic' is a classification and multiclass algorithm; "
+     "a clustering spec may use kmeans, bisecting_kmeans, gmm"),
     (lambda d: d.update(positive=True), "True is not a label; quote labels as they appear in the file"),
     (lambda d: d.update(label_range=[0, 1]), "label_range is for numeric labels"),
     (lambda d: d.update(task="regression"), "positive / classes are for classification targets"),
@@ -66,7 +93,7 @@ def _base(**extra) -> dict:
     (lambda d: d.update(algorithms={"glm": {}}), "algorithms.glm does not fit task 'classification'; 'glm' is a "
                                                  "regression algorithm; a classification spec may use logistic"),
     (lambda d: d.update(algorithms={"logistic": {}, "als": {}}), "algorithms.als does not fit task 'classification'; "
-                                                                 "a classification spec may use"),
+                                                                 "'als' is a recommendation algorithm"),
 ])
 def test_spec_errors_name_file_field_and_allowed_values(mutate, message):
     data = _base()
@@ -138,3 +165,23 @@ def test_the_spec_names_exactly_the_algorithms_training_implements():
     from ml_platform.train.algorithms import REGISTRY
 
     assert {(t, n) for t, names in ALGORITHMS.items() for n in names} == set(REGISTRY)
+
+
+def test_new_task_kinds_parse():
+    from ml_platform.spec import RecommendSpec
+
+    data = _base(task="multiclass", classes=["a", "b", "c"])
+    data.pop("positive")
+    mc = parse_spec(data, "t.yaml")
+    assert mc.classes == ("a", "b", "c") and mc.label_range == (0.0, 2.0) and mc.supervised
+    assert [mc.label_value(v) for v in ("a", "c", "zzz", "")] == [0.0, 2.0, None, None]
+    data = _base(task="clustering")
+    data.pop("positive"), data.pop("target")
+    cl = parse_spec(data, "t.yaml")
+    assert cl.target is None and not cl.supervised and cl.label_value("a") is None
+    assert cl.feature_columns() == (["x"], ["y"]) and cl.required_columns == ["k"]
+    data = _base(task="recommendation", target="x", key=None, recommend={"user": "k", "item": "y", "implicit": True})
+    data.pop("positive")
+    rec = parse_spec(data, "t.yaml")
+    assert rec.recommend == RecommendSpec(user="k", item="y", implicit=True, top_n=10, eval_k=10)
+    assert rec.feature_columns() == ([], [])  # the user and item are ALS's inputs, not features

@@ -23,7 +23,7 @@ class Outcome:
 def expected_schema(spec: DatasetSpec) -> dict[str, str]:
     out = {n: TYPE_OF_PARSE[c.parse] for c in spec.columns for n in c.output_names()}
     out.update({d.name: "double" for d in spec.derived})
-    if spec.task == "classification":
+    if spec.task in ("classification", "multiclass"):
         out[spec.target] = "double"
     return out
 
@@ -79,7 +79,8 @@ def cleaned_checks(spec: DatasetSpec, s: dict) -> list[Outcome]:
     rows_in = max(s["rows_in"], 1)
     share = s["quarantined"] / rows_in
     lo, hi = spec.label_range
-    in_range = s["cleaned"] == 0 or (lo <= s["target_min"] and s["target_max"] <= hi)
+    # clustering has no target: nothing to be in range
+    in_range = s["cleaned"] == 0 or spec.target is None or (lo <= s["target_min"] and s["target_max"] <= hi)
     return [
         Outcome("cleaned_schema", not diff, True, "columns and types match the spec" if not diff
                 else f"{len(diff)} columns differ from the spec", {"expected vs actual": diff}),
@@ -93,7 +94,7 @@ def cleaned_checks(spec: DatasetSpec, s: dict) -> list[Outcome]:
                 f"limit {spec.max_quarantine_share:.0%}){_dominant(s)}",
                 {"top reasons": s.get("top_reasons", {}), "by field": s.get("quarantined_by_field", {})}),
         Outcome("label_range", in_range, True, f"{spec.target} in [{s['target_min']}, {s['target_max']}], "
-                f"allowed [{lo:g}, {hi:g}]"),
+                f"allowed [{lo:g}, {hi:g}]" if spec.target else "no target (clustering)"),
         Outcome("all_null_columns", not s["all_null_columns"], False,
                 "no column is entirely null" if not s["all_null_columns"]
                 else f"entirely null: {s['all_null_columns']}"),

@@ -109,8 +109,11 @@ def _label(spec: DatasetSpec) -> Column:
     """The target as 0.0/1.0 (null: not a known label). Text labels map by `positive` or `classes`; numeric
     labels are already doubles (parse number) or booleans (parse bool), whose cast to double cannot fail."""
     t = F.col(spec.target)
-    if spec.classes:
-        return F.when(t == spec.classes[0], 0.0).when(t == spec.classes[1], 1.0)
+    if spec.classes:  # [negative, positive], or a multiclass spec's classes: their index
+        label = F.when(t == spec.classes[0], 0.0)
+        for i, c in enumerate(spec.classes[1:], 1):
+            label = label.when(t == c, float(i))
+        return label
     if spec.positive is not None:
         return F.when(t == spec.positive, 1.0).when(t.isNotNull(), 0.0)
     return t.cast("double")
@@ -119,7 +122,7 @@ def _label(spec: DatasetSpec) -> Column:
 def _unlabelled(spec: DatasetSpec) -> Column:
     """True where the target holds one of the spec's "no label" values (compared as parsed numbers, or as the
     label text), so '99,999,999' matches 99999999."""
-    if not spec.unlabelled:
+    if not spec.unlabelled or spec.target is None:
         return F.lit(False)
     return F.coalesce(F.col(spec.target).isin(list(spec.unlabelled)), F.lit(False))
 
@@ -146,7 +149,7 @@ def _value_reasons(spec: DatasetSpec, serving: bool) -> list[Column]:
             out.append(F.when(F.col(c.name).isNull(),
                               F.concat(F.lit(f"{c.name}: missing or invalid value '"),
                                        F.coalesce(_t(c.name), F.lit("")), F.lit("'"))))
-    if serving:  # a prediction request has no label yet
+    if serving or spec.target is None:  # a prediction request has no label yet; a clustering row never has one
         return out
     # an unlabelled row is not a bad row: its label is simply unknown
     return out + [F.when(~F.col(UNLABELLED), r) for r in _target_reasons(spec)]
@@ -237,7 +240,8 @@ def _plan(spec: DatasetSpec, serving: bool, columns: tuple[str, ...]) -> _Plan:
     for d in spec.derived:
         a, b = (derived.get(n, F.col(n)) for n in d.inputs)
         derived[d.name] = _derive(d.rule, a, b)
-    target = F.when(~_unlabelled(spec), _label(spec) if spec.task == "classification" else F.col(spec.target))
+    target = F.when(~_unlabelled(spec), _label(spec) if spec.task in ("classification", "multiclass")
+                    else F.col(spec.target)) if spec.target else None
     names = kept + [name for _, name, _ in parsed]
     tail = (*[target.alias(n) if n == spec.target else F.col(f"`{n}`") for n in names],
             *[e.alias(n) for n, e in derived.items()], _unlabelled(spec).alias(UNLABELLED))

@@ -123,8 +123,9 @@ def profile(silver, spec: DatasetSpec) -> dict:
     """Counts, null rates, label range (over labelled rows), unlabelled rows and schema of a cleaned table, in one
     pass."""
     cols = spec.cleaned_columns
-    aggs = [F.count(F.lit(1)).alias("__n"), F.min(spec.target).alias("__min"), F.max(spec.target).alias("__max"),
-            F.avg(spec.target).alias("__mean")] + [F.count(F.col(f"`{c}`")).alias(f"__nn_{c}") for c in cols]
+    y = F.col(spec.target) if spec.target else F.lit(None).cast("double")  # clustering: no target
+    aggs = [F.count(F.lit(1)).alias("__n"), F.min(y).alias("__min"), F.max(y).alias("__max"),
+            F.avg(y).alias("__mean")] + [F.count(F.col(f"`{c}`")).alias(f"__nn_{c}") for c in cols]
     row = silver.agg(*aggs).first()
     n = int(row["__n"])
     null_rate = {c: (1 - row[f"__nn_{c}"] / n) if n else 0.0 for c in cols}
@@ -135,7 +136,7 @@ def profile(silver, spec: DatasetSpec) -> dict:
         "all_null_columns": [c for c in cols if n and row[f"__nn_{c}"] == 0],
         "schema": {f.name: f.dataType.simpleString() for f in silver.schema.fields},
         # silver keeps a null target only for the spec's `unlabelled` values (a missing label is quarantined)
-        "unlabelled": n - row[f"__nn_{spec.target}"],
+        "unlabelled": n - row[f"__nn_{spec.target}"] if spec.target else 0,
     }
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark.ml import classification as C
+from pyspark.ml import clustering as K
+from pyspark.ml import recommendation as A
 from pyspark.ml import regression as R
 
 from ml_platform.spec import DatasetSpec, SpecError
@@ -23,6 +25,8 @@ from ml_platform.train.war import WeightedAverageRegressor
 TREE_FEATURES = "features_tree"
 LINEAR_FEATURES = "features_scaled"
 LABEL, WEIGHT, FOLD, ROW_ID = "__label", "__weight", "__fold", "__row_id"
+USER, ITEM = "__user", "__item"  # recommendation: the user and item columns as ALS's integer ids
+SOFTMAX = "softmax"  # a multiclass score kind: class probabilities as the softmax of one-vs-rest margins
 MAX_BINS = 64  # above training.max_categories + 2 (the '__other__' and unseen levels)
 
 
@@ -44,13 +48,34 @@ def _plain(cls, **kw):
     return lambda features, seed: cls(featuresCol=features, labelCol=LABEL, **kw)
 
 
+def _one_vs_rest(cls, tree: bool, **kw):
+    """A binary Spark learner made multi-class: one model per class. Grid parameters are the inner learner's own
+    (maxDepth, regParam, ...); param_maps finds them there."""
+    def make(features, seed):
+        inner = cls(featuresCol=features, labelCol=LABEL, **({"seed": seed, "maxBins": MAX_BINS} if tree else {}),
+                    **kw)
+        return C.OneVsRest(classifier=inner, featuresCol=features, labelCol=LABEL, parallelism=1)
+    return make
+
+
+def _clusters(cls, **kw):
+    return lambda features, seed: cls(featuresCol=features, seed=seed, **kw)
+
+
+def _als(features, seed):
+    """ALS on integer user/item ids (the feature pipeline indexes them); the rating is the label. `nan` for users or
+    items it never saw: the recommender answers those from popularity (train/recommend.py)."""
+    return A.ALS(userCol=USER, itemCol=ITEM, ratingCol=LABEL, seed=seed, coldStartStrategy="nan",
+                 nonnegative=True)
+
+
 def _xgboost(task: str):
     """xgboost.spark: one barrier task per fit (num_workers=1), so it fits beside the other models on a small
     machine; its constructor takes snake_case column names, and it predicts through a vectorized pandas UDF."""
     def make(features, seed):
         from xgboost.spark import SparkXGBClassifier, SparkXGBRegressor
 
-        cls = SparkXGBRegressor if task == "regression" else SparkXGBClassifier
+        cls = SparkXGBRegressor if task == "regression" else SparkXGBClassifier  # multi-class: softprob, found
         return cls(features_col=features, label_col=LABEL, random_state=seed, num_workers=1, verbosity=0,
                    verbose=False)  # no per-round evaluation lines in the run logs
     return make
@@ -79,6 +104,22 @@ REGISTRY: dict[tuple[str, str], Algorithm] = {
         # product of many per-feature likelihoods puts most probabilities at exactly 0 or 1 in double precision
         Algorithm("naive_bayes", "classification", _plain(C.NaiveBayes, modelType="gaussian"), LINEAR_FEATURES,
                   score=LOG_ODDS),
+        # multi-class: every model's score is its vector of class probabilities
+        Algorithm("logistic", "multiclass", _plain(C.LogisticRegression, maxIter=100, family="multinomial"),
+                  LINEAR_FEATURES),
+        Algorithm("random_forest", "multiclass", _tree(C.RandomForestClassifier), TREE_FEATURES),
+        Algorithm("naive_bayes", "multiclass", _plain(C.NaiveBayes, modelType="gaussian"), LINEAR_FEATURES),
+        Algorithm("xgboost", "multiclass", _xgboost("multiclass"), TREE_FEATURES),
+        Algorithm("gbt", "multiclass", _one_vs_rest(C.GBTClassifier, tree=True), TREE_FEATURES, score=SOFTMAX),
+        Algorithm("linear_svc", "multiclass", _one_vs_rest(C.LinearSVC, tree=False, maxIter=100), LINEAR_FEATURES,
+                  score=SOFTMAX),
+        # clustering: k (the number of clusters) is searched over the spec's grid, by silhouette
+        Algorithm("kmeans", "clustering", _clusters(K.KMeans), LINEAR_FEATURES, weights=False, score="cluster"),
+        Algorithm("bisecting_kmeans", "clustering", _clusters(K.BisectingKMeans), LINEAR_FEATURES, weights=False,
+                  score="cluster"),
+        Algorithm("gmm", "clustering", _clusters(K.GaussianMixture), LINEAR_FEATURES, weights=False,
+                  score="cluster"),
+        Algorithm("als", "recommendation", _als, "", weights=False, score="prediction"),
     ]
 }
 
@@ -139,13 +180,15 @@ def grid_edges(spec: DatasetSpec, name: str, best: dict[str, Any]) -> list[str]:
 
 def param_maps(estimator, settings: list[dict[str, Any]], where: str) -> list[dict]:
     """Spec settings -> ParamMaps, naming the algorithm and parameter when one does not exist."""
+    inner = estimator.getClassifier() if isinstance(estimator, C.OneVsRest) else None
     out = []
     for s in settings:
         pm = {}
         for k, v in s.items():
-            if not estimator.hasParam(k):
-                raise SpecError(f"{where}: {type(estimator).__name__} has no parameter {k!r}")
-            p = estimator.getParam(k)
+            owner = inner if inner is not None and inner.hasParam(k) else estimator
+            if not owner.hasParam(k):
+                raise SpecError(f"{where}: {type(owner).__name__} has no parameter {k!r}")
+            p = owner.getParam(k)
             try:
                 pm[p] = p.typeConverter(v)
             except TypeError as e:

@@ -96,7 +96,8 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
     df = parts[0]
     for p in parts[1:]:
         df = df.unionByName(p, allowMissingColumns=True)
-    df = df.where(F.col(spec.target).isNotNull())
+    if spec.target:  # clustering has no target
+        df = df.where(F.col(spec.target).isNotNull())
     if spec.key:
         # a listing seen again in a later batch replaces the earlier row (its price may have changed)
         rank = F.create_map(*[x for k, i in order.items() for x in (F.lit(k), F.lit(i))])[F.col(BATCH)]
@@ -105,14 +106,17 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
         df = (df.withColumn("__rn", F.row_number().over(w))
               .where((F.col("__rn") == 1) | F.col(spec.key).isNull()).drop("__rn"))
     h = _row_hash(df, spec, t.seed)
-    target = F.col(spec.target).cast("double")
+    target = F.col(spec.target).cast("double") if spec.target else F.lit(None).cast("double")
     df = (df.withColumn("__holdout", F.pmod(h, F.lit(1000)) < int(round(t.holdout * 1000)))
             .withColumn(FOLD, F.pmod(F.xxhash64(F.lit(t.seed + 1), h), F.lit(t.folds)).cast("int"))
             .withColumn(LABEL, F.log1p(target) if t.log_target else target)
             .withColumn(ROW_ID, F.monotonically_increasing_id()))
     stats = _target_stats(df, spec)
     weights = _class_weights(stats, spec)
-    df = df.withColumn(WEIGHT, F.when(F.col(LABEL) == 1, weights[1]).otherwise(weights[0]) if weights else F.lit(1.0))
+    weight = F.lit(1.0)
+    if weights:
+        weight = F.create_map(*[F.lit(x) for c, w in weights.items() for x in (float(c), float(w))])[F.col(LABEL)]
+    df = df.withColumn(WEIGHT, F.coalesce(weight, F.lit(1.0)))
     train_uri, holdout_uri = store.uri(train_dir(spec, version)), store.uri(holdout_dir(spec, version))
     df.where(~F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(train_uri)
     df.where(F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(holdout_uri)
@@ -135,6 +139,10 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
 
 
 def _target_stats(df: DataFrame, spec: DatasetSpec) -> dict:
+    if spec.target is None:
+        return {"n": float(df.count())}
+    if spec.task == "multiclass":
+        return _class_stats(df, spec)
     y = F.col(spec.target).cast("double")
     row = df.agg(F.count(y).alias("n"), F.avg(y).alias("mean"), F.stddev_pop(y).alias("std"), F.min(y).alias("min"),
                  F.max(y).alias("max"), F.countDistinct(y).alias("distinct"),
@@ -154,8 +162,34 @@ def _target_stats(df: DataFrame, spec: DatasetSpec) -> dict:
     return out
 
 
+def _class_stats(df: DataFrame, spec: DatasetSpec) -> dict:
+    """Rows per class in train and holdout. A class seen only in the holdout (or nowhere) is reported, not an
+    error: the models cannot predict it, and its recall shows 0 on the holdout. Fewer than two classes in train is."""
+    y = F.col(spec.target).cast("int")
+    rows = df.groupBy(y.alias("c")).agg(F.sum(F.when(~F.col("__holdout"), 1).otherwise(0)).alias("train"),
+                                        F.sum(F.when(F.col("__holdout"), 1).otherwise(0)).alias("holdout")).collect()
+    counts = {int(r["c"]): (int(r["train"]), int(r["holdout"])) for r in rows}
+    names = spec.classes
+    train = {names[c]: counts.get(c, (0, 0))[0] for c in range(len(names))}
+    holdout = {names[c]: counts.get(c, (0, 0))[1] for c in range(len(names))}
+    present = [n for n, k in train.items() if k > 0]
+    if len(present) < 2:
+        raise TrainingError(f"{spec.name}: the train split holds {len(present)} class(es) {present} of "
+                            f"{list(names)}; a classifier needs at least two")
+    n = sum(train.values()) + sum(holdout.values())
+    return {"n": float(n), "train_n": float(sum(train.values())), "distinct": float(len(present)),
+            "train_by_class": train, "holdout_by_class": holdout,
+            "holdout_only_classes": [c for c in names if train[c] == 0 and holdout[c] > 0],
+            "absent_classes": [c for c in names if train[c] == 0 and holdout[c] == 0]}
+
+
 def _class_weights(stats: dict, spec: DatasetSpec) -> dict[int, float] | None:
-    """Balanced weights n / (2 n_class): a 0.17% positive class counts as much as the rest together."""
+    """Balanced weights n / (K n_class): a 0.17% positive class counts as much as the rest together; each of K
+    classes present in train counts as much as every other."""
+    if spec.task == "multiclass":
+        by = [stats["train_by_class"][c] for c in spec.classes]
+        k, n = sum(1 for v in by if v), stats["train_n"]
+        return {i: n / (k * v) for i, v in enumerate(by) if v}
     if spec.task != "classification":
         return None
     n, pos = stats["train_n"], stats["train_positives"]
