@@ -106,13 +106,20 @@ def reliability(scored: DataFrame, label: str, bins: int = 10) -> list[dict]:
              "mean_p": float(r["mean_p"]), "observed": float(r["observed"])} for r in rows]
 
 
+PRIMARY = {"regression": ("rmse", False), "classification": ("pr_auc", True), "multiclass": ("log_loss", False),
+           "clustering": ("silhouette", True), "recommendation": ("ndcg_at_k", True)}
+
+
 def primary(task: str) -> tuple[str, bool]:
-    """The metric that ranks models and gates promotion, and whether larger is better."""
-    return ("pr_auc", True) if task == "classification" else ("rmse", False)
+    """The metric that ranks models and gates promotion, and whether larger is better: RMSE, PR-AUC, multi-class
+    log-loss (a proper score of the class probabilities the stack blends), silhouette, NDCG@k (what a user sees of a
+    top-N list)."""
+    return PRIMARY[task]
 
 
 def better(task: str, challenger: float, champion: float, margin: float) -> bool:
-    """Regression: RMSE lower by a relative margin. Classification: PR-AUC higher by an absolute margin."""
-    if task == "classification":
+    """Errors (RMSE, log-loss): lower by a relative margin. Scores in [-1, 1] (PR-AUC, silhouette, NDCG@k): higher
+    by an absolute margin."""
+    if PRIMARY[task][1]:
         return challenger >= champion + margin
     return challenger <= champion * (1 - margin)
