@@ -7,20 +7,39 @@ flat at tens of millions of rows, and the same seed always gives the same bytes.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ml_platform.local.simulate import fraud, used_cars
+# dataset -> its generator module here: generate(rng, n, id_offset) -> DataFrame of CSV texts, and
+# broken_lines(rng, good_rows) -> malformed lines; imported on first use
+SIMULATORS = {"used_cars": "used_cars", "fraud": "fraud", "tickets": "tickets", "customers": "customers",
+              "movie_ratings": "movie_ratings"}
 
-GENERATORS = {"used_cars": used_cars, "fraud": fraud}
+
+class _Generators(Mapping):
+    def __getitem__(self, name):
+        return importlib.import_module(f"{__name__}.{SIMULATORS[name]}")
+
+    def __contains__(self, name):
+        return name in SIMULATORS
+
+    def __iter__(self):
+        return iter(SIMULATORS)
+
+    def __len__(self):
+        return len(SIMULATORS)
+
+
+GENERATORS = _Generators()
 BATCH_NAME = re.compile(r"^batch-(\d{5,})\.csv$")
 
 
