@@ -97,6 +97,14 @@ def permutation_importance(spec: DatasetSpec, model: PipelineModel, copies: Data
                             F.col("prediction").cast("double").alias("p")).toPandas()
         metric = {k: float(np.sqrt(np.mean((g["y"] - g["p"]) ** 2))) for k, g in pdf.groupby(PERM)}
         drop = {c: metric[c] - metric[BASELINE] for c in metric if c != BASELINE}
+    elif spec.task == "multiclass":
+        from ml_platform.train.meta import macro_f1
+
+        pdf = scored.select(PERM, F.col(LABEL).cast("int").alias("y"), F.col("prediction").cast("int").alias("p")) \
+            .toPandas()
+        k = len(spec.classes)
+        metric = {key: macro_f1(g["y"].to_numpy(), g["p"].to_numpy(), k) for key, g in pdf.groupby(PERM)}
+        drop = {c: metric[BASELINE] - metric[c] for c in metric if c != BASELINE}
     else:
         pdf = scored.select(PERM, F.col(LABEL).cast("double").alias("y"),
                             vector_to_array("probability")[1].alias("p")).toPandas()

@@ -6,12 +6,16 @@ with weight 0 is left out of the served pipeline:
 
 - regression: non-negative least squares with a free intercept and a small ridge, solved on the driver from
   per-fold moment sums (one Spark aggregation, whatever the row count);
-- classification: logistic regression on the members' log-odds with coefficients bounded below by 0.
+- classification: logistic regression on the members' log-odds with coefficients bounded below by 0;
+- multiclass: a weighted average of the members' class probabilities (weights ≥ 0, summing to 1) that minimizes
+  the out-of-fold log-loss, solved on the driver from a sample of at most MULTICLASS_ROWS out-of-fold rows.
 
 Each is cross-validated on the same folds the members were (fit on k-1 folds of out-of-fold rows, scored on the
 k-th), so the stack's CV figure and each member's out-of-fold figure are comparable. `Blend` computes
 `intercept + Σ wᵢ·scoreᵢ`; regression clamps it into the spec's label range, classification turns it into a
 probability (sigmoid of log-odds, or a member's own probability) and a 0/1 prediction at a threshold.
+`ProbabilityBlend` is the multi-class output stage: `probability` (the blended class probabilities) and
+`prediction` (the most probable class).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 RIDGE = 1e-6  # relative to the mean member variance: keeps the Gram matrix invertible when members agree
+MULTICLASS_ROWS = 200_000  # out-of-fold rows the multi-class blend is fitted on (a seeded sample beyond that)
+MIN_WEIGHT = 1e-3  # multi-class blend weights below this are dropped (and the rest renormalized)
 
 
 class Blend(Transformer, HasInputCols, DefaultParamsReadable, DefaultParamsWritable):
@@ -71,6 +77,36 @@ class Blend(Transformer, HasInputCols, DefaultParamsReadable, DefaultParamsWrita
                 .withColumn("probability", array_to_vector(F.array(1 - F.col("__blend_p"), F.col("__blend_p"))))
                 .withColumn("prediction", (F.col("__blend_p") >= get(self.threshold)).cast("double"))
                 .drop("__blend_p"))
+
+
+class ProbabilityBlend(Transformer, HasInputCols, DefaultParamsReadable, DefaultParamsWritable):
+    """Multi-class output: `probability` = Σ wᵢ·pᵢ over the members' class-probability arrays (weights sum to 1),
+    `prediction` = the index of the most probable class."""
+
+    weights = Param(Params._dummy(), "weights", "one weight per input column", typeConverter=TypeConverters.toListFloat)
+
+    @keyword_only
+    def __init__(self, *, inputCols=None, weights=None):
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+
+        from ml_platform.train.metrics import argmax
+
+        cols, ws = self.getInputCols(), self.getOrDefault(self.weights)
+
+        def add(w: float):
+            return lambda acc, x: acc + F.lit(w) * x
+
+        blended = F.transform(F.col(cols[0]), lambda x: F.lit(ws[0]) * x)
+        for col, w in zip(cols[1:], ws[1:], strict=True):
+            blended = F.zip_with(blended, F.col(col), add(w))
+        return (dataset.withColumn("__blend_probs", blended)
+                .withColumn("probability", array_to_vector("__blend_probs"))
+                .withColumn("prediction", argmax(F.col("__blend_probs")))
+                .drop("__blend_probs"))
 
 
 # ---- regression: non-negative least squares from moments -------------------------------------------------------
@@ -180,3 +216,59 @@ def classification_meta(df: DataFrame, cols: list[str], raw: dict[str, str], lab
            "members_cv": {c: ev.setRawPredictionCol(raw[c]).evaluate(x) for c in cols}}
     x.unpersist()
     return out
+
+
+# ---- multiclass: a non-negative average of class probabilities ---------------------------------------------------
+
+def macro_f1(y: np.ndarray, yhat: np.ndarray, k: int) -> float:
+    """Macro-F1 over the classes present in y or yhat (as metrics.multiclass_metrics computes it in Spark)."""
+    f1s = []
+    for c in range(k):
+        tp = float(np.sum((y == c) & (yhat == c)))
+        true_c, pred_c = float(np.sum(y == c)), float(np.sum(yhat == c))
+        if true_c or pred_c:
+            prec, rec = (tp / pred_c if pred_c else 0.0), (tp / true_c if true_c else 0.0)
+            f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def _nll(w: np.ndarray, p_true: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean -log(Σ wₘ pₘ(y)) and its gradient; p_true[i, m] = member m's probability of row i's true class."""
+    q = np.clip(p_true @ w, 1e-15, None)
+    return float(-np.mean(np.log(q))), -(p_true / q[:, None]).mean(axis=0)
+
+
+def simplex_fit(p_true: np.ndarray) -> np.ndarray:
+    """Weights ≥ 0 summing to 1 that minimize the log-loss of the blended probabilities; tiny ones dropped."""
+    from scipy.optimize import minimize
+
+    m = p_true.shape[1]
+    res = minimize(_nll, np.full(m, 1.0 / m), args=(p_true,), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+                   options={"maxiter": 200, "ftol": 1e-10})
+    w = np.clip(res.x, 0.0, None)
+    w[w < MIN_WEIGHT] = 0.0
+    return w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+
+
+def multiclass_meta(df: DataFrame, cols: list[str], label: str, fold: str, k: int, seed: int) -> dict:
+    """Weights on all (sampled) out-of-fold rows, the blend's cross-validated macro-F1 (fit on k-1 folds, scored on
+    the k-th, pooled) and log-loss, and each member's out-of-fold macro-F1 and log-loss on the same rows."""
+    n = df.count()
+    if n > MULTICLASS_ROWS:
+        df = df.sample(fraction=MULTICLASS_ROWS / n, seed=seed)
+    rows = df.select(label, fold, *cols).collect()
+    y = np.array([int(r[0]) for r in rows])
+    folds = np.array([int(r[1]) for r in rows])
+    probs = np.array([[r[2 + j] for j in range(len(cols))] for r in rows], dtype=float)  # (n, members, k)
+    p_true = probs[np.arange(len(y)), :, y]
+    blended = np.zeros((len(y), k))
+    for f in np.unique(folds):
+        w = simplex_fit(p_true[folds != f])
+        blended[folds == f] = np.einsum("m,nmk->nk", w, probs[folds == f])
+    w = simplex_fit(p_true)
+    members = {c: macro_f1(y, probs[:, j, :].argmax(axis=1), k) for j, c in enumerate(cols)}
+    return {"weights": [float(x) for x in w], "intercept": 0.0, "cv": macro_f1(y, blended.argmax(axis=1), k),
+            "cv_log_loss": _nll(np.ones(1), blended[np.arange(len(y)), y][:, None])[0], "members_cv": members,
+            "members_log_loss": {c: _nll(np.ones(1), p_true[:, [j]])[0] for j, c in enumerate(cols)},
+            "rows": len(y)}

@@ -89,6 +89,74 @@ def classification_metrics(df: DataFrame, label: str, score: str, threshold: flo
             "precision": precision, "recall": recall, "threshold": threshold, "non_finite": int(row["non_finite"])}
 
 
+def argmax(probs: Column) -> Column:
+    """The index (0-based, as a double like Spark's predictions) of an array's largest element."""
+    return (F.array_position(probs, F.array_max(probs)) - 1).cast("double")
+
+
+def softmax(scores: Column) -> Column:
+    """exp(s_i - max) / sum: margins (a one-vs-rest model's per-class scores) as probabilities that sum to 1."""
+    top = F.array_max(scores)
+    e = F.transform(scores, lambda x: F.exp(x - top))
+    total = F.aggregate(e, F.lit(0.0), lambda acc, x: acc + x)
+    return F.transform(e, lambda x: x / total)
+
+
+def class_probabilities(kind: str, prefix: str = "") -> Column:
+    """A multi-class model's class probabilities as an array: its `probability` vector, or the softmax of its
+    `rawPrediction` (one-vs-rest margins, kind "softmax")."""
+    if kind == "softmax":
+        return softmax(vector_to_array(F.col(f"{prefix}rawPrediction")))
+    return vector_to_array(F.col(f"{prefix}probability"))
+
+
+def pad_classes(probs: Column, k: int) -> Column:
+    """An array of class probabilities as exactly k: a model that saw fewer classes (the highest ones absent from its
+    training rows) gets zeros for them."""
+    return F.when(F.size(probs) >= k, F.slice(probs, 1, k)).otherwise(
+        F.concat(probs, F.array_repeat(F.lit(0.0), F.lit(k) - F.size(probs))))
+
+
+LOG_LOSS_EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps] before the log, as scikit-learn does
+
+
+def multiclass_metrics(df: DataFrame, label: str, probs: str, classes: tuple[str, ...]) -> dict:
+    """Holdout metrics of class probabilities (an array column) against a 0..K-1 label, from one aggregation:
+    macro-F1 (over the classes present in the labels or the predictions), log-loss, accuracy, per-class recall and
+    F1, and the confusion matrix (rows: true class, columns: predicted)."""
+    p = F.col(probs)
+    y = F.col(label).cast("int")
+    p_true = F.least(F.greatest(F.element_at(p, y + 1), F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
+    bad = F.exists(p, lambda x: F.isnan(x) | x.isNull())
+    rows = (df.select(y.alias("y"), argmax(p).cast("int").alias("yhat"), (-F.log(p_true)).alias("nll"),
+                      bad.alias("bad"))
+            .groupBy("y", "yhat").agg(F.count(F.lit(1)).alias("n"), F.sum("nll").alias("nll"),
+                                      F.sum(F.col("bad").cast("int")).alias("bad")).collect())
+    k = len(classes)
+    confusion = [[0] * k for _ in range(k)]
+    nll, bad_rows = 0.0, 0
+    for r in rows:
+        if r["yhat"] is not None and 0 <= r["y"] < k and 0 <= r["yhat"] < k:
+            confusion[r["y"]][r["yhat"]] += int(r["n"])
+        nll += float(r["nll"] or 0.0)
+        bad_rows += int(r["bad"] or 0)
+    n = sum(map(sum, confusion))
+    recall, f1 = {}, {}
+    present = []
+    for c in range(k):
+        tp, true_c, pred_c = confusion[c][c], sum(confusion[c]), sum(confusion[r][c] for r in range(k))
+        recall[classes[c]] = tp / true_c if true_c else None
+        prec = tp / pred_c if pred_c else 0.0
+        rec = tp / true_c if true_c else 0.0
+        f1[classes[c]] = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        if true_c or pred_c:
+            present.append(classes[c])
+    return {"macro_f1": sum(f1[c] for c in present) / len(present) if present else 0.0,
+            "log_loss": nll / n if n else float("nan"),
+            "accuracy": sum(confusion[c][c] for c in range(k)) / n if n else 0.0,
+            "recall_by_class": recall, "f1_by_class": f1, "confusion": confusion, "non_finite": bad_rows}
+
+
 def brier(df: DataFrame, label: str, p: str) -> float:
     """Mean squared difference between the predicted probability and the 0/1 outcome (lower is better)."""
     return float(df.agg(F.avg((F.col(p) - F.col(label)) ** 2)).first()[0])
@@ -106,19 +174,19 @@ def reliability(scored: DataFrame, label: str, bins: int = 10) -> list[dict]:
              "mean_p": float(r["mean_p"]), "observed": float(r["observed"])} for r in rows]
 
 
-PRIMARY = {"regression": ("rmse", False), "classification": ("pr_auc", True), "multiclass": ("log_loss", False),
+PRIMARY = {"regression": ("rmse", False), "classification": ("pr_auc", True), "multiclass": ("macro_f1", True),
            "clustering": ("silhouette", True), "recommendation": ("ndcg_at_k", True)}
 
 
 def primary(task: str) -> tuple[str, bool]:
-    """The metric that ranks models and gates promotion, and whether larger is better: RMSE, PR-AUC, multi-class
-    log-loss (a proper score of the class probabilities the stack blends), silhouette, NDCG@k (what a user sees of a
+    """The metric that ranks models and gates promotion, and whether larger is better: RMSE, PR-AUC, macro-F1
+    (every class counts alike, as the balanced class weights train them), silhouette, NDCG@k (what a user sees of a
     top-N list)."""
     return PRIMARY[task]
 
 
 def better(task: str, challenger: float, champion: float, margin: float) -> bool:
-    """Errors (RMSE, log-loss): lower by a relative margin. Scores in [-1, 1] (PR-AUC, silhouette, NDCG@k): higher
+    """Errors (RMSE): lower by a relative margin. Scores in [-1, 1] (PR-AUC, macro-F1, silhouette, NDCG@k): higher
     by an absolute margin."""
     if PRIMARY[task][1]:
         return challenger >= champion + margin

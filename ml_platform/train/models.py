@@ -13,22 +13,48 @@ from concurrent.futures import ThreadPoolExecutor
 from pyspark.ml import PipelineModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator, Evaluator, RegressionEvaluator
 from pyspark.ml.tuning import CrossValidator
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, grid_edges, param_maps, search_space
-from ml_platform.train.metrics import classification_metrics, curves, primary, regression_metrics, score_column
+from ml_platform.train.metrics import (
+    class_probabilities,
+    classification_metrics,
+    curves,
+    multiclass_metrics,
+    pad_classes,
+    primary,
+    regression_metrics,
+    score_column,
+)
 from ml_platform.train.training_set import TrainingError
+
+
+def _nominal_label(df: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """A multiclass label says how many classes there are (Spark's nominal attribute), so every model and fold
+    outputs K class probabilities even where the highest classes are rare or absent in its training rows."""
+    if spec.task != "multiclass":
+        return df
+    meta = {"ml_attr": {"type": "nominal", "name": LABEL, "num_vals": len(spec.classes)}}
+    return df.withColumn(LABEL, F.col(LABEL).alias(LABEL, metadata=meta))
+
+
+def model_score(spec: DatasetSpec, kind: str) -> Column:
+    """The score a model contributes per row: one number (regression, binary classification) or, for multiclass,
+    the array of its K class probabilities (padded with zeros if a model saw fewer classes)."""
+    if spec.task != "multiclass":
+        return score_column(kind)
+    return pad_classes(class_probabilities(kind), len(spec.classes))
 
 
 def featurized(spark, store: Store, spec: DatasetSpec, version: str) -> tuple[DataFrame, DataFrame]:
     """Train and holdout with the fitted feature pipeline applied; train is cached, since every fold of every
     parameter map of every model reads it."""
     fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
-    train = fp.transform(spark.read.parquet(store.uri(train_dir(spec, version)))).persist()
+    train = _nominal_label(fp.transform(spark.read.parquet(store.uri(train_dir(spec, version)))), spec).persist()
     train.count()
     holdout = fp.transform(spark.read.parquet(store.uri(holdout_dir(spec, version))))
     return train, holdout
@@ -46,6 +72,8 @@ def evaluate(spec: DatasetSpec, scored: DataFrame, score: str, threshold: float 
     """Holdout metrics of a scored frame. Regression on a log target: on the log scale and the original one."""
     if spec.task == "classification":
         return classification_metrics(scored, LABEL, score, threshold if threshold is not None else 0.5, rank)
+    if spec.task == "multiclass":
+        return multiclass_metrics(scored, LABEL, score, spec.classes)
     if spec.training.log_target:
         out = regression_metrics(scored.withColumn("__orig", F.expm1(F.col(score))), spec.target, "__orig")
         log = regression_metrics(scored, LABEL, score)
@@ -69,6 +97,21 @@ def labelled(spec: DatasetSpec, metric: str) -> str:
     return f"{name} ({unit})" if unit else name
 
 
+class MulticlassEvaluator(Evaluator):
+    """Macro-F1 of a multi-class model's class probabilities (argmax), the number the stack and promotion use."""
+
+    def __init__(self, spec: DatasetSpec, kind: str):
+        super().__init__()
+        self.spec, self.kind = spec, kind
+
+    def _evaluate(self, dataset) -> float:
+        scored = dataset.withColumn("__cv_probs", model_score(self.spec, self.kind))
+        return multiclass_metrics(scored, LABEL, "__cv_probs", self.spec.classes)["macro_f1"]
+
+    def isLargerBetter(self) -> bool:
+        return True
+
+
 class ScoreEvaluator(Evaluator):
     """PR-AUC of a classifier's score (metrics.score_column's kind), so cross-validation ranks settings by the same
     number the out-of-fold scores, the holdout metrics and the stack use."""
@@ -90,14 +133,14 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     where = f"{spec.name}/model_{name}"
     alg = algorithm(spec, name)
     est = alg.make(alg.features, spec.training.seed)
-    if spec.task == "classification" and alg.weights:
+    if spec.task in ("classification", "multiclass") and alg.weights:
         est.set(est.getParam("weightCol"), WEIGHT)
     settings = search_space(spec, name)
     maps = param_maps(est, settings, f"spec {spec.name}: algorithms.{name}")
     kind = "prediction" if spec.task == "regression" else alg.score
     metric, larger = primary(spec.task)
     ev = (RegressionEvaluator(labelCol=LABEL, predictionCol="prediction", metricName="rmse")
-          if spec.task == "regression" else
+          if spec.task == "regression" else MulticlassEvaluator(spec, kind) if spec.task == "multiclass" else
           ScoreEvaluator(kind))
     folds = spec.training.folds
     cv = CrossValidator(estimator=est, estimatorParamMaps=maps, evaluator=ev, numFolds=folds, foldCol=FOLD,
@@ -116,7 +159,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     t1 = time.perf_counter()
     # out-of-fold: each row scored by the best setting's model that did not see it
     parts = [cvm.subModels[k][best].transform(train.where(F.col(FOLD) == k))
-             .select(ROW_ID, LABEL, score_column(kind).alias("score")) for k in range(folds)]
+             .select(ROW_ID, LABEL, model_score(spec, kind).alias("score")) for k in range(folds)]
     oof = parts[0]
     for p in parts[1:]:
         oof = oof.unionByName(p)
@@ -124,7 +167,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     oof.write.mode("overwrite").parquet(oof_uri)
     oof = train.sparkSession.read.parquet(oof_uri)
     threshold = curves(oof, LABEL, "score")["threshold"] if spec.task == "classification" else None
-    scored = cvm.bestModel.transform(holdout).withColumn("__score", score_column(kind))
+    scored = cvm.bestModel.transform(holdout).withColumn("__score", model_score(spec, kind))
     hold = evaluate(spec, scored, "__score", threshold)
     validation_seconds = time.perf_counter() - t1
     if hold["non_finite"]:

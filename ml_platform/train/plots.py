@@ -67,3 +67,18 @@ def reliability_plot(bins: list[dict], title: str) -> bytes:
     ax.set(xlabel="mean predicted probability", ylabel="observed positive share", title=f"{title}: reliability",
            xlim=(0, 1), ylim=(0, 1))
     return _png(fig)
+
+
+def confusion_plot(confusion: list[list[int]], classes: tuple[str, ...] | list[str], title: str) -> bytes:
+    """The holdout confusion matrix, rows normalized (each true class's share predicted as each class), counts
+    written in the cells."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    shares = [[v / max(sum(row), 1) for v in row] for row in confusion]
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i, row in enumerate(confusion):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if shares[i][j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion (holdout)")
+    return _png(fig)

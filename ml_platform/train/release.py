@@ -24,7 +24,7 @@ from ml_platform.train.algorithms import LABEL
 from ml_platform.train.explain import explain_models, importance_table
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results
-from ml_platform.train.plots import classification_plots, regression_plots, reliability_plot
+from ml_platform.train.plots import classification_plots, confusion_plot, regression_plots, reliability_plot
 from ml_platform.train.registry import CHALLENGER, CHAMPION, CHECKS_TAG, Tracker
 from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard
 from ml_platform.train.training_set import TrainingError, training_version
@@ -90,7 +90,9 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     passed = all(ok for _, ok, blocking, _ in checks if blocking)
     stacked = PipelineModel.load(stack["path"])
     holdout_uri = store.uri(holdout_dir(spec, version))
-    plots = diagnostics(spark, spec, stacked, holdout_uri)
+    plots = ({"confusion.png": confusion_plot(stack["holdout"]["confusion"], spec.classes, f"{spec.name} "
+                                              f"{stack['served']}")} if spec.task == "multiclass"
+             else diagnostics(spark, spec, stacked, holdout_uri))
     if stack.get("reliability"):
         plots["reliability.png"] = reliability_plot(stack["reliability"], f"{spec.name} {stack['served']}")
     parent = tracker.parent_run(spec.name, cur, tags)

@@ -8,6 +8,10 @@ probability, or a linear SVC's margin. Members with weight 0 are left out. The s
 its cross-validated metric beats the best member's out-of-fold one and no member beats it on the holdout;
 otherwise it is that member alone, ending in the same Blend stage. `prediction` is the platform's answer: a price
 clamped into the spec's label range, or 0/1 at the threshold with the best out-of-fold F1, beside `probability`.
+
+Multiclass: each member contributes its array of class probabilities (ClassScores; a one-vs-rest model's margins
+through a softmax), and the stack is a non-negative average of them (meta.multiclass_meta), ending in
+ProbabilityBlend: `probability` over the classes and `prediction`, the most probable class's index.
 """
 
 from __future__ import annotations
@@ -26,9 +30,19 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
-from ml_platform.train.meta import Blend, classification_meta, regression_meta
-from ml_platform.train.metrics import LOG_ODDS, brier, curves, primary, regression_metrics, reliability, score_column
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, SOFTMAX
+from ml_platform.train.meta import Blend, ProbabilityBlend, classification_meta, multiclass_meta, regression_meta
+from ml_platform.train.metrics import (
+    LOG_ODDS,
+    brier,
+    curves,
+    pad_classes,
+    primary,
+    regression_metrics,
+    reliability,
+    score_column,
+    softmax,
+)
 from ml_platform.train.models import evaluate, labelled
 from ml_platform.train.training_set import TrainingError
 
@@ -71,6 +85,28 @@ class ScoreColumn(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
         return dataset.withColumn(self.getOutputCol(), meta_input(col, self.getOrDefault(self.how)))
 
 
+class ClassScores(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """A multi-class member's output vector -> its K class probabilities as an array: the `probability` vector as
+    is, or the softmax of a one-vs-rest model's margins; padded with zeros to K if the model saw fewer classes."""
+
+    softmax = Param(Params._dummy(), "softmax", "apply a softmax (margins in)", typeConverter=TypeConverters.toBoolean)
+    k = Param(Params._dummy(), "k", "number of classes", typeConverter=TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(self, *, inputCol="probability", outputCol="score", softmax=False, k=2):
+        super().__init__()
+        self._setDefault(softmax=False, k=2)
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import vector_to_array
+
+        p = vector_to_array(F.col(self.getInputCol()))
+        if self.getOrDefault(self.softmax):
+            p = softmax(p)
+        return dataset.withColumn(self.getOutputCol(), pad_classes(p, self.getOrDefault(self.k)))
+
+
 def _how(spec: DatasetSpec, kind: str) -> str:
     if spec.task == "regression":
         return "expm1" if spec.training.log_target else "identity"
@@ -79,9 +115,10 @@ def _how(spec: DatasetSpec, kind: str) -> str:
 
 def _renamed(model, name: str):
     """A fitted base model writing its own columns, so several can sit in one pipeline."""
-    for col in ("predictionCol", "probabilityCol", "rawPredictionCol"):
-        if model.hasParam(col):
-            model.set(model.getParam(col), f"__{col.removesuffix('Col')}_{name}")
+    for m in [model, *getattr(model, "models", [])]:  # a one-vs-rest model reads its inner models' columns by its
+        for col in ("predictionCol", "probabilityCol", "rawPredictionCol"):  # own names
+            if m.hasParam(col):
+                m.set(m.getParam(col), f"__{col.removesuffix('Col')}_{name}")
     return model
 
 
@@ -90,6 +127,11 @@ def _member_stages(spec: DatasetSpec, results: dict[str, dict], names: list[str]
     stages = []
     for n in names:
         kind = results[n]["score"]
+        if spec.task == "multiclass":
+            column = "rawPrediction" if kind == SOFTMAX else "probability"
+            stages += [_renamed(PipelineModel.load(results[n]["model"]).stages[0], n), ClassScores(
+                inputCol=f"__{column}_{n}", outputCol=f"score_{n}", softmax=kind == SOFTMAX, k=len(spec.classes))]
+            continue
         column = "rawPrediction" if kind == LOG_ODDS else kind
         element = -1 if kind == "prediction" else LOG_ODDS_ELEMENT if kind == LOG_ODDS else 1
         stages += [_renamed(PipelineModel.load(results[n]["model"]).stages[0], n), ScoreColumn(
@@ -111,6 +153,9 @@ def member_pipeline(spec: DatasetSpec, features: list, results: dict[str, dict],
     prediction, clamped into the label range), or the member's own probability and its out-of-fold F1 threshold
     (a linear SVC's margin through a sigmoid)."""
     r = results[name]
+    if spec.task == "multiclass":
+        return PipelineModel(stages=features + _member_stages(spec, results, [name])
+                             + [ProbabilityBlend(inputCols=[f"score_{name}"], weights=[1.0])]), None
     if spec.task == "regression":
         return PipelineModel(stages=features + _member_stages(spec, results, [name])
                              + [_blend(spec, [name], [1.0], 0.0, "identity", None)]), None
@@ -145,14 +190,17 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
     metric, larger = primary(spec.task)
     train = spark.read.parquet(store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, FOLD, spec.target)
     for n in names:
+        how = "identity" if spec.task == "multiclass" else _how(spec, results[n]["score"])  # arrays as they are
         oof = spark.read.parquet(results[n]["oof"]).select(ROW_ID, F.col("score").alias(f"raw_{n}"), meta_input(
-            F.col("score"), _how(spec, results[n]["score"])).alias(f"score_{n}"))
+            F.col("score"), how).alias(f"score_{n}"))
         train = train.join(oof.hint("merge"), ROW_ID)  # no broadcast: OOF tables grow with the data
     cols = [f"score_{n}" for n in names]
     t0 = time.perf_counter()
     threshold = None
     if spec.task == "regression":
         meta = regression_meta(train, cols, spec.target, FOLD)
+    elif spec.task == "multiclass":
+        meta = multiclass_meta(train, cols, LABEL, FOLD, len(spec.classes), spec.training.seed)
     else:
         # unweighted: class weights would shift the stack's probabilities off the base rate (the Brier score and
         # reliability curve report calibration); the F1 threshold handles the imbalance
@@ -168,9 +216,11 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
     holdout_uri = store.uri(holdout_dir(spec, version))
     stack_model, stack_hold = None, None
     if selected:
-        stack_model = PipelineModel(stages=features + _member_stages(spec, results, selected) + [_blend(
+        out_stage = ProbabilityBlend(inputCols=[f"score_{n}" for n in selected],
+                                     weights=[weights[n] for n in selected]) if spec.task == "multiclass" else _blend(
             spec, selected, [weights[n] for n in selected], meta["intercept"],
-            "sigmoid" if spec.task == "classification" else "identity", threshold)])
+            "sigmoid" if spec.task == "classification" else "identity", threshold)
+        stack_model = PipelineModel(stages=features + _member_stages(spec, results, selected) + [out_stage])
         stack_hold = evaluate_pipeline(spark, spec, stack_model, holdout_uri)
     cv_best = _best(members_cv, larger)
     said = f"CV {metric} {meta['cv']:.4g} vs the best member's out-of-fold {cv_best} {members_cv[cv_best]:.4g}"
@@ -213,6 +263,10 @@ def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_ur
         threshold = float(last.getOrDefault("threshold"))
     if spec.task == "regression":  # the stack predicts the target itself, on its original scale
         return regression_metrics(scored, spec.target, "prediction")
+    if spec.task == "multiclass":
+        from pyspark.ml.functions import vector_to_array
+
+        return evaluate(spec, scored.withColumn("__probs", vector_to_array("probability")), "__probs")
     scored = scored.withColumn("__score", score_column("probability"))
     rank = None
     if "rawPrediction" in scored.columns:  # rank by the margin: probabilities of confident models round to 1.0
@@ -226,7 +280,8 @@ def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tup
     the served model marked; then what was served and why, the blend's weights, and any best setting at the edge
     of its grid."""
     metric, larger = primary(spec.task)
-    cols = ["rmse", "mae", "r2"] if spec.task == "regression" else ["pr_auc", "roc_auc", "f1", "brier"]
+    cols = {"regression": ["rmse", "mae", "r2"], "multiclass": ["macro_f1", "log_loss", "accuracy"]}.get(
+        spec.task, ["pr_auc", "roc_auc", "f1", "brier"])
     cv = stack.get("cv", {})
     rows = [{"model": n, **{c: r["holdout"].get(c) for c in cols}, "cv": r["cv_mean"], "oof": cv.get(n),
              "weight": stack["meta_coefficients"].get(n), "train_s": r["train_seconds"]} for n, r in results.items()]
@@ -245,5 +300,9 @@ def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tup
                      + " | ".join(fmt(r[c]) for c in cols)
                      + f" | {fmt(r['cv'])} | {fmt(r['oof'])} | {fmt(r['weight'])} | {r['train_s']} |" for r in rows)
     notes = [f"Served: {stack['choice']}."]
+    if spec.task == "multiclass":
+        recall = stack["holdout"].get("recall_by_class") or {}
+        notes.append("Served model's holdout recall by class: " + ", ".join(
+            f"{c} {fmt(v) if v is not None else 'n/a (not in the holdout)'}" for c, v in recall.items()))
     notes += [f"Grid edge: {n}: {e}" for n, r in sorted(results.items()) for e in r.get("grid_edges", [])]
     return head + "\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes), rows
