@@ -18,19 +18,16 @@ from ml_platform.train.clustering import (
     cluster_leaderboard,
     evaluate_clusterer,
     select_clusterer,
-    silhouette_sample,
-    train_clusterer,
     train_clusterers,
 )
 from ml_platform.train.features import build_feature_pipeline
-from ml_platform.train.models import featurized
 from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import land_batches
 
 SPEC = Path(__file__).parent / "specs" / "customers.yaml"
 # small grids around the four segments; k=1 is a setting Spark refuses, to be reported and skipped
-GRIDS = {"kmeans": {"grid": {"k": [1, 3, 4, 5]}}, "bisecting_kmeans": {"grid": {"k": [3, 4, 5]}},
-         "gmm": {"grid": {"k": [3, 4]}}}
+GRIDS = {"kmeans": {"grid": {"k": [1, 3, 4, 5]}}, "bisecting_kmeans": {"grid": {"k": [3, 4]}},
+         "gmm": {"grid": {"k": [4, 5]}}}
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +120,5 @@ def test_a_model_with_every_setting_bad_fails_clearly(spark, clustered):
     assert str(results["gmm"]).startswith("customers/model_gmm: every setting failed: k=1: ")
     assert store.read_json(model_result(bad, "bad", "gmm")) == {"algorithm": "gmm", "ok": False,
                                                                 "error": str(results["gmm"])}
-    train, holdout = featurized(spark, store, bad, "bad")
-    sample = silhouette_sample(train, 7)
-    with pytest.raises(TrainingError, match="model_gmm: every setting failed"):
-        train_clusterer(store, bad, "bad", "gmm", train, sample, holdout, log=lambda _: None)
-    sample.unpersist()
-    train.unpersist()
     with pytest.raises(TrainingError, match="no clustering model trained"):
         select_clusterer(spark, store, bad, "bad", results)

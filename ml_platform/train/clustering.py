@@ -138,6 +138,7 @@ def train_clusterers(spark, store: Store, spec: DatasetSpec, version: str, names
         algorithm(spec, name)  # unknown names fail before any work starts
     log(f"{spec.name}: clustering with {len(names)} algorithms, {max(1, concurrent)} at a time: {', '.join(names)}")
     train, holdout = featurized(spark, store, spec, version)
+    holdout = holdout.persist()  # every algorithm's holdout metrics read it, several passes each
     sample = silhouette_sample(train, spec.training.seed)
     finished = []
     try:
@@ -157,6 +158,7 @@ def train_clusterers(spark, store: Store, spec: DatasetSpec, version: str, names
             return dict(zip(names, pool.map(one, names), strict=True))
     finally:
         sample.unpersist()
+        holdout.unpersist()
         train.unpersist()
 
 
