@@ -75,6 +75,8 @@ class Scored(BaseModel):
     model_version: str
     event_time: str
     scored_at: str
+    label: str | None = Field(None, description="multiclass: the predicted class's name")
+    probabilities: dict[str, float] | None = Field(None, description="multiclass: every class's probability")
 
 
 class Rejected(BaseModel):

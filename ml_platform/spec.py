@@ -495,7 +495,8 @@ def _algorithms_fit(src: str, task: str, algorithms: Any) -> None:
                          f"{', '.join(ALGORITHMS.get(task, ()))}")
 
 
-SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision", "recall", "pr_auc_approx"}}
+SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision", "recall", "pr_auc_approx"},
+                   "multiclass": {"accuracy"}}
 
 
 def _serving(src: str, raw: dict) -> ServingSpec:

@@ -67,6 +67,8 @@ def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec
     aggs = [F.count(F.lit(1)).alias("count")]
     if spec.task == "regression":
         aggs += [F.sum(err * err).alias("sse"), F.sum(F.abs(err)).alias("sae")]
+    elif spec.task == "multiclass":
+        aggs += [F.sum((F.col("prediction") == F.col("actual")).cast("long")).alias("correct")]
     else:
         y, yhat = F.col("actual") == 1, F.col("prediction") == 1
         b = F.least(F.floor(F.coalesce(F.col("probability"), F.lit(0.0)) * BINS), F.lit(BINS - 1))
@@ -106,6 +108,8 @@ def finish(spec: DatasetSpec, row: dict) -> dict:
            "model_version": str(row["model_version"]), "count": n}
     if spec.task == "regression":
         out |= {"rmse": math.sqrt(row["sse"] / n) if n else None, "mae": row["sae"] / n if n else None}
+    elif spec.task == "multiclass":
+        out |= {"accuracy": int(row["correct"]) / n if n else None}
     else:
         tp, fp, fn = int(row["tp"]), int(row["fp"]), int(row["fn"])
         out |= {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
@@ -146,13 +150,14 @@ def offline_metrics(spec: DatasetSpec, predictions: list[dict], actuals: list[di
             continue
         start = math.floor(pt / s.window_seconds) * s.window_seconds
         r = sums.setdefault((start, p["model_version"]), {"count": 0, "sse": 0.0, "sae": 0.0, "tp": 0, "fp": 0,
-                                                           "fn": 0, "positives": 0,
+                                                           "fn": 0, "positives": 0, "correct": 0,
                                                            **{f"pos_{i}": 0 for i in range(BINS)},
                                                            **{f"neg_{i}": 0 for i in range(BINS)}})
         e = p["prediction"] - a["actual"]
         y, yhat = a["actual"] == 1, p["prediction"] == 1
         b = min(int(math.floor((p.get("probability") or 0.0) * BINS)), BINS - 1)
         r["count"] += 1
+        r["correct"] += p["prediction"] == a["actual"]
         r["sse"] += e * e
         r["sae"] += abs(e)
         r["tp"] += y and yhat
@@ -185,7 +190,8 @@ def degraded(spec: DatasetSpec, windows: list[dict]) -> bool:
     return bad >= s.degrade_n
 
 
-LIVE_PRIMARY = {"regression": "rmse", "classification": "pr_auc_approx"}  # the gate's metric without degrade_metric
+# the gate's metric without degrade_metric
+LIVE_PRIMARY = {"regression": "rmse", "classification": "pr_auc_approx", "multiclass": "accuracy"}
 LOWER_IS_BETTER = ("rmse", "mae")
 
 

@@ -130,19 +130,27 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
     out = model.transform(good)
     pred = F.col("prediction").cast("double")
     prob = (vector_to_array("probability")[1] if spec.task == "classification" else F.lit(None)).cast("double")
+    extra = []
+    if spec.task == "multiclass":  # the class's name and every class's probability beside its index
+        probs = vector_to_array("probability")
+        prob = F.array_max(probs)
+        names = F.array(*[F.lit(c) for c in spec.classes])
+        extra = [F.element_at(names, pred.cast("int") + 1).alias("label"),
+                 F.map_from_arrays(names, probs).alias("probabilities")]
     finite = ~F.isnan(pred) & (F.abs(pred) != float("inf"))
     return out.select(
         *KEEP,
         pred.alias("prediction"), prob.alias("probability"), F.lit(model_name).alias("model_name"),
-        F.lit(str(version)).alias("model_version"),
+        F.lit(str(version)).alias("model_version"), *extra,
         F.when(~finite, F.lit("the model produced a non-finite prediction")).alias(REASON))
 
 
 def prediction_messages(scored: DataFrame, pred_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
+    multiclass = [c for c in ("label", "probabilities") if c in scored.columns]
     body = F.struct(
         "request_id", "prediction", "probability", "model_name", "model_version",
         iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"),
-        F.sha2(F.col("__value"), 256).alias("input_sha256"))
+        F.sha2(F.col("__value"), 256).alias("input_sha256"), *multiclass)
     return scored.select(F.lit(pred_topic).alias("topic"), F.col("request_id").alias("key"),
                          F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
 

@@ -1,0 +1,121 @@
+"""Each task kind end to end on tiny data, through the product's own Dagster assets: a shipped spec (with small
+search spaces) -> landed batches -> raw, cleaned, training set, feature pipeline, models, the served model,
+serving_deployment -> an MLflow champion -> predictions through the Kafka scorer and the REST API, which agree."""
+
+import dataclasses
+import json
+import time
+
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.platform import Platform
+from api.settings import ApiSettings, key_hash
+from assets import build_dataset_assets
+from ml_platform.data.landing import partition_key
+from ml_platform.layout import landing_dir
+from ml_platform.local.loadgen import stream_rows
+from ml_platform.local.simulate import SimConfig, write_batch
+from ml_platform.serve.kafka_io import ensure_topics, read_topic
+from ml_platform.serve.messages import errors, request, topic
+from ml_platform.serve.watcher import registry_watcher
+from ml_platform.stores import LocalStore
+from ml_platform.train.registry import CHAMPION
+from resources import LocalSparkResource, LocalStorage, MlflowRegistry
+from spark_streaming.scorer import Status, scoring_query
+from tests.test_serving import _run, _send
+from tests.training_data import small
+
+SMALL = {
+    "tickets": {"logistic": {"grid": {"regParam": [0.01]}}, "naive_bayes": {"grid": {"smoothing": [1.0]}},
+                "gbt": {"grid": {"maxDepth": [2], "maxIter": [3]}}},
+}
+AFTER_CLEANING = ["training_set", "feature_pipeline", "stacked_model", "serving_deployment"]
+
+
+def _platform(spec, root):
+    store = LocalStore(root / "data")
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    storage = LocalStorage(root=str(store.root))
+    resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2),
+                 "storage": storage, "registry": registry}
+    return store, resources, registry.tracker()
+
+
+def _meta(result, key):
+    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+    return {k: v.value for k, v in mats[-1].materialization.metadata.items()}
+
+
+def _train_and_promote(spec, root, batches=(1, 2), rows=250):
+    store, resources, tracker = _platform(spec, root)
+    assets = build_dataset_assets(spec)
+    instance = DagsterInstance.ephemeral()
+    land = store.path(landing_dir(spec))
+    for b in batches:
+        key = partition_key(write_batch(SimConfig(spec.name, rows_per_batch=rows, seed=5), b, land, None).name)
+        instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
+        assert materialize(assets[:2], partition_key=key, instance=instance, resources=resources).success
+    keys = [AssetKey([spec.name, c]) for c in AFTER_CLEANING] + [
+        AssetKey([spec.name, f"model_{n}"]) for n in spec.algorithms]
+    run = materialize(assets, selection=keys, instance=instance, resources=resources)
+    assert run.success
+    instance.dispose()
+    return store, tracker, run
+
+
+def _serve(spark, kafka, spec, tracker, rows, tmp_path):
+    """The same raw rows through the Kafka scorer and through REST -> (Kafka predictions, REST results) by id."""
+    served = dataclasses.replace(spec, name=f"t_{spec.name}")
+    ensure_topics(kafka.bootstrap, served.name)
+    _send(kafka.bootstrap, served, [(f"r{i}", json.dumps(request(spec, f"r{i}", r)).encode())
+                                    for i, r in enumerate(rows)])
+    watcher = registry_watcher(spec.name, tracker.uri, 0.2)
+    assert watcher.check()
+    _run(scoring_query(spark, served, watcher, kafka.bootstrap, str(tmp_path / "ckpt"),
+                       Status(tmp_path / "status.json", served.name), model_name=spec.name))
+    preds = {m["key"]: m["value"] for m in read_topic(kafka.bootstrap, topic(served, "predictions"))}
+    assert preds and [e for m in preds.values() for e in errors("predictions", m)] == []
+    settings = ApiSettings(data_root=str(tmp_path / "data"), home=tmp_path, tracking_uri=tracker.uri,
+                           key_hashes=frozenset({key_hash("k")}), publish=False)
+    platform = Platform(settings, spark=spark, specs={served.name: served},
+                        watcher_for=lambda s: registry_watcher(spec.name, tracker.uri, 0.2))
+    with TestClient(create_app(settings, platform), headers={"X-API-Key": "k"}) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
+            request(spec, f"r{i}", r) for i, r in enumerate(rows)]})
+        assert body.status_code == 200, body.text
+    return preds, {r["request_id"]: r for r in body.json()["results"]}
+
+
+def _stream(spec, tmp_path, n=30):
+    write_batch(SimConfig(spec.name, 2 * n, test_share=0.5, broken_share=0.0, seed=21), 9, tmp_path / "land",
+                tmp_path / "test")
+    return [r for _, r in stream_rows(tmp_path / "test")][:n]
+
+
+def test_multiclass_end_to_end(spark, specs, kafka, tmp_path):
+    spec = small(specs["tickets"], algorithms=SMALL["tickets"], folds=2)
+    store, tracker, run = _train_and_promote(spec, tmp_path)
+    champion = tracker.version_for(spec.name, CHAMPION)
+    assert champion == "1"
+    stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
+    assert "macro_f1" in stacked["leaderboard"] and "recall by class" in stacked["leaderboard"]
+    assert "data:image/png;base64" in stacked["confusion"]
+    training = _meta(run, AssetKey([spec.name, "training_set"]))
+    assert set(training["rows_by_class (train)"]) == set(spec.classes)
+    rows = _stream(spec, tmp_path)
+    preds, rest = _serve(spark, kafka, spec, tracker, rows, tmp_path)
+    for rid, p in preds.items():
+        assert p["label"] == spec.classes[int(p["prediction"])] and p["model_version"] == champion
+        assert set(p["probabilities"]) == set(spec.classes)
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0)
+        assert p["probability"] == pytest.approx(max(p["probabilities"].values()))
+        r = rest[rid]
+        assert r["status"] == "scored" and r["label"] == p["label"] and r["prediction"] == p["prediction"]
+    assert len(preds) == len(rows)
