@@ -122,3 +122,27 @@ def test_a_model_with_every_setting_bad_fails_clearly(spark, clustered):
                                                                 "error": str(results["gmm"])}
     with pytest.raises(TrainingError, match="no clustering model trained"):
         select_clusterer(spark, store, bad, "bad", results)
+
+
+def test_customers_simulator_is_deterministic_and_its_segments_are_apart():
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from ml_platform.local.simulate import SimConfig, batch_text_chunks, customers
+
+    text = "".join(t for t, _, _ in batch_text_chunks(SimConfig("customers", 3000, broken_share=0.01), 1))
+    assert text == "".join(t for t, _, _ in batch_text_chunks(SimConfig("customers", 3000, broken_share=0.01), 1))
+    assert text.startswith(",".join(customers.COLUMNS) + "\n") and ",n/a," in text and ",1.7," in text
+    frame, seg = customers.generate_labelled(np.random.default_rng(5), 4000, 0)
+    assert list(frame.columns) == customers.COLUMNS and frame["customer_id"].is_unique
+    assert 0.005 < (frame["avg_basket"] == "").mean() < 0.05 and (frame["annual_spend"] != "").all()
+    df = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    assert df["online_share"].dropna().between(0, 1).all() and set(df["channel"]) == {"store", "web", "app"}
+    means = df.assign(seg=seg).groupby("seg")[["visits_per_month", "avg_basket", "tenure_months"]].mean()
+    assert sorted(np.bincount(seg) / len(seg)) == pytest.approx(sorted(customers.SHARE), abs=0.03)
+    # every pair of segments is apart by more than one overall standard deviation on some column
+    spread = df[means.columns].std()
+    gaps = [((means.loc[a] - means.loc[b]).abs() / spread).max() for a in range(4) for b in range(a + 1, 4)]
+    assert min(gaps) > 1.0, gaps
