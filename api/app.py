@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -193,6 +193,27 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
         if found is None:
             raise HTTPException(404, f"no prediction stored for request_id {request_id!r} in {dataset}")
         return found
+
+    @keyed.get("/datasets/{dataset}/recommendations/{user}", tags=["predictions"],
+               responses={404: {"description": "unknown dataset"},
+                          409: {"description": "the dataset is not a recommendation dataset"},
+                          503: {"description": "no champion loaded yet"}})
+    def recommendations(dataset: str, user: str, n: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
+        """The champion's top n items (default: the spec's top_n) that `user` has not rated or used yet, best
+        first, with their scores. A user the champion never saw gets the most popular items, with cold_start
+        true."""
+        server = dataset_server(platform, dataset)
+        if server.spec.task != "recommendation":
+            raise HTTPException(409, f"{dataset} is a {server.spec.task} dataset; recommendations are for task "
+                                     f"recommendation (score a (user, item) pair with /predict)")
+        cur = server.champion.current
+        if cur is None:
+            raise HTTPException(503, f"{dataset}: no champion loaded yet")
+        from ml_platform.train.recommend import top_n_for_user
+
+        version = platform.tracker().version_tags(dataset, cur.version).get("training_version")
+        out = top_n_for_user(platform.spark, platform.data_store(), server.spec, version, user, n)
+        return out | {"model_version": cur.version}
 
     app.include_router(keyed)
     for module in ("api.models", "api.uploads", "api.batch", "api.runs"):

@@ -23,6 +23,20 @@ PROMOTE_TAG, EVIDENCE_TAG = "ml_platform/promote_version", "ml_platform/live_gat
 METRICS = ("count", "rmse", "mae", "precision", "recall", "pr_auc_approx", "positives")
 
 
+def build_recommendations(spec) -> AssetsDefinition:
+    @asset(key=asset_key(spec, "recommendations"), deps=[asset_key(spec, "stacked_model")], group_name=spec.name,
+           kinds={"spark", "parquet"}, automation_condition=FOLLOW,
+           description=f"Every known {spec.name} user's top {spec.recommend.top_n} items they have not seen, by the "
+                       f"version's served recommender (user, rank, item, score).")
+    def recommendations(context: AssetExecutionContext, spark: SparkResource):
+        version = upstream_value(context, [asset_key(spec, "stacked_model")], "version")
+        s = run_job(context, spark, spec, "top_n", {"version": version})
+        return MaterializeResult(metadata={"users": s["users"], "dagster/row_count": s["rows"], "version": version,
+                                           "path": MetadataValue.path(s["path"])})
+
+    return recommendations
+
+
 def build_serving_deployment(spec) -> AssetsDefinition:
     @asset(key=asset_key(spec, "serving_deployment"), deps=[asset_key(spec, "stacked_model")], group_name=spec.name,
            kinds={"mlflow"}, automation_condition=FOLLOW,

@@ -67,13 +67,13 @@ def _training_set(spark, store, spec, a, tracker, log):
 
 
 def _feature_pipeline(spark, store, spec, a, tracker, log):
-    from ml_platform.train.features import build_feature_pipeline
+    from ml_platform.train.kinds import kind
 
-    return build_feature_pipeline(spark, store, spec, a["version"])
+    return kind(spec).features(spark, store, spec, a["version"])
 
 
 def _models(spark, store, spec, a, tracker, log):
-    from ml_platform.train.models import train_models
+    from ml_platform.train.kinds import kind
     from ml_platform.train.training_set import training_version
 
     parent = tracker.parent_run(spec.name, training_version(store, spec, a["version"]), a.get("tags", {}))
@@ -90,8 +90,8 @@ def _models(spark, store, spec, a, tracker, log):
         with lock:
             log(line)
 
-    results = train_models(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism,
-                           log=say, on_done=done)
+    results = kind(spec).train(spark, store, spec, a["version"], a["algorithms"], spec.training.parallelism,
+                               log=say, on_done=done)
     # a failed model is reported beside the ones that trained, never raised: they are still materialized
     return {n: {"error": str(r)} if isinstance(r, Exception) else r for n, r in results.items()}
 
@@ -100,6 +100,12 @@ def _stack(spark, store, spec, a, tracker, log):
     from ml_platform.train.release import stack_and_register
 
     return stack_and_register(spark, store, tracker, spec, a["version"], a.get("tags", {}))
+
+
+def _top_n(spark, store, spec, a, tracker, log):
+    from ml_platform.train.recommend import build_top_n
+
+    return build_top_n(spark, store, spec, a["version"])
 
 
 def _promote(spark, store, spec, a, tracker, log):
@@ -111,7 +117,7 @@ def _promote(spark, store, spec, a, tracker, log):
 # imported on call: a job for the data layers runs where MLflow and xgboost are not installed
 JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set": _training_set,
                              "feature_pipeline": _feature_pipeline, "models": _models, "stack": _stack,
-                             "promote": _promote}
+                             "promote": _promote, "top_n": _top_n}
 NEEDS_TRACKER = {"models", "stack", "promote"}
 
 

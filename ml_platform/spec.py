@@ -496,7 +496,7 @@ def _algorithms_fit(src: str, task: str, algorithms: Any) -> None:
 
 
 SERVING_METRICS = {"regression": {"rmse", "mae"}, "classification": {"precision", "recall", "pr_auc_approx"},
-                   "multiclass": {"accuracy"}}
+                   "multiclass": {"accuracy"}, "recommendation": {"rmse", "mae"}, "clustering": set()}
 
 
 def _serving(src: str, raw: dict) -> ServingSpec:

@@ -209,7 +209,7 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
             ensure_topics(bootstrap, spec.name)
             queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
                                          max_per_trigger, trigger_ms, challenger=challenger, prom=prom))
-            if metrics:
+            if metrics and spec.target is not None:  # clustering has no actuals to judge by
                 # not "metrics": that checkpoint's state deduplicated by request_id alone and read no shadow topic,
                 # and Spark refuses a changed state schema or source list on restart
                 queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics_by_version"),

@@ -65,7 +65,7 @@ def joined_windows(predictions: DataFrame, actuals: DataFrame, spec: DatasetSpec
                          f"a_ts <= p_ts + interval {s.actual_within_seconds} seconds"))
     err = F.col("prediction") - F.col("actual")
     aggs = [F.count(F.lit(1)).alias("count")]
-    if spec.task == "regression":
+    if spec.task in ("regression", "recommendation"):  # a rating is a number: its error
         aggs += [F.sum(err * err).alias("sse"), F.sum(F.abs(err)).alias("sae")]
     elif spec.task == "multiclass":
         aggs += [F.sum((F.col("prediction") == F.col("actual")).cast("long")).alias("correct")]
@@ -106,7 +106,7 @@ def finish(spec: DatasetSpec, row: dict) -> dict:
     n = int(row["count"])
     out = {"dataset": spec.name, "window_start": _iso(row["window_start"]), "window_end": _iso(row["window_end"]),
            "model_version": str(row["model_version"]), "count": n}
-    if spec.task == "regression":
+    if spec.task in ("regression", "recommendation"):
         out |= {"rmse": math.sqrt(row["sse"] / n) if n else None, "mae": row["sae"] / n if n else None}
     elif spec.task == "multiclass":
         out |= {"accuracy": int(row["correct"]) / n if n else None}
@@ -191,7 +191,8 @@ def degraded(spec: DatasetSpec, windows: list[dict]) -> bool:
 
 
 # the gate's metric without degrade_metric
-LIVE_PRIMARY = {"regression": "rmse", "classification": "pr_auc_approx", "multiclass": "accuracy"}
+LIVE_PRIMARY = {"regression": "rmse", "classification": "pr_auc_approx", "multiclass": "accuracy",
+                "recommendation": "rmse"}
 LOWER_IS_BETTER = ("rmse", "mae")
 
 

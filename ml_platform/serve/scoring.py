@@ -114,7 +114,7 @@ def _request_columns(spec: DatasetSpec, max_bytes: int) -> _RequestColumns:
               for c in spec.column_names])
     numeric, categorical = spec.feature_columns()
     needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
-        {spec.key} if spec.key else set())
+        {spec.key} if spec.key else set()) | ({spec.recommend.user, spec.recommend.item} if spec.recommend else set())
     # only the columns a model can read: Spark then skips parsing the rest (free text, excluded columns)
     out = (*[F.col(f"__src_{c}").alias(c) for c in KEEP],
            *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
@@ -131,6 +131,12 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
     pred = F.col("prediction").cast("double")
     prob = (vector_to_array("probability")[1] if spec.task == "classification" else F.lit(None)).cast("double")
     extra = []
+    if spec.task == "clustering" and "probability" in out.columns:  # a mixture model: membership of each cluster
+        probs = vector_to_array("probability")
+        ids = F.transform(F.sequence(F.lit(0), F.size(probs) - 1), lambda i: i.cast("string"))
+        extra = [F.map_from_arrays(ids, probs).alias("probabilities")]
+    if spec.task == "recommendation":  # an unknown user or item: the fallback answered
+        extra = [F.col("cold_start")]
     if spec.task == "multiclass":  # the class's name and every class's probability beside its index
         probs = vector_to_array("probability")
         prob = F.array_max(probs)
@@ -146,7 +152,7 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
 
 
 def prediction_messages(scored: DataFrame, pred_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
-    multiclass = [c for c in ("label", "probabilities") if c in scored.columns]
+    multiclass = [c for c in ("label", "probabilities", "cold_start") if c in scored.columns]
     body = F.struct(
         "request_id", "prediction", "probability", "model_name", "model_version",
         iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"),

@@ -22,11 +22,11 @@ from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LABEL
 from ml_platform.train.explain import explain_models, importance_table
+from ml_platform.train.kinds import kind
 from ml_platform.train.metrics import better, curves, primary, score_column
 from ml_platform.train.models import model_results
 from ml_platform.train.plots import classification_plots, confusion_plot, regression_plots, reliability_plot
 from ml_platform.train.registry import CHALLENGER, CHAMPION, CHECKS_TAG, Tracker
-from ml_platform.train.stacking import evaluate_pipeline, fit_stack, leaderboard
 from ml_platform.train.training_set import TrainingError, training_version
 
 
@@ -48,6 +48,9 @@ def stack_checks(spec: DatasetSpec, stack: dict, base: dict[str, dict]) -> list[
     ok = served >= best_score - tol if larger else served <= best_score + tol
     out.append(("not_worse_than_best_member", ok, True,
                 f"served {stack['served']}: holdout {metric} {served:.4g}; best member {best} {best_score:.4g}"))
+    if not kind(spec).stacks:  # clustering and recommendation serve one model: there is no stack to beat members
+        out.append(("beats_base_models", True, False, f"no stack for {spec.task}: {stack['served']} is served"))
+        return out
     own = stack.get("stack_holdout") or {}
     worse = [n for n, r in base.items() if metric not in own
              or not (own[metric] > r["holdout"][metric] if larger else own[metric] < r["holdout"][metric])]
@@ -84,22 +87,26 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     PipelineModel as a new version of `<dataset>` with alias `challenger`."""
     cur = training_version(store, spec, version)
     results = model_results(store, spec, version)
-    stack = fit_stack(spark, store, spec, version, results)
-    board, rows = leaderboard(spec, results, stack)
+    k = kind(spec)
+    stack = k.select(spark, store, spec, version, results)
+    board, rows = k.leaderboard(spec, results, stack)
     checks = stack_checks(spec, stack, results)
     passed = all(ok for _, ok, blocking, _ in checks if blocking)
     stacked = PipelineModel.load(stack["path"])
     holdout_uri = store.uri(holdout_dir(spec, version))
     plots = ({"confusion.png": confusion_plot(stack["holdout"]["confusion"], spec.classes, f"{spec.name} "
                                               f"{stack['served']}")} if spec.task == "multiclass"
-             else diagnostics(spark, spec, stacked, holdout_uri))
+             else diagnostics(spark, spec, stacked, holdout_uri) if spec.task in ("regression", "classification")
+             else {})
     if stack.get("reliability"):
         plots["reliability.png"] = reliability_plot(stack["reliability"], f"{spec.name} {stack['served']}")
     parent = tracker.parent_run(spec.name, cur, tags)
     for name, png in plots.items():
         tracker.log_artifact_bytes(parent, name, png)
-    importance = explain_models(spark, store, spec, version, results, stacked, stack["served"])
-    board += "\n\n**Feature importance** (cleaned columns)\n\n" + importance_table(importance)
+    importance = {}
+    if k.stacks:  # permutation importance of supervised models (clusters and ratings have no label to worsen)
+        importance = explain_models(spark, store, spec, version, results, stacked, stack["served"])
+        board += "\n\n**Feature importance** (cleaned columns)\n\n" + importance_table(importance)
     tracker.log_artifact_bytes(parent, "leaderboard.md", board)
     tracker.log_artifact_bytes(parent, "importance.json", json.dumps(importance, indent=1).encode())
     example, pred = _examples(spark, spec, stacked, holdout_uri)
@@ -135,13 +142,14 @@ def promotion_gate(spark, store: Store, tracker: Tracker, spec: DatasetSpec, cha
     if "training_version" not in tags:
         raise TrainingError(f"{spec.name}: model version {challenger} has no training_version tag, so there is no "
                             f"holdout to score it on")
-    holdout_uri = store.uri(holdout_dir(spec, tags['training_version']))
-    ch_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, challenger), holdout_uri)[metric]
+    judged_on = tags["training_version"]
+    evaluate = kind(spec).evaluate
+    ch_score = evaluate(spark, store, spec, tracker.load(spec.name, challenger), judged_on)[metric]
     out["challenger_score"] = ch_score
     if champion is None:
         decision, promote = "promoted: no champion yet", True
     else:
-        cp_score = evaluate_pipeline(spark, spec, tracker.load(spec.name, champion), holdout_uri)[metric]
+        cp_score = evaluate(spark, store, spec, tracker.load(spec.name, champion), judged_on)[metric]
         out["champion_score"] = cp_score
         promote = better(spec.task, ch_score, cp_score, margin)
         decision = (f"promoted: {metric} {ch_score:.4g} vs champion {cp_score:.4g} (margin {margin})" if promote
