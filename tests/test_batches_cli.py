@@ -1,18 +1,25 @@
 """`ml-platform batches` and `ml-platform doctor` as a user runs them, against a real Dagster webserver and daemon
-(tests/batch_defs.py: a new-batch sensor and trivial batch assets writing the store) over a real local store."""
+(tests/batch_defs.py: a new-batch sensor and trivial batch assets writing the store) over a real local store.
+
+The instance is `make run`'s (queued runs, run monitoring, run retries), except that the daemon executes each run
+itself (Dagster's SyncInMemoryRunLauncher) and looks at its queue every second: a run worker process of its own
+imports dagster for ~12 s on 2 cores, and the queue launches them one at a time, while these runs take a second and
+the commands read only what the runs record (status, partition, tags, step failures)."""
 
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import yaml
 from conftest import ROOT, free_port
 from services import DagsterStack
 
 from ml_platform.layout import landed_file, quarantine_files_dir
-from ml_platform.local.supervisor import stop_pid
+from ml_platform.local.supervisor import dagster_home, stop_pid
 from ml_platform.stores import open_store
 
 CLI = [sys.executable, "-m", "ml_platform.cli"]
@@ -38,6 +45,17 @@ def partition(r) -> str | None:
     return next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None)
 
 
+def instance(folder) -> str:
+    """DAGSTER_HOME for the stack: make run's dagster.yaml, with runs executed in the daemon (see the docstring)."""
+    d = dagster_home(folder)
+    config = yaml.safe_load((d / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "dagster._core.launcher.sync_in_memory_run_launcher",
+                              "class": "SyncInMemoryRunLauncher"}
+    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
+    (d / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return str(d)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
@@ -47,7 +65,9 @@ def stack(tmp_path_factory):
     store.write_text(f"{quarantine_files_dir(SPEC)}/broken.txt", "?")
     store.write_json(f"{quarantine_files_dir(SPEC)}/broken.txt.reason.json",
                      {"file": "broken.txt", "reason": "not a .csv file", "rejected_at": "20260101T000000000000"})
-    s = DagsterStack(home, {"batches": ROOT / "tests/batch_defs.py"}, env={"ML_PLATFORM_DATA": str(home / "data")})
+    # DAGSTER_HOME given here wins over the one DagsterStack writes under `home`
+    s = DagsterStack(home, {"batches": ROOT / "tests/batch_defs.py"}, env={
+        "ML_PLATFORM_DATA": str(home / "data"), "DAGSTER_HOME": instance(tmp_path_factory.mktemp("instance"))})
     try:
         wait_for(s, lambda rs: any(partition(r) == "bad" and r["status"] == "FAILURE" for r in rs), "bad's run")
         # the failing batch once more, as the real sensor's retry would: 2 failed runs (`--max-attempts 2` fails it)
@@ -70,6 +90,12 @@ SPEC = type("Spec", (), {"name": "used_cars"})
 def cli(*args, env=None, timeout=120):
     e = {k: v for k, v in os.environ.items() if not k.startswith("ML_PLATFORM_")} | (env or {})
     return subprocess.run(CLI + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def clis(*calls: list[str]) -> list[subprocess.CompletedProcess]:
+    """Several independent `cli` calls run side by side (each spends seconds importing and waiting on sockets)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda args: cli(*args), calls))
 
 
 def test_doctor_reads_stack_json_and_the_scorer_status_without_services(tmp_path):
@@ -104,8 +130,10 @@ def test_doctor_reads_stack_json_and_the_scorer_status_without_services(tmp_path
 
 
 def test_batches_lists_every_landed_file_in_one_state(stack):
-    r = cli("batches", "used_cars", "--home", str(stack.home), "--dagster-url", stack.url, "--json",
-            "--max-attempts", "2")
+    r, table = clis(["batches", "used_cars", "--home", str(stack.home), "--dagster-url", stack.url, "--json",
+                     "--max-attempts", "2"],
+                    ["batches", "used_cars", "--home", str(stack.home), "--dagster-url", stack.url, "--state",
+                     "waiting"])
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     by = {b["file"]: b for b in out["batches"]}
@@ -121,7 +149,6 @@ def test_batches_lists_every_landed_file_in_one_state(stack):
     assert s["counts"] == {"waiting": 1, "running": 0, "accepted": 1, "quarantined": 3, "failed": 1, "superseded": 1}
     assert s["queue_depth"] == 0 and s["failed"][0]["key"] == "bad"
 
-    table = cli("batches", "used_cars", "--home", str(stack.home), "--dagster-url", stack.url, "--state", "waiting")
     lines = table.stdout.splitlines()
     assert table.returncode == 0 and lines[0].startswith("state") and len(lines) == 4, table.stdout
     # the sensor's default, 4 failed runs: bad.csv waits for its next retry
@@ -205,9 +232,10 @@ def test_doctor_notices_landed_files_nobody_picks_up(stack):
 
 def test_a_dagster_that_is_down_is_said_so(stack):
     url = f"http://127.0.0.1:{free_port()}"
-    r = cli("batches", "used_cars", "--home", str(stack.home), "--dagster-url", url)
+    r, d = clis(["batches", "used_cars", "--home", str(stack.home), "--dagster-url", url],
+                ["doctor", "--home", str(stack.home), "--dagster-url", url, "--tracking-uri",
+                 f"http://127.0.0.1:{free_port()}"])
     assert r.returncode == 1 and f"Dagster webserver at {url} unreachable" in r.stderr, r.stderr
-    d = cli("doctor", "--home", str(stack.home), "--dagster-url", url, "--tracking-uri", f"http://127.0.0.1:{free_port()}")
     assert d.returncode == 1
     assert any(x.startswith("FAIL") and f"Dagster webserver at {url} unreachable" in x
                for x in d.stdout.splitlines()), d.stdout
