@@ -121,3 +121,7 @@ def stacked_model_dir(spec: _Named, version: str) -> str:
 
 def stacked_model_record(spec: _Named, version: str) -> str:
     return f"{version_dir(spec, version)}/stacked_model.json"
+
+
+def recommendations_dir(spec: _Named, version: str) -> str:
+    return f"{version_dir(spec, version)}/recommendations"
