@@ -38,10 +38,10 @@ def stack_checks(spec: DatasetSpec, stack: dict, base: dict[str, dict]) -> list[
     out = [("finite_predictions", holdout["non_finite"] == 0, True,
             f"{holdout['non_finite']} non-finite holdout predictions")]
     for name, limit in spec.training.thresholds.items():
-        kind, metric = name.split("_", 1)
+        bound, metric = name.split("_", 1)
         value = holdout.get(metric)
-        ok = value is not None and math.isfinite(value) and (value >= limit if kind == "min" else value <= limit)
-        out.append((f"{name}", ok, True, f"holdout {metric} = {value:.4g}, {kind} {limit}"))
+        ok = value is not None and math.isfinite(value) and (value >= limit if bound == "min" else value <= limit)
+        out.append((f"{name}", ok, True, f"holdout {metric} = {value:.4g}, {bound} {limit}"))
     metric, larger = primary(spec.task)
     best, best_score, served = stack["best_member"], stack["best_member_holdout"], holdout[metric]
     tol = 1e-9 * max(1.0, abs(best_score))
