@@ -87,7 +87,7 @@ def cluster_metrics(scored: DataFrame, k: int) -> dict:
     counts = {int(r["prediction"]): int(r["n"]) for r in rows if r["prediction"] is not None}
     sizes = {str(c): counts.get(c, 0) for c in sorted(set(range(k)) | set(counts))}
     n = sum(sizes.values())
-    held = [c for c, v in counts.items() if v]
+    held = [r["prediction"] for r in rows if r["prediction"] is not None and r["n"] > (r["bad"] or 0)]
     silhouette = _silhouette(scored.where(~F.col("__bad"))) if len(held) >= 2 else 0.0
     return {"silhouette": silhouette, "sizes": sizes, "k": k,
             "smallest_share": min(sizes.values()) / n if n else 0.0,
