@@ -18,9 +18,12 @@ rating of repeated ratings, or the sum of repeated counts.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from pyspark import keyword_only
@@ -51,6 +54,7 @@ from ml_platform.train.models import _root_cause
 from ml_platform.train.training_set import TrainingError
 
 RELEVANT_SHARE = 0.75  # explicit: relevant from the low end of the label range plus this share of its width
+POPULAR_KEPT = 1000    # the popularity list kept in the served model's record, for users it never saw
 
 
 def _rec(spec: DatasetSpec):
@@ -450,7 +454,8 @@ def evaluate_recommender(spark, spec: DatasetSpec, model: PipelineModel, holdout
 def select_recommender(spark, store: Store, spec: DatasetSpec, version: str, results: dict[str, dict]) -> dict:
     """What to serve (the recommender with the best cross-validated NDCG@k; there is one, ALS) as one
     PipelineModel: the indexers, the refit ALS model and ColdStartFill, saved where the stacked model goes. The
-    result has stacking.fit_stack's keys; the choice sentence sets it against the popularity baseline."""
+    result has stacking.fit_stack's keys; the choice sentence sets it against the popularity baseline; `popular`
+    keeps the most popular items (up to POPULAR_KEPT), the list users the model never saw get."""
     ok = {n: r for n, r in results.items() if isinstance(r, dict) and r.get("ok")}
     if not ok:
         raise TrainingError(f"{spec.name}: no trained recommender to serve; results: {sorted(results)}")
@@ -462,8 +467,12 @@ def select_recommender(spark, store: Store, spec: DatasetSpec, version: str, res
     indexers = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
     als = PipelineModel.load(r["model"]).stages[0]
     train_uri, holdout_uri = store.uri(train_dir(spec, version)), store.uri(holdout_dir(spec, version))
-    train = interactions(spec, indexers.transform(spark.read.parquet(train_uri)))
+    train = interactions(spec, indexers.transform(spark.read.parquet(train_uri))).persist()
     model = PipelineModel(stages=list(indexers.stages) + [als, cold_start_fill(spec, train)])
+    labels = indexers.stages[1].labels
+    popular_items = [{"item": labels[x["item"]], "score": x["score"]}
+                     for x in popular(train, min(POPULAR_KEPT, len(labels))).first()["__pop"]]
+    train.unpersist()
     path = store.uri(stacked_model_dir(spec, version))
     model.write().overwrite().save(path)
     fit_seconds = time.perf_counter() - t0
@@ -484,7 +493,7 @@ def select_recommender(spark, store: Store, spec: DatasetSpec, version: str, res
               "cv": {n: ok[n]["cv_mean"] for n in names} | {"popularity": r["cv_popularity"]},
               "stack_holdout": None, "holdout": hold, "popularity_holdout": pop, "beats_popularity": beats,
               "best_member": best, "best_member_holdout": ok[best]["holdout"][metric], "best_params": r["best_params"],
-              "fit_seconds": round(fit_seconds, 2), "path": path}
+              "fit_seconds": round(fit_seconds, 2), "path": path, "popular": popular_items}
     store.write_json(stacked_model_record(spec, version), result)
     return result
 
@@ -529,10 +538,29 @@ def recommend_leaderboard(spec: DatasetSpec, results: dict[str, dict], selected:
 
 # ---- top-N lists ------------------------------------------------------------------------------------------------
 
-def _served(spark, store: Store, spec: DatasetSpec, version: str):
-    model = PipelineModel.load(store.uri(stacked_model_dir(spec, version)))
-    train = _served_interactions(spec, model, spark.read.parquet(store.uri(train_dir(spec, version))))
-    return model, train
+_LOADED: OrderedDict[str, tuple[str, PipelineModel, dict[str, int]]] = OrderedDict()
+_LOADED_KEPT = 4
+_LOADING = threading.Lock()
+
+
+def _served(store: Store, spec: DatasetSpec, version: str) -> tuple[dict, PipelineModel, dict[str, int]]:
+    """A version's served recommender: its record, its PipelineModel and its users' ids, loaded once per written
+    record (a request for one user must not pay a model load; a re-selected version is loaded again)."""
+    record = store.read_json(stacked_model_record(spec, version))
+    if record is None or "popular" not in record:
+        raise TrainingError(f"{spec.name}: training version {version} has no served recommender; materialize "
+                            f"{spec.name}/stacked_model for it first")
+    stamp = json.dumps(record, sort_keys=True, default=str)
+    with _LOADING:
+        hit = _LOADED.get(record["path"])
+        if hit is None or hit[0] != stamp:
+            model = PipelineModel.load(record["path"])
+            hit = (stamp, model, {v: i for i, v in enumerate(_parts(model)[0].labels)})
+            _LOADED[record["path"]] = hit
+            while len(_LOADED) > _LOADED_KEPT:
+                _LOADED.popitem(last=False)
+        _LOADED.move_to_end(record["path"])
+    return record, hit[1], hit[2]
 
 
 def _bounds(model: PipelineModel) -> tuple[float, float] | None:
@@ -546,8 +574,9 @@ def build_top_n(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     """The top-N (spec.recommend.top_n) unseen items of every user in train, by the served model, with the
     original user and item values: Parquet (user, rank, item, score) at layout.recommendations_dir. The score is
     ALS's prediction, clamped as the served model clamps it; the rank follows the unclamped one."""
-    model, train = _served(spark, store, spec, version)
+    _, model, _ = _served(store, spec, version)
     user_idx, item_idx, als = _parts(model)
+    train = _served_interactions(spec, model, spark.read.parquet(store.uri(train_dir(spec, version))))
     score, bounds = F.col("x.score"), _bounds(model)
     if bounds:
         score = F.least(F.greatest(score, F.lit(bounds[0])), F.lit(bounds[1]))
@@ -563,19 +592,22 @@ def build_top_n(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
 
 def top_n_for_user(spark, store: Store, spec: DatasetSpec, version: str, user, n: int | None = None) -> dict:
     """One user's top n (default spec.recommend.top_n) unseen items by the served model, {user, items: [{item,
-    score}], cold_start}, as build_top_n lists them; a user not in train gets the n items most train users have
-    (score: how many) with cold_start true."""
+    score}], cold_start}, as build_top_n lists them; a user not in train gets the most popular items (score: how
+    many train users have it; at most POPULAR_KEPT) with cold_start true. Two small Spark jobs for a known user
+    (the user's train rows, read by its id; ALS's list for one user), none for an unknown one."""
     n = n or _rec(spec).top_n
-    model, train = _served(spark, store, spec, version)
-    user_idx, item_idx, als = _parts(model)
-    index = {v: i for i, v in enumerate(user_idx.labels)}.get(str(user))
-    rows = [] if index is None else top_als(als, user_lists(train.where(F.col(USER) == index)), n).collect()
-    if rows:
-        bounds = _bounds(model)
-        items = [(x["item"], min(max(x["score"], bounds[0]), bounds[1]) if bounds else x["score"])
-                 for x in rows[0]["__top"]]
-    else:
-        items = [(x["item"], x["score"]) for x in popular(train, n).first()["__pop"]]
-    labels = item_idx.labels
-    return {"user": user, "items": [{"item": labels[i], "score": float(s)} for i, s in items],
-            "cold_start": not rows}
+    record, model, users = _served(store, spec, version)
+    _, item_idx, als = _parts(model)
+    index, rows = users.get(str(user)), []
+    if index is not None:
+        col = _rec(spec).user
+        mine = spark.read.parquet(store.uri(train_dir(spec, version))).where(
+            F.col(f"`{col}`").cast("string") == str(user)).select(_rec(spec).item)
+        seen = {int(r[0]) for r in item_idx.transform(mine).select(ITEM).distinct().collect()}
+        rows = als.recommendForUserSubset(spark.createDataFrame([(index,)], f"{USER} int"), n + len(seen)).collect()
+    if not rows:
+        return {"user": user, "items": record["popular"][:n], "cold_start": True}
+    bounds, labels = _bounds(model), item_idx.labels
+    top = [x for x in rows[0]["recommendations"] if x[ITEM] not in seen][:n]
+    return {"user": user, "items": [{"item": labels[x[ITEM]], "score": float(
+        min(max(x["rating"], bounds[0]), bounds[1]) if bounds else x["rating"])} for x in top], "cold_start": False}
