@@ -197,25 +197,35 @@ def train_models(spark, store: Store, spec: DatasetSpec, version: str, names: li
         algorithm(spec, name)  # unknown names fail before any work starts
     log(f"{spec.name}: training {len(names)} models, {max(1, concurrent)} at a time: {', '.join(names)}")
     train, holdout = featurized(spark, store, spec, version)
-    finished = []
     try:
-        def one(name):
-            try:
-                out = train_algorithm(store, spec, version, name, train, holdout, log)
-            except Exception as e:  # noqa: BLE001
-                store.write_json(model_result(spec, version, name),
-                                 {"algorithm": name, "ok": False, "error": str(e)})
-                out = e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
-                log(f"{spec.name}/model_{name}: failed: {out}")
-            if on_done is not None:
-                on_done(name, out)
-            finished.append(name)
-            log(f"{spec.name}: {len(finished)} of {len(names)} models done")
-            return out
-        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
-            return dict(zip(names, pool.map(one, names), strict=True))
+        return each_model(store, spec, version, names, concurrent, lambda name: train_algorithm(
+            store, spec, version, name, train, holdout, log), log, on_done)
     finally:
         train.unpersist()
+
+
+def each_model(store: Store, spec: DatasetSpec, version: str, names: list[str], concurrent: int, train_one,
+               log=print, on_done=None) -> dict[str, dict | Exception]:
+    """`train_one(name) -> result` for every name, `concurrent` at a time (threads sharing the Spark session). A
+    failure is recorded as that model's result file and returned in place of its result, never raised, so the
+    others still finish; `on_done(name, result or error)` runs as each model ends. Every task kind trains so."""
+    finished = []
+
+    def one(name):
+        try:
+            out = train_one(name)
+        except Exception as e:  # noqa: BLE001
+            store.write_json(model_result(spec, version, name), {"algorithm": name, "ok": False, "error": str(e)})
+            out = e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
+            log(f"{spec.name}/model_{name}: failed: {out}")
+        if on_done is not None:
+            on_done(name, out)
+        finished.append(name)
+        log(f"{spec.name}: {len(finished)} of {len(names)} models done")
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
+        return dict(zip(names, pool.map(one, names), strict=True))
 
 
 def model_results(store: Store, spec: DatasetSpec, version: str) -> dict[str, dict]:
