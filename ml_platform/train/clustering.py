@@ -14,7 +14,6 @@ cluster sums), so the sample only bounds the time of one evaluation per setting.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.ml import PipelineModel
 from pyspark.ml.clustering import GaussianMixtureModel
@@ -33,7 +32,7 @@ from ml_platform.layout import (
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import LINEAR_FEATURES, ROW_ID, algorithm, grid_edges, param_maps, search_space
-from ml_platform.train.models import _root_cause, featurized
+from ml_platform.train.models import _root_cause, each_model, featurized
 from ml_platform.train.training_set import TrainingError
 
 SAMPLE_ROWS = 20_000  # train rows the silhouette of each setting is measured on
@@ -168,22 +167,9 @@ def train_clusterers(spark, store: Store, spec: DatasetSpec, version: str, names
     train, holdout = featurized(spark, store, spec, version)
     holdout = holdout.persist()  # every algorithm's holdout metrics read it, several passes each
     sample = silhouette_sample(train, spec.training.seed)
-    finished = []
     try:
-        def one(name):
-            try:
-                out = train_clusterer(store, spec, version, name, train, sample, holdout, log, restarts)
-            except Exception as e:  # noqa: BLE001
-                store.write_json(model_result(spec, version, name), {"algorithm": name, "ok": False, "error": str(e)})
-                out = e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
-                log(f"{spec.name}/model_{name}: failed: {out}")
-            if on_done is not None:
-                on_done(name, out)
-            finished.append(name)
-            log(f"{spec.name}: {len(finished)} of {len(names)} models done")
-            return out
-        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
-            return dict(zip(names, pool.map(one, names), strict=True))
+        return each_model(store, spec, version, names, concurrent, lambda name: train_clusterer(
+            store, spec, version, name, train, sample, holdout, log, restarts), log, on_done)
     finally:
         sample.unpersist()
         holdout.unpersist()
