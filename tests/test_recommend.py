@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +17,27 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from ml_platform.layout import holdout_dir, model_result, recommendations_dir, stacked_model_record, train_dir
+from ml_platform.layout import (
+    feature_pipeline_dir,
+    holdout_dir,
+    model_result,
+    recommendations_dir,
+    stacked_model_record,
+    train_dir,
+    version_dir,
+)
 from ml_platform.local.simulate import movie_ratings as sim
 from ml_platform.spec import SpecError, load_spec
 from ml_platform.stores import LocalStore
 from ml_platform.train.algorithms import ITEM, USER
 from ml_platform.train.features import FeatureError
 from ml_platform.train.recommend import (
-    ColdStartFill,
     build_recommend_pipeline,
     build_top_n,
+    cold_start_fill,
     evaluate_recommender,
     fit_recommend_pipeline,
+    interactions,
     recommend_leaderboard,
     select_recommender,
     top_n_for_user,
@@ -211,27 +221,32 @@ def test_evaluate_recommender_agrees_with_the_records(spark, rec):
     assert rec.selected["best_member_holdout"] == hold["ndcg_at_k"]  # the release gate's not-worse check holds
 
 
-def test_implicit_counts_train_and_serve(spark, rec):
-    """The same interactions as counts (implicit feedback): any held-out interaction is relevant, no RMSE, and the
-    cold-start fallback is a share of users, on the scale of ALS's implicit predictions."""
+def test_implicit_counts_train(spark, rec):
+    """The same interactions as counts (implicit feedback): any held-out interaction is relevant, there is no RMSE,
+    and the cold-start fallback is the share of train users who have the item, on the scale of ALS's implicit
+    predictions (a preference in [0, 1])."""
     spec = dataclasses.replace(rec.spec, recommend=dataclasses.replace(rec.spec.recommend, implicit=True),
                                algorithms={"als": {"grid": {"rank": [8], "regParam": [0.1], "alpha": [5.0],
                                                             "maxIter": [8]}}})
-    build_training_set(spark, rec.store, spec, "v2")
-    build_recommend_pipeline(spark, rec.store, spec, "v2")
+    for part in ("train", "holdout", "feature_pipeline"):  # the same split and ids, as version v2
+        shutil.copytree(rec.store.path(f"{version_dir(spec, 'v1')}/{part}"),
+                        rec.store.path(f"{version_dir(spec, 'v2')}/{part}"))
     r = train_recommenders(spark, rec.store, spec, "v2", ["als"], 1, log=lambda _: None)["als"]
     assert isinstance(r, dict) and r["ok"], r
     assert r["implicit"] and r["relevance_threshold"] is None and r["holdout"]["rmse"] is None
     assert r["holdout"]["ndcg_at_k"] > r["popularity"]["ndcg_at_k"] > 0
     assert r["holdout"]["users"] > rec.results["als"]["holdout"]["users"]  # every interaction counts now
-    s = select_recommender(spark, rec.store, spec, "v2", {"als": r})
-    assert s["holdout"]["rmse"] is None and s["holdout"]["non_finite"] == 0
-    requests, _ = _requests(spark, rec)
-    out = PipelineModel.load(s["path"]).transform(requests).collect()
-    fill = PipelineModel.load(s["path"]).stages[-1]
-    assert isinstance(fill, ColdStartFill) and not fill.getOrDefault("clamp")
-    assert all(0 <= r["prediction"] <= 1 for r in out if r["cold_start"])
-    assert all(math.isfinite(r["prediction"]) for r in out)
+    indexers = PipelineModel.load(rec.store.uri(feature_pipeline_dir(spec, "v2")))
+    train = interactions(spec, indexers.transform(spark.read.parquet(rec.store.uri(train_dir(spec, "v2")))))
+    fill = cold_start_fill(spec, train)
+    users = train.select(USER).distinct().count()
+    first = train.where(F.col(ITEM) == fill.getOrDefault("items")[0]).count()
+    assert fill.getOrDefault("fallbacks")[0] == pytest.approx(first / users) and not fill.getOrDefault("clamp")
+    assert 0 < fill.getOrDefault("globalFallback") < max(fill.getOrDefault("fallbacks")) <= 1
+    served = PipelineModel(stages=list(indexers.stages) + [PipelineModel.load(r["model"]).stages[0], fill])
+    out = served.transform(_requests(spark, rec)[0]).collect()
+    assert [x["cold_start"] for x in out] == [False] * 3 + [True] * 4
+    assert all(math.isfinite(x["prediction"]) for x in out) and all(0 < x["prediction"] <= 1 for x in out[3:])
 
 
 def test_bad_inputs_fail_clearly(spark, rec, specs):
