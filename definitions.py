@@ -10,6 +10,8 @@ KAFKA_BOOTSTRAP_SERVERS  the broker the live-metrics sensor reads (default 127.0
 MLFLOW_TRACKING_URI  the MLflow tracking server (default http://127.0.0.1:5000, what `make run` starts)
 ML_PLATFORM_MLFLOW_ARTIFACTS  where new MLflow experiments keep artifacts, e.g. s3://bucket/mlflow (default: the
                    tracking server decides)
+ML_PLATFORM_STORE_ENDPOINT / ML_PLATFORM_STORE_TABLE  the prediction store the feedback loop checks requests against
+                   (default: AWS's DynamoDB, table ml_platform_predictions; `make run`: dynalite on loopback)
 ML_PLATFORM_S3_ENDPOINT  an S3-compatible server (MinIO) instead of AWS; AWS_REGION (default us-east-1)
 ML_PLATFORM_HDFS_HTTP_PORT / ML_PLATFORM_HDFS_USER  WebHDFS port (9870) and user (hdfs) for an hdfs:// root
 ML_PLATFORM_EMR_*  the EMR backend (README, "Run on a cluster"): ENTRY_POINT, PIPES_BUCKET, MODE, RELEASE_LABEL,
@@ -79,6 +81,8 @@ SETTINGS = Settings(
     hdfs_http_port=int(os.environ.get("ML_PLATFORM_HDFS_HTTP_PORT", "9870")),
     hdfs_user=os.environ.get("ML_PLATFORM_HDFS_USER", "hdfs"),
     emr=emr_settings(),
+    store_endpoint=os.environ.get("ML_PLATFORM_STORE_ENDPOINT") or None,
+    store_table=os.environ.get("ML_PLATFORM_STORE_TABLE", "ml_platform_predictions"),
 )
 SENSOR_INTERVAL = int(os.environ.get("ML_PLATFORM_SENSOR_INTERVAL", "15"))
 

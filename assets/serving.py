@@ -7,6 +7,7 @@ from dagster import (
     AssetObservation,
     AssetsDefinition,
     AssetSpec,
+    AutomationCondition,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -16,11 +17,43 @@ from assets.common import asset_key, run_job, upstream_value
 from assets.training import FOLLOW
 from ml_platform.serve.messages import topic
 from ml_platform.train.release import promote_after_live_gate
-from resources import ModelRegistryResource, SparkResource
+from resources import ModelRegistryResource, PredictionStoreResource, SparkResource
+from resources.kafka import KafkaResource
 
 # run tags of a promotion requested by the live gate (sensors/live_metrics.py)
 PROMOTE_TAG, EVIDENCE_TAG = "ml_platform/promote_version", "ml_platform/live_gate"
+# the run tag of a run the live-metrics sensor requested because the champion's live quality degraded
+TRIGGER_TAG, DEGRADED = "ml_platform/trigger", "live_quality_degraded"
 METRICS = ("count", "rmse", "mae", "precision", "recall", "pr_auc_approx", "positives")
+
+
+def build_feedback(spec) -> AssetsDefinition:
+    cron = spec.serving.feedback_cron
+    when = f"on cron '{cron}' and " if cron else ""
+
+    @asset(key=asset_key(spec, "feedback"), group_name=spec.name, kinds={"spark", "kafka"},
+           automation_condition=AutomationCondition.on_cron(cron) if cron else None,
+           description=f"The true labels on {topic(spec, 'actuals')}, joined to their requests on "
+                       f"{topic(spec, 'requests')} and checked against the prediction store, landed as a batch file "
+                       f"feedback-*.csv that is ingested, cleaned, checked and trained on like any batch. Collected "
+                       f"{when}when live quality degrades (then any number of rows; otherwise at least "
+                       f"{spec.serving.feedback_min_rows}).")
+    def feedback(context: AssetExecutionContext, spark: SparkResource, kafka: KafkaResource,
+                 predictions: PredictionStoreResource):
+        degraded = context.run.tags.get(TRIGGER_TAG) == DEGRADED
+        s = run_job(context, spark, spec, "feedback", {
+            "bootstrap": kafka.bootstrap_servers, **predictions.describe(),
+            "min_rows": 1 if degraded else spec.serving.feedback_min_rows})
+        what = (f"landed {s['rows']} labelled rows as {s['file']}: the new-batch sensor ingests it and the retrain "
+                f"follows" if s["file"] else s.get("note", "nothing landed"))
+        context.log.info(f"{spec.name} feedback: {what}; left out {s['left_out'] or 'none'}")
+        return MaterializeResult(metadata={
+            "file": s["file"] or "none", "dagster/row_count": s["rows"], "verified": s["verified"],
+            "unverified": s["unverified"], "actuals_read": s["actuals_read"],
+            "left_out": MetadataValue.json(s["left_out"]), "left_out_examples": MetadataValue.json(s["examples"]),
+            "cursor": MetadataValue.json(s["cursor_after"]), "outcome": what})
+
+    return feedback
 
 
 def build_recommendations(spec) -> AssetsDefinition:

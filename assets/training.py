@@ -51,6 +51,7 @@ def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
             "mlflow_runs_ended_as_failed": len(orphans), "train_rows": s["train_rows"],
             "holdout_rows": s["holdout_rows"], "batches": len(s["batches"]),
             "batch_keys": MetadataValue.json(s["batches"]), "data_hash": s["data_hash"],
+            "feedback_rows": s.get("feedback_rows", 0),
             "time_range": f"{s['first_ingested_at']} .. {s['last_ingested_at']}",
             **({f"{spec.target}_stats": MetadataValue.json({k: t[k] for k in ("mean", "std", "min", "max")})}
                if spec.task in ("regression", "classification", "recommendation") else {}),
@@ -74,10 +75,12 @@ def build_feature_pipeline_asset(spec: DatasetSpec) -> AssetsDefinition:
     def feature_pipeline(context: AssetExecutionContext, spark: SparkResource):
         version = upstream_value(context, [asset_key(spec, "training_set")], "version")
         s = run_job(context, spark, spec, "feature_pipeline", {"version": version})
-        return MaterializeResult(metadata={
-            "version": version, "numeric_features": len(s["numeric"]), "categorical_features": len(s["categorical"]),
-            "levels_kept": MetadataValue.json(s["levels"]), "stages": MetadataValue.json(s["stages"]),
-            "path": MetadataValue.path(s["path"]),
-        })
+        if "users" in s:  # a recommendation's pipeline indexes users and items only
+            shape = {"users": s["users"], "items": s["items"], "user_column": s["user"], "item_column": s["item"]}
+        else:
+            shape = {"numeric_features": len(s["numeric"]), "categorical_features": len(s["categorical"]),
+                     "levels_kept": MetadataValue.json(s["levels"])}
+        return MaterializeResult(metadata={"version": version, **shape, "stages": MetadataValue.json(s["stages"]),
+                                           "path": MetadataValue.path(s["path"])})
 
     return feature_pipeline

@@ -31,7 +31,7 @@ from ml_platform.train.algorithms import LINEAR_FEATURES, ROW_ID, algorithm  # n
 from ml_platform.train.clustering import RESTARTS, _silhouette, fit_restarts  # noqa: E402
 from ml_platform.train.features import fit_feature_pipeline  # noqa: E402
 
-SPEC = ROOT / "tests" / "specs" / "customers.yaml"
+SPEC = ROOT / "ml_platform" / "specs" / "customers.yaml"
 NUMERIC = ["annual_spend", "visits_per_month", "avg_basket", "tenure_months", "online_share"]
 
 

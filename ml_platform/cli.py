@@ -79,7 +79,11 @@ def _simulate(a) -> int:
     if a.dataset not in GENERATORS:
         print(f"no simulator for dataset {a.dataset!r}; simulators exist for {sorted(GENERATORS)}", file=sys.stderr)
         return 2
-    cfg = SimConfig(a.dataset, a.rows_per_batch, seed=a.seed, test_share=a.test_share, broken_share=a.broken_share)
+    if a.drift and a.dataset != "used_cars":
+        print(f"--drift: only the used_cars simulator has a market to move, not {a.dataset!r}", file=sys.stderr)
+        return 2
+    cfg = SimConfig(a.dataset, a.rows_per_batch, seed=a.seed, test_share=a.test_share, broken_share=a.broken_share,
+                    drift=a.drift)
     written = simulate(cfg, Path(a.landing), Path(a.test_dir) if a.test_dir else None, a.batches, a.every,
                        show_progress=not a.quiet,
                        on_batch=lambda p: print(f"landed {p}", flush=True) if a.every else None)
@@ -261,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--test-share", type=float, default=0.1)
     s.add_argument("--broken-share", type=float, default=0.002, help="share of deliberately broken rows")
+    s.add_argument("--drift", type=float, default=0.0,
+                   help="used_cars: prices (1 + drift) times higher, older cars keeping value (a moved market)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_simulate)
 

@@ -114,10 +114,21 @@ def _promote(spark, store, spec, a, tracker, log):
     return promotion_gate(spark, store, tracker, spec, a["challenger"])
 
 
+def _feedback(spark, store, spec, a, tracker, log):
+    from ml_platform.serve.feedback import collect
+    from ml_platform.serve.store import PredictionStore
+
+    predictions = PredictionStore(a["store_table"], a.get("store_endpoint"), a.get("region", "us-east-1"))
+    try:
+        return collect(spark, store, spec, a["bootstrap"], predictions, min_rows=int(a.get("min_rows", 1)))
+    finally:
+        predictions.close()
+
+
 # imported on call: a job for the data layers runs where MLflow and xgboost are not installed
 JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set": _training_set,
                              "feature_pipeline": _feature_pipeline, "models": _models, "stack": _stack,
-                             "promote": _promote, "top_n": _top_n}
+                             "promote": _promote, "top_n": _top_n, "feedback": _feedback}
 NEEDS_TRACKER = {"models", "stack", "promote"}
 
 

@@ -10,6 +10,7 @@ root ('/'-separated); `store.uri(path)` turns one into what Spark reads and writ
     silver/<dataset>/batch=<key>/               cleaned, typed rows (Parquet)
     silver/<dataset>/_accepted/<key>.json       written by the cleaning job when the batch passed its blocking checks
     silver/<dataset>/_rejected/<key>.json       written by the cleaning job when it did not: {"partition", "why": [...]}
+    feedback/<dataset>/cursor.json              the next offset per <dataset>.actuals partition the feedback loop reads
     gold/<dataset>/<version>/                   one retrain: train/, holdout/, training_set.json, feature_pipeline/,
                                                 models/<algorithm>/{model,oof,result.json}, stacked_model/, *.json
 """
@@ -29,6 +30,13 @@ def landing_dir(spec: _Named) -> str:
 
 def landed_file(spec: _Named, name: str) -> str:
     return f"{landing_dir(spec)}/{name}"
+
+
+FEEDBACK_PREFIX = "feedback-"  # landing files of labelled served requests (serve/feedback.py), and their batches
+
+
+def feedback_cursor(spec: _Named) -> str:
+    return f"feedback/{spec.name}/cursor.json"
 
 
 def quarantine_files_dir(spec: _Named) -> str:

@@ -89,6 +89,7 @@ class TrainingSpec:
     margin: float = 0.01               # challenger must beat the champion by this (relative RMSE / absolute PR-AUC)
     thresholds: dict[str, float] = field(default_factory=dict)  # min_r2, max_rmse, min_pr_auc, min_roc_auc
     parallelism: int = 2               # base models trained at once, and CV param maps in parallel
+    extend_grid: bool = False          # a best setting at a numeric grid's edge: also try one step beyond it
 
 
 CHALLENGER_MODES = ("off", "shadow", "split")
@@ -121,6 +122,9 @@ class ServingSpec:
     degrade_n: int = 3                 # retrain when N of the last M windows are past the threshold
     degrade_m: int = 5
     min_window_count: int = 20         # windows with fewer joined predictions are not judged
+    # the feedback loop (serve/feedback.py): actuals joined to their requests land as a labelled batch
+    feedback_cron: str | None = "0 0 * * *"  # when <ds>/feedback collects on its own (None: only on degradation)
+    feedback_min_rows: int = 20        # fewer new labelled rows wait for the next collection
     challenger: ChallengerSpec = field(default_factory=ChallengerSpec)
 
 
@@ -188,6 +192,31 @@ class DatasetSpec:
             return None
         lo, hi = self.label_range
         return None if v in self.unlabelled or not lo <= v <= hi else v
+
+    def raw_label(self, value: float) -> str:
+        """The target as a batch file spells it, for a label as actuals carry it (label_value's inverse): a class
+        index becomes its text, a number stays a number. ValueError when cleaning would not read it back."""
+        if self.target is None:
+            raise ValueError(f"{self.name} has no target: a clustering spec takes no labels")
+        v = float(value)
+        if self.classes:
+            if v != int(v) or not 0 <= v < len(self.classes):
+                raise ValueError(f"actual {value!r} is not a class index 0..{len(self.classes) - 1}")
+            text = self.classes[int(v)]
+        elif self.positive is not None:
+            if v not in (0.0, 1.0):
+                raise ValueError(f"actual {value!r} is not 0 or 1")
+            text = self.positive if v == 1.0 else next(t for t in ("0", "no", "negative", f"not {self.positive}")
+                                                        if t != self.positive and t not in self.unlabelled)
+        elif self.task == "classification" and v not in (0.0, 1.0):
+            raise ValueError(f"actual {value!r} is not 0 or 1")
+        else:
+            text = repr(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
+        if self.label_value(text) != (1.0 if self.positive is not None and v == 1.0 else
+                                      0.0 if self.positive is not None else v):
+            raise ValueError(f"actual {value!r} is not a label {self.name} keeps (outside label_range "
+                             f"{list(self.label_range)}, or one of unlabelled)")
+        return text
 
     @property
     def column_names(self) -> list[str]:
@@ -511,6 +540,11 @@ def _serving(src: str, raw: dict) -> ServingSpec:
         raise _fail(src, f"serving.degrade_metric {s.degrade_metric!r} is not a live metric")
     if not 1 <= s.degrade_n <= s.degrade_m:
         raise _fail(src, f"serving.degrade_n must be in [1, degrade_m], got {s.degrade_n} of {s.degrade_m}")
+    if s.feedback_cron is not None and not (isinstance(s.feedback_cron, str) and len(s.feedback_cron.split()) == 5):
+        raise _fail(src, f"serving.feedback_cron must be a cron string of 5 fields (e.g. '0 0 * * *') or null, got "
+                         f"{s.feedback_cron!r}")
+    if isinstance(s.feedback_min_rows, bool) or not isinstance(s.feedback_min_rows, int) or s.feedback_min_rows < 1:
+        raise _fail(src, f"serving.feedback_min_rows must be a whole number >= 1, got {s.feedback_min_rows!r}")
     return s
 
 
@@ -547,6 +581,8 @@ def _training(src: str, raw: dict, known: set[str]) -> TrainingSpec:
         raise _fail(src, f"training.folds must be at least 2, got {t.folds}")
     if t.window is not None and t.window < 1:
         raise _fail(src, f"training.window must be a positive number of batches or absent, got {t.window}")
+    if not isinstance(t.extend_grid, bool):
+        raise _fail(src, f"training.extend_grid must be true or false, got {t.extend_grid!r}")
     return t
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from resources.emr import EmrSparkResource
 from resources.kafka import KafkaResource
+from resources.prediction_store import PredictionStoreResource
 from resources.registry import MlflowRegistry, ModelRegistryResource
 from resources.spark import LocalSparkResource, SparkResource, StandaloneSparkResource
 from resources.storage import HdfsStorage, LocalStorage, S3Storage, StorageResource
@@ -36,6 +37,8 @@ class Settings:
     hdfs_http_port: int = 9870
     hdfs_user: str = "hdfs"
     emr: dict | None = None  # EmrSparkResource fields (ML_PLATFORM_EMR_*)
+    store_endpoint: str | None = None  # the prediction store (None: AWS's DynamoDB)
+    store_table: str = "ml_platform_predictions"
 
 
 def storage_for(settings: Settings) -> StorageResource:
@@ -76,9 +79,11 @@ def resources_for(env: str, settings: Settings) -> dict:
     return {"spark": spark_for(env, settings, storage), "storage": storage,
             "registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url,
                                        artifact_root=settings.mlflow_artifact_root),
-            "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap)}
+            "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+            "predictions": PredictionStoreResource(table=settings.store_table, endpoint_url=settings.store_endpoint,
+                                                   region=settings.aws_region)}
 
 
 __all__ = ["EmrSparkResource", "HdfsStorage", "KafkaResource", "LocalSparkResource", "LocalStorage", "MlflowRegistry",
-           "ModelRegistryResource", "S3Storage", "Settings", "SparkResource", "StandaloneSparkResource",
-           "StorageResource", "resources_for"]
+           "ModelRegistryResource", "PredictionStoreResource", "S3Storage", "Settings", "SparkResource",
+           "StandaloneSparkResource", "StorageResource", "resources_for"]

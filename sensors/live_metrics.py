@@ -1,7 +1,12 @@
 """live_metrics_sensor: the scorer's live metrics become observations of <dataset>/live_metrics (beside the
 lineage in the UI; champion and challenger side by side per window), a degradation of the champion past the spec's
-threshold in N of the last M windows requests a retrain, and a challenger whose live metrics pass the live gate
-(serving.challenger.gate_windows) is promoted through a run of serving_deployment.
+threshold in N of the last M windows requests a retrain that learns from what was served, and a challenger whose
+live metrics pass the live gate (serving.challenger.gate_windows) is promoted through a run of serving_deployment.
+
+The retrain it requests is a run of <dataset>/feedback: the actuals that arrived are landed as a labelled batch, and
+that batch's ingestion, cleaning and checks trigger the retrain like any batch (training_set's automation), so the
+new model sees the rows the old one got wrong. A retrain of the same batches alone would reproduce the served model.
+A dataset without a target (clustering) has neither live quality nor feedback: its retrain is the plain chain.
 
 Why a run and not an alias move here: the promotion then is a materialization of serving_deployment, with its
 decision and evidence in the asset's history beside every other promotion, and alias moves stay in one asset."""
@@ -19,7 +24,7 @@ from dagster import (
 )
 
 from assets.common import asset_key
-from assets.serving import EVIDENCE_TAG, PROMOTE_TAG, window_observations
+from assets.serving import DEGRADED, EVIDENCE_TAG, PROMOTE_TAG, TRIGGER_TAG, window_observations
 from ml_platform.serve.live import challenger_verdict, judge
 from ml_platform.serve.messages import topic
 from ml_platform.spec import DatasetSpec
@@ -43,17 +48,19 @@ def roles(spec: DatasetSpec, registry: ModelRegistryResource) -> tuple[str | Non
 def build_live_metrics_sensor(spec: DatasetSpec, interval_seconds: int = 30) -> SensorDefinition:
     live = asset_key(spec, "live_metrics")
     deployment = asset_key(spec, "serving_deployment")
-    retrain = [asset_key(spec, k) for k in CHAIN] + [asset_key(spec, f"model_{n}") for n in spec.algorithms]
+    retrain = ([asset_key(spec, "feedback")] if spec.target else
+               [asset_key(spec, k) for k in CHAIN] + [asset_key(spec, f"model_{n}") for n in spec.algorithms])
     s = spec.serving
     rule = (f"{s.degrade_metric} past {s.degrade_threshold} in {s.degrade_n} of the last {s.degrade_m} windows"
             if s.degrade_metric else "no retrain rule in the spec")
     gate = (f"; promotes a challenger no worse than the champion over {s.challenger.gate_windows} windows"
             if s.challenger.gate_windows else "")
 
-    @sensor(name=f"{spec.name}_live_metrics_sensor", asset_selection=retrain, minimum_interval_seconds=interval_seconds,
+    @sensor(name=f"{spec.name}_live_metrics_sensor", asset_selection=[*retrain, deployment],
+            minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING,
             description=f"Reads {topic(spec, 'metrics')} into observations of {live.to_user_string()}; requests "
-                        f"a retrain when {rule}{gate}.")
+                        f"a retrain on the actuals (<dataset>/feedback) when {rule}{gate}.")
     def live_metrics_sensor(context: SensorEvaluationContext, kafka: KafkaResource, registry: ModelRegistryResource):
         cur = json.loads(context.cursor) if context.cursor else {"offsets": {}, "recent": []}
         offsets = {int(k): v for k, v in cur["offsets"].items()}
@@ -73,13 +80,14 @@ def build_live_metrics_sensor(spec: DatasetSpec, interval_seconds: int = 30) -> 
         if degraded:
             last = new[-1]["window_end"] if new else "unknown"
             runs.append(RunRequest(run_key=f"{spec.name}-degraded-{last}", asset_selection=retrain,
-                                   tags={"ml_platform/trigger": "live_quality_degraded", "ml_platform/rule": rule}))
-            context.log.warning(f"{spec.name}: live quality degraded ({rule}); requesting a retrain")
+                                   tags={TRIGGER_TAG: DEGRADED, "ml_platform/rule": rule}))
+            context.log.warning(f"{spec.name}: live quality degraded ({rule}); requesting a retrain "
+                                + ("on the served requests' actuals (feedback)" if spec.target else ""))
         promote, why = challenger_verdict(spec, recent, champion, challenger)
         if promote and new:
             # run_key: one promotion request per challenger version, however many ticks still see it pass
             runs.append(RunRequest(run_key=f"{spec.name}-live-gate-{challenger}", asset_selection=[deployment],
-                                   tags={"ml_platform/trigger": "challenger_live_gate", PROMOTE_TAG: challenger,
+                                   tags={TRIGGER_TAG: "challenger_live_gate", PROMOTE_TAG: challenger,
                                          EVIDENCE_TAG: why[:1000]}))
             context.log.info(f"{spec.name}: {why}; requesting its promotion")
         events = window_observations(spec, new, champion, challenger)

@@ -24,7 +24,7 @@ from ml_platform.train.features import build_feature_pipeline
 from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import land_batches
 
-SPEC = Path(__file__).parent / "specs" / "customers.yaml"
+SPEC = Path(__file__).resolve().parent.parent / "ml_platform" / "specs" / "customers.yaml"
 # small grids around the four segments; k=1 is a setting Spark refuses, to be reported and skipped
 GRIDS = {"kmeans": {"grid": {"k": [1, 3, 4, 5]}}, "bisecting_kmeans": {"grid": {"k": [4]}},
          "gmm": {"grid": {"k": [4]}}}

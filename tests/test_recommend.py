@@ -47,7 +47,7 @@ from ml_platform.train.training_set import TrainingError, build_training_set
 from tests.training_data import land_batches
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "tests" / "specs" / "movie_ratings.yaml"
+SPEC = ROOT / "ml_platform" / "specs" / "movie_ratings.yaml"
 
 
 @pytest.fixture(scope="module")

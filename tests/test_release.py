@@ -18,7 +18,7 @@ from ml_platform.train.registry import CHALLENGER, CHAMPION, PREVIOUS
 from ml_platform.train.release import promotion_gate
 from ml_platform.train.training_set import training_version
 from resources import LocalSparkResource, LocalStorage, MlflowRegistry
-from tests.training_data import small
+from tests.training_data import small, unused_serving_resources
 
 CHAIN = ["training_set", "feature_pipeline", "model_linear", "model_random_forest", "stacked_model",
          "serving_deployment"]
@@ -33,7 +33,7 @@ def platform(spark, specs, tmp_path_factory):
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db", ui_url="http://127.0.0.1:5000")
     storage = LocalStorage(root=str(store.root))
     resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage,
-                 "registry": registry}
+                 "registry": registry, **unused_serving_resources()}
     instance = DagsterInstance.ephemeral()
     yield spec, store, build_dataset_assets(spec), resources, instance, registry.tracker()
     instance.dispose()

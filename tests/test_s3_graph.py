@@ -13,7 +13,7 @@ from ml_platform.layout import holdout_dir, stacked_model_dir
 from ml_platform.local.simulate import SimConfig, write_batch
 from ml_platform.train.algorithms import ROW_ID
 from resources import LocalSparkResource, MlflowRegistry, S3Storage
-from tests.training_data import small
+from tests.training_data import small, unused_serving_resources
 
 CHAIN = ["training_set", "feature_pipeline", "model_linear", "model_random_forest", "stacked_model",
          "serving_deployment"]
@@ -34,7 +34,7 @@ def test_graph_runs_on_s3(minio, specs, tmp_path, s3_spark):
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                               artifact_root=f"s3://platform/mlflow-{run_id}")
     resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2), "storage": storage,
-                 "registry": registry}
+                 "registry": registry, **unused_serving_resources()}
     assets = build_dataset_assets(spec)
     with DagsterInstance.ephemeral() as instance:
         for b in (1, 2):

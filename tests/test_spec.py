@@ -185,3 +185,14 @@ def test_new_task_kinds_parse():
     rec = parse_spec(data, "t.yaml")
     assert rec.recommend == RecommendSpec(user="k", item="y", implicit=True, top_n=10, eval_k=10)
     assert rec.feature_columns() == ([], [])  # the user and item are ALS's inputs, not features
+
+
+def test_raw_label_is_what_cleaning_reads_back_and_refuses_what_it_would_not(specs):
+    used, fraud, tickets = specs["used_cars"], specs["fraud"], specs["tickets"]
+    for spec, value, text in ((used, 12345.0, "12345"), (used, 1234.5, "1234.5"), (fraud, 1, "1"),
+                              (tickets, 2, tickets.classes[2]), (specs["movie_ratings"], 4.5, "4.5")):
+        assert spec.raw_label(value) == text and spec.label_value(text) == float(value)
+    for spec, value, why in ((used, -5, "outside label_range"), (fraud, 0.5, "not 0 or 1"),
+                             (tickets, 9, "not a class index"), (specs["customers"], 1, "no target")):
+        with pytest.raises(ValueError, match=why):
+            spec.raw_label(value)

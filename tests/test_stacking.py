@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir
 from ml_platform.spec import ColumnSpec, SpecError, parse_spec
 from ml_platform.stores import LocalStore
-from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, beyond_edges, edge_notes
 from ml_platform.train.explain import explain_models, importance_table
 from ml_platform.train.features import FeatureError, build_feature_pipeline
 from ml_platform.train.models import featurized, train_models
@@ -173,6 +173,27 @@ def test_glm_takes_family_and_link_from_the_spec(spark, trained):
     model = PipelineModel.load(res["model"]).stages[0]
     assert (model.getOrDefault("family"), model.getOrDefault("link")) == ("gamma", "log")
     assert res["grid_edges"] and "regParam" in res["grid_edges"][0]  # two values, the best is one of the ends
+
+
+def test_a_best_setting_at_the_grids_edge_is_searched_one_step_beyond_when_asked(spark, trained):
+    spec, store, *_ = trained
+    # heavy shrinkage: the smallest regParam wins, so the search also tries a tenth of it
+    linear = small(spec, algorithms={"linear": {"grid": {"regParam": [3.0, 30.0], "elasticNetParam": [0.0]}}},
+                   extend_grid=True)
+    res = train_models(spark, store, linear, "v1", ["linear"], 1)["linear"]
+    assert isinstance(res, dict), res
+    assert res["grid_extended"] == [{"regParam": 0.3, "elasticNetParam": 0.0}]
+    assert res["best_params"]["regParam"] == 0.3 and len(res["cv_all"]) == 3 and res["grid_edges"] == []
+    assert PipelineModel.load(res["model"]).stages[0].getRegParam() == 0.3
+    notes = edge_notes({"linear": res})
+    assert notes == ["Grid extended: linear: also tried [{'regParam': 0.3, 'elasticNetParam': 0.0}]; best "
+                     "{'regParam': 0.3, 'elasticNetParam': 0.0}"]
+    assert beyond_edges(linear, "linear", {"regParam": 30.0, "elasticNetParam": 0.0}) == [
+        {"regParam": 300.0, "elasticNetParam": 0.0}]
+    depth = small(spec, algorithms={"gbt": {"grid": {"maxDepth": [2, 4], "subsamplingRate": [0.5, 1.0]}}})
+    # whole numbers step by their difference; a share never steps past 1
+    assert beyond_edges(depth, "gbt", {"maxDepth": 4, "subsamplingRate": 1.0}) == [
+        {"maxDepth": 6, "subsamplingRate": 1.0}]
 
 
 def test_failing_algorithm_is_reported_and_the_others_still_train(spark, trained):

@@ -2,7 +2,6 @@
 search spaces) -> landed batches -> raw, cleaned, training set, feature pipeline, models, the served model,
 serving_deployment -> an MLflow champion -> predictions through the Kafka scorer and the REST API, which agree."""
 
-import dataclasses
 import json
 import time
 
@@ -26,11 +25,13 @@ from ml_platform.train.registry import CHAMPION
 from resources import LocalSparkResource, LocalStorage, MlflowRegistry
 from spark_streaming.scorer import Status, scoring_query
 from tests.test_serving import _run, _send
-from tests.training_data import small
+from tests.training_data import small, unused_serving_resources
 
 SMALL = {
     "tickets": {"logistic": {"grid": {"regParam": [0.01]}}, "naive_bayes": {"grid": {"smoothing": [1.0]}},
                 "gbt": {"grid": {"maxDepth": [2], "maxIter": [3]}}},
+    "customers": {"kmeans": {"grid": {"k": [3, 4]}}, "gmm": {"grid": {"k": [4]}}},
+    "movie_ratings": {"als": {"grid": {"rank": [6], "regParam": [0.1], "maxIter": [6]}}},
 }
 AFTER_CLEANING = ["training_set", "feature_pipeline", "stacked_model", "serving_deployment"]
 
@@ -40,7 +41,7 @@ def _platform(spec, root):
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db")
     storage = LocalStorage(root=str(store.root))
     resources = {"spark": LocalSparkResource(storage=storage, threads="2", shuffle_partitions=2),
-                 "storage": storage, "registry": registry}
+                 "storage": storage, "registry": registry, **unused_serving_resources()}
     return store, resources, registry.tracker()
 
 
@@ -59,7 +60,8 @@ def _train_and_promote(spec, root, batches=(1, 2), rows=250):
         instance.add_dynamic_partitions(f"{spec.name}_batches", [key])
         assert materialize(assets[:2], partition_key=key, instance=instance, resources=resources).success
     keys = [AssetKey([spec.name, c]) for c in AFTER_CLEANING] + [
-        AssetKey([spec.name, f"model_{n}"]) for n in spec.algorithms]
+        AssetKey([spec.name, f"model_{n}"]) for n in spec.algorithms] + (
+        [AssetKey([spec.name, "recommendations"])] if spec.task == "recommendation" else [])
     run = materialize(assets, selection=keys, instance=instance, resources=resources)
     assert run.success
     instance.dispose()
@@ -67,8 +69,9 @@ def _train_and_promote(spec, root, batches=(1, 2), rows=250):
 
 
 def _serve(spark, kafka, spec, tracker, rows, tmp_path):
-    """The same raw rows through the Kafka scorer and through REST -> (Kafka predictions, REST results) by id."""
-    served = dataclasses.replace(spec, name=f"t_{spec.name}")
+    """The same raw rows through the Kafka scorer and through REST -> (Kafka predictions, REST results) by id, and
+    the REST client for more calls (open until the test ends)."""
+    served = spec
     ensure_topics(kafka.bootstrap, served.name)
     _send(kafka.bootstrap, served, [(f"r{i}", json.dumps(request(spec, f"r{i}", r)).encode())
                                     for i, r in enumerate(rows)])
@@ -90,7 +93,13 @@ def _serve(spark, kafka, spec, tracker, rows, tmp_path):
         body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
             request(spec, f"r{i}", r) for i, r in enumerate(rows)]})
         assert body.status_code == 200, body.text
-    return preds, {r["request_id"]: r for r in body.json()["results"]}
+        extra = {}
+        if spec.task == "recommendation":
+            for user in (rows[0][spec.recommend.user], "nobody-ever"):
+                extra[user] = client.get(f"/datasets/{served.name}/recommendations/{user}", params={"n": 5})
+        else:
+            extra["refused"] = client.get(f"/datasets/{served.name}/recommendations/u1")
+    return preds, {r["request_id"]: r for r in body.json()["results"]}, extra
 
 
 def _stream(spec, tmp_path, n=30):
@@ -110,7 +119,8 @@ def test_multiclass_end_to_end(spark, specs, kafka, tmp_path):
     training = _meta(run, AssetKey([spec.name, "training_set"]))
     assert set(training["rows_by_class (train)"]) == set(spec.classes)
     rows = _stream(spec, tmp_path)
-    preds, rest = _serve(spark, kafka, spec, tracker, rows, tmp_path)
+    preds, rest, extra = _serve(spark, kafka, spec, tracker, rows, tmp_path)
+    assert extra["refused"].status_code == 409 and "task recommendation" in extra["refused"].text
     for rid, p in preds.items():
         assert p["label"] == spec.classes[int(p["prediction"])] and p["model_version"] == champion
         assert set(p["probabilities"]) == set(spec.classes)
@@ -119,3 +129,44 @@ def test_multiclass_end_to_end(spark, specs, kafka, tmp_path):
         r = rest[rid]
         assert r["status"] == "scored" and r["label"] == p["label"] and r["prediction"] == p["prediction"]
     assert len(preds) == len(rows)
+
+
+def test_clustering_end_to_end(spark, specs, kafka, tmp_path):
+    spec = small(specs["customers"], algorithms=SMALL["customers"], folds=2)
+    store, tracker, run = _train_and_promote(spec, tmp_path, rows=300)
+    assert tracker.version_for(spec.name, CHAMPION) == "1"
+    stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
+    sizes = stacked["cluster_sizes"]
+    assert "silhouette" in stacked["leaderboard"] and stacked["holdout silhouette"] > 0.2
+    assert len(sizes) == stacked["holdout k"] and sum(sizes.values()) > 0
+    rows = _stream(spec, tmp_path)
+    preds, rest, extra = _serve(spark, kafka, spec, tracker, rows, tmp_path)
+    assert extra["refused"].status_code == 409
+    assert len(preds) == len(rows)
+    for rid, p in preds.items():
+        assert p["prediction"] == int(p["prediction"]) and 0 <= p["prediction"] < stacked["holdout k"]
+        if stacked["served"] == "gmm":  # a mixture model says how sure it is of each cluster
+            assert sum(p["probabilities"].values()) == pytest.approx(1.0)
+        assert rest[rid]["prediction"] == p["prediction"]
+
+
+def test_recommendation_end_to_end(spark, specs, kafka, tmp_path):
+    spec = small(specs["movie_ratings"], algorithms=SMALL["movie_ratings"], folds=2)
+    store, tracker, run = _train_and_promote(spec, tmp_path, rows=1500)
+    assert tracker.version_for(spec.name, CHAMPION) == "1"
+    stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
+    assert "popularity" in stacked["leaderboard"] and "ndcg" in stacked["leaderboard"]
+    top = _meta(run, AssetKey([spec.name, "recommendations"]))
+    assert top["users"] > 0 and top["dagster/row_count"] == top["users"] * spec.recommend.top_n
+    rows = _stream(spec, tmp_path)
+    rows.append(dict(rows[0], **{spec.recommend.user: "nobody-ever"}))  # a user the model never saw
+    preds, rest, extra = _serve(spark, kafka, spec, tracker, rows, tmp_path)
+    assert len(preds) == len(rows)
+    lo, hi = spec.label_range
+    for rid, p in preds.items():
+        assert lo <= p["prediction"] <= hi and rest[rid]["prediction"] == p["prediction"]
+    assert preds[f"r{len(rows) - 1}"]["cold_start"] is True
+    known, unknown = (extra[u] for u in (rows[0][spec.recommend.user], "nobody-ever"))
+    assert known.status_code == 200 and unknown.status_code == 200, (known.text, unknown.text)
+    assert len(known.json()["items"]) == 5 and known.json()["cold_start"] is False
+    assert unknown.json()["cold_start"] is True and len(unknown.json()["items"]) == 5

@@ -39,3 +39,13 @@ def land_batches(spark, store, spec, batches, rows=250, seed=11):
         mark_accepted(store, spec, k, True, clean_stored_batch(spark, store, spec, k))
         keys.append(k)
     return keys
+
+
+def unused_serving_resources() -> dict:
+    """Resources of <dataset>/feedback for asset tests that never select it (Dagster wants every asset's resources):
+    loopback addresses nothing listens on, so a run that did reach them would fail, not touch a real service."""
+    from resources import PredictionStoreResource
+    from resources.kafka import KafkaResource
+
+    return {"kafka": KafkaResource(bootstrap_servers="127.0.0.1:9"),
+            "predictions": PredictionStoreResource(endpoint_url="http://127.0.0.1:9")}

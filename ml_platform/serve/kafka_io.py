@@ -100,6 +100,19 @@ def follow(bootstrap: str, topics: list[str], from_beginning: bool = False) -> I
         c.close()
 
 
+def end_offsets(bootstrap: str, name: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """partition -> the offset the next message will get (empty for a missing topic)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      request_timeout_ms=int(timeout_s * 1000) + 10000)
+    try:
+        parts = [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or [])]
+        return {tp.partition: off for tp, off in c.end_offsets(parts).items()} if parts else {}
+    finally:
+        c.close()
+
+
 def read_new(bootstrap: str, name: str, offsets: dict[int, int], max_messages: int = 500,
              timeout_s: float = 3.0) -> tuple[list[dict], dict[int, int]]:
     """Messages after `offsets` (partition -> next offset; a partition not named starts at its beginning), at

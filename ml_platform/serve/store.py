@@ -261,6 +261,19 @@ class PredictionStore:
         out["predictions"].sort(key=lambda p: (not p["served"], p["scored_at"] or ""))
         return out
 
+    def served_hashes(self, dataset: str, request_ids: Iterable[str]) -> dict[str, set[str]]:
+        """request_id -> the input_sha256 of every served prediction stored for it (ids with none are left out):
+        what the feedback loop checks a request's bytes against. One query per id, on the store's threads."""
+        def one(rid: str) -> tuple[str, set[str]]:
+            r = self._call("query", TableName=self.table, ConsistentRead=True,
+                           KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
+                           ProjectionExpression="input_sha256",
+                           ExpressionAttributeValues={":pk": {"S": _pk(dataset, rid)}, ":s": {"S": "served#"}})
+            return rid, {it["input_sha256"]["S"] for it in r.get("Items", []) if "S" in it.get("input_sha256", {})}
+
+        run = self._pool.map if self._pool else map
+        return {rid: shas for rid, shas in run(one, list(request_ids)) if shas}
+
     def items(self, dataset: str) -> Iterator[dict]:
         """Every stored item of a dataset as plain values (a full scan: for tests, audits and benchmarks)."""
         kw = {"TableName": self.table, "FilterExpression": "begins_with(pk, :d)", "ConsistentRead": True,

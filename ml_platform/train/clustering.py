@@ -31,7 +31,15 @@ from ml_platform.layout import (
 )
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import LINEAR_FEATURES, ROW_ID, algorithm, grid_edges, param_maps, search_space
+from ml_platform.train.algorithms import (
+    LINEAR_FEATURES,
+    ROW_ID,
+    algorithm,
+    edge_notes,
+    grid_edges,
+    param_maps,
+    search_space,
+)
 from ml_platform.train.models import _root_cause, each_model, featurized
 from ml_platform.train.training_set import TrainingError
 
@@ -229,7 +237,7 @@ def cluster_leaderboard(spec: DatasetSpec, results: dict, selected: dict) -> tup
     notes = [f"Served: {selected['choice']}.",
              f"Cluster sizes of {selected['served']} on the holdout ({total} rows): "
              + ", ".join(f"{c}: {v} ({v / total:.0%})" for c, v in sizes.items())]
-    notes += [f"Grid edge: {n}: {e}" for n, r in sorted(ok.items()) for e in r.get("grid_edges", [])]
+    notes += edge_notes(ok)
     notes += [f"Skipped: {n} {_params_text(x['params'])}: {x['reason']}" for n, r in sorted(ok.items())
               for x in r.get("skipped", [])]
     notes += [f"Failed: {n}: {r if isinstance(r, Exception) else r.get('error')}" for n, r in sorted(results.items())

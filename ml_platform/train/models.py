@@ -19,7 +19,17 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT, algorithm, grid_edges, param_maps, search_space
+from ml_platform.train.algorithms import (
+    FOLD,
+    LABEL,
+    ROW_ID,
+    WEIGHT,
+    algorithm,
+    beyond_edges,
+    grid_edges,
+    param_maps,
+    search_space,
+)
 from ml_platform.train.metrics import (
     class_probabilities,
     classification_metrics,
@@ -151,14 +161,31 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
         cvm = cv.fit(train)
     except Exception as e:  # noqa: BLE001 - any estimator failure becomes a clear error on this model's asset
         raise TrainingError(f"{where}: training failed: {_root_cause(e)}") from e
-    train_seconds = time.perf_counter() - t0
     avg, std = [float(x) for x in cvm.avgMetrics], [float(x) for x in cvm.stdMetrics]
     best = max(range(len(avg)), key=lambda i: avg[i] if larger else -avg[i])
+    # which CV run holds each setting's fold models: the spec's, then the one past the grid's edges (if any)
+    runs = [(cvm, 0)]
+    more = beyond_edges(spec, name, settings[best]) if spec.training.extend_grid else []
+    if more:
+        log(f"{where}: best {settings[best]} is at its grid's edge; also trying {more}")
+        try:
+            ext = cv.copy({cv.estimatorParamMaps: param_maps(est, more, f"spec {spec.name}: algorithms.{name}")}) \
+                .fit(train)
+        except Exception as e:  # noqa: BLE001 - a step Spark refuses ends the extension, not the model
+            log(f"{where}: the settings past the grid's edge failed: {_root_cause(e)}")
+            more = []
+        else:
+            runs.append((ext, len(settings)))
+            settings, avg, std = settings + more, avg + [float(x) for x in ext.avgMetrics], \
+                std + [float(x) for x in ext.stdMetrics]
+            best = max(range(len(avg)), key=lambda i: avg[i] if larger else -avg[i])
+    cvm, first = next((r, f) for r, f in reversed(runs) if best >= f)
+    train_seconds = time.perf_counter() - t0
     log(f"{where}: CV done in {train_seconds:.0f}s: best {settings[best]}, {labelled(spec, 'cv')} "
         f"{avg[best]:.4g} ± {std[best]:.2g}; now scoring out-of-fold rows and the holdout")
     t1 = time.perf_counter()
     # out-of-fold: each row scored by the best setting's model that did not see it
-    parts = [cvm.subModels[k][best].transform(train.where(F.col(FOLD) == k))
+    parts = [cvm.subModels[k][best - first].transform(train.where(F.col(FOLD) == k))
              .select(ROW_ID, LABEL, model_score(spec, kind).alias("score")) for k in range(folds)]
     oof = parts[0]
     for p in parts[1:]:
@@ -177,7 +204,7 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     result = {
         "algorithm": name, "version": version, "features": alg.features, "score": kind,
         "search_space": settings, "best_params": settings[best], "param_maps": len(maps), "folds": folds,
-        "grid_edges": grid_edges(spec, name, settings[best]),
+        "grid_edges": grid_edges(spec, name, settings[best]), "grid_extended": more,
         "cv_metric": metric,
         "cv_mean": avg[best], "cv_std": std[best], "cv_all": avg, "holdout": hold, "threshold": threshold,
         "train_seconds": round(train_seconds, 2), "validation_seconds": round(validation_seconds, 2),

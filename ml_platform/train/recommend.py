@@ -47,7 +47,17 @@ from ml_platform.layout import (
 )
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import FOLD, ITEM, LABEL, USER, algorithm, grid_edges, param_maps, search_space
+from ml_platform.train.algorithms import (
+    FOLD,
+    ITEM,
+    LABEL,
+    USER,
+    algorithm,
+    edge_notes,
+    grid_edges,
+    param_maps,
+    search_space,
+)
 from ml_platform.train.features import FeatureError
 from ml_platform.train.metrics import primary
 from ml_platform.train.models import _root_cause
@@ -531,8 +541,7 @@ def recommend_leaderboard(spec: DatasetSpec, results: dict[str, dict], selected:
     notes = [f"Served: {selected['choice']}.",
              f"Relevant: {rule}, items the user has in train excluded; {hold['users']} users evaluated; "
              f"{hold['cold_start']} of {hold['rows']} holdout rows were cold starts (answered by the fallback)."]
-    notes += [f"Grid edge: {n}: {e}" for n, r in sorted(results.items()) if isinstance(r, dict)
-              for e in r.get("grid_edges", [])]
+    notes += edge_notes(results)
     return head + "\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes), rows
 
 

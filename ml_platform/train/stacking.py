@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
-from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, SOFTMAX
+from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, SOFTMAX, edge_notes
 from ml_platform.train.meta import Blend, ProbabilityBlend, classification_meta, multiclass_meta, regression_meta
 from ml_platform.train.metrics import (
     LOG_ODDS,
@@ -304,5 +304,5 @@ def leaderboard(spec: DatasetSpec, results: dict[str, dict], stack: dict) -> tup
         recall = stack["holdout"].get("recall_by_class") or {}
         notes.append("Served model's holdout recall by class: " + ", ".join(
             f"{c} {fmt(v) if v is not None else 'n/a (not in the holdout)'}" for c, v in recall.items()))
-    notes += [f"Grid edge: {n}: {e}" for n, r in sorted(results.items()) for e in r.get("grid_edges", [])]
+    notes += edge_notes(results)
     return head + "\n" + body + "\n\n" + "\n".join(f"- {n}" for n in notes), rows

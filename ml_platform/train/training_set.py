@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from ml_platform.layout import (
+    FEEDBACK_PREFIX,
     accepted_dir,
     accepted_marker,
     batch_record_path,
@@ -125,9 +126,14 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
     if n_train < t.folds * 2 or n_holdout == 0:
         raise TrainingError(f"{spec.name}: {n_train} train and {n_holdout} holdout rows are too few for "
                             f"{t.folds}-fold cross-validation")
+    feedback = [b["partition"] for b in batches if b["partition"].startswith(FEEDBACK_PREFIX)]
+    n_feedback = 0
+    if feedback:  # labelled served requests (serve/feedback.py), after the one-row-per-key rule
+        n_feedback = sum(spark.read.parquet(u).where(F.col(BATCH).isin(feedback)).count()
+                         for u in (train_uri, holdout_uri))
     summary = {
         "version": version,
-        "batches": [b["partition"] for b in batches],
+        "batches": [b["partition"] for b in batches], "feedback_batches": feedback, "feedback_rows": n_feedback,
         "first_ingested_at": batches[0]["ingested_at"], "last_ingested_at": batches[-1]["ingested_at"],
         "data_hash": hashlib.sha256(json.dumps(sorted(b["sha256"] for b in batches)).encode()).hexdigest()[:16],
         "rows": n_train + n_holdout, "train_rows": n_train, "holdout_rows": n_holdout,

@@ -51,6 +51,7 @@ class SimConfig:
     test_share: float = 0.1
     broken_share: float = 0.002
     chunk_rows: int = 50_000
+    drift: float = 0.0  # used_cars only: the market moved; prices are (1 + drift) times what the model learnt
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -64,7 +65,8 @@ def batch_text_chunks(cfg: SimConfig, batch: int) -> Iterator[tuple[str, str, in
     generated = int(round(cfg.rows_per_batch / (1 - cfg.test_share)))
     for i, n in _chunks(generated, cfg.chunk_rows):
         rng = np.random.default_rng([cfg.seed, batch, i])
-        frame = gen.generate(rng, n, id_offset=batch * 10_000_000 + i * cfg.chunk_rows)
+        drift = {"drift": cfg.drift} if cfg.drift else {}  # the other generators have no drift to offer
+        frame = gen.generate(rng, n, id_offset=batch * 10_000_000 + i * cfg.chunk_rows, **drift)
         is_test = rng.random(len(frame)) < cfg.test_share
         header = i == 0
         train_buf, test_buf = io.StringIO(), io.StringIO()

@@ -54,8 +54,9 @@ def _bools(x: np.ndarray) -> np.ndarray:
     return np.where(x, "True", "False").astype(object)
 
 
-def generate(rng: np.random.Generator, n: int, id_offset: int) -> pd.DataFrame:
-    """n clean rows as the source would export them: every value a string, '' or '--' for missing."""
+def generate(rng: np.random.Generator, n: int, id_offset: int, drift: float = 0.0) -> pd.DataFrame:
+    """n clean rows as the source would export them: every value a string, '' or '--' for missing. drift > 0 moves
+    the market: every price (1 + drift) times higher and older cars losing value more slowly, the same features."""
     make_idx = rng.choice(len(MAKE_NAMES), size=n, p=MAKE_P)
     make = np.array(MAKE_NAMES, dtype=object)[make_idx]
     model, model_tier, body, make_tier = (np.empty(n, dtype=object), np.empty(n), np.empty(n, dtype=object),
@@ -87,12 +88,12 @@ def generate(rng: np.random.Generator, n: int, id_offset: int) -> pd.DataFrame:
     truck = body == "Pickup Truck"
 
     base = 26000 * make_tier * model_tier
-    depreciation = np.exp(-0.11 * age - 0.004 * age ** 2)
+    depreciation = np.exp((-0.11 * age - 0.004 * age ** 2) / (1 + drift))
     wear = np.exp(-0.45 * (mileage / 100_000) ** 1.2)
     condition = np.where(flags_missing, 1.0, np.where(accidents, 0.86, 1.0) * np.where(salvage, 0.55, 1.0)
                          * np.where(frame, 0.7, 1.0))
     body_prem = np.where(truck, 1.12 + 0.02 * age, 1.0)  # trucks hold value
-    price = base * depreciation * wear * condition * body_prem * REGION_PREMIUM[city_idx]
+    price = base * (1 + drift) * depreciation * wear * condition * body_prem * REGION_PREMIUM[city_idx]
     price *= (hp / (140 * make_tier ** 0.6 * model_tier)) ** 0.5 * rng.lognormal(0, 0.16, n)
     price = np.round(np.maximum(price, 800), -1)
 
