@@ -60,7 +60,7 @@ from ml_platform.train.algorithms import (
 )
 from ml_platform.train.features import FeatureError
 from ml_platform.train.metrics import primary
-from ml_platform.train.models import _root_cause
+from ml_platform.train.models import _root_cause, each_model
 from ml_platform.train.training_set import TrainingError
 
 RELEVANT_SHARE = 0.75  # explicit: relevant from the low end of the label range plus this share of its width
@@ -349,22 +349,9 @@ def train_recommenders(spark, store: Store, spec: DatasetSpec, version: str, nam
     train, holdout = _indexed(spark, store, spec, version)
     train = train.persist()
     train.count()
-    finished = []
     try:
-        def one(name):
-            try:
-                out = train_recommender(spark, store, spec, version, name, train, holdout, log)
-            except Exception as e:  # noqa: BLE001
-                store.write_json(model_result(spec, version, name), {"algorithm": name, "ok": False, "error": str(e)})
-                out = e if isinstance(e, TrainingError) else TrainingError(f"{spec.name}/model_{name}: {e}")
-                log(f"{spec.name}/model_{name}: failed: {out}")
-            if on_done is not None:
-                on_done(name, out)
-            finished.append(name)
-            log(f"{spec.name}: {len(finished)} of {len(names)} models done")
-            return out
-        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
-            return dict(zip(names, pool.map(one, names), strict=True))
+        return each_model(store, spec, version, names, concurrent, lambda name: train_recommender(
+            spark, store, spec, version, name, train, holdout, log), log, on_done)
     finally:
         train.unpersist()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ml_platform.local.simulate.breakage import break_rows
+
 COLUMNS = ["customer_id", "annual_spend", "visits_per_month", "avg_basket", "tenure_months", "online_share",
            "channel", "region"]
 SEGMENTS = ["regulars", "premium", "online", "lapsing"]
@@ -65,15 +67,4 @@ def generate(rng: np.random.Generator, n: int, id_offset: int) -> pd.DataFrame:
 
 def broken_lines(rng: np.random.Generator, good: pd.DataFrame) -> list[str]:
     """Malformed lines from real rows: a spend that is not a number, a row cut short, an online share above 1."""
-    lines = []
-    for i in range(len(good)):
-        row = [str(v) for v in good.iloc[i]]
-        kind = i % 3
-        if kind == 0:
-            row[COLUMNS.index("annual_spend")] = "n/a"
-        elif kind == 1:
-            row = row[:4]
-        else:
-            row[COLUMNS.index("online_share")] = "1.7"
-        lines.append(",".join(row))
-    return lines
+    return break_rows(good, COLUMNS, [{"annual_spend": "n/a"}, 4, {"online_share": "1.7"}])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ml_platform.local.simulate.breakage import break_rows, repeat_some
 from ml_platform.spec import builtin_specs
 
 COLUMNS = builtin_specs()["fraud"].column_names
@@ -34,21 +35,9 @@ def generate(rng: np.random.Generator, n: int, id_offset: int) -> pd.DataFrame:
     # labels arrive quoted; most as "0" (CSV-quoted), some as '0'
     frame["Class"] = np.where(rng.random(n) < 0.9, fraud.astype(int).astype(str),
                               np.char.add(np.char.add("'", fraud.astype(int).astype(str)), "'"))
-    dupes = rng.random(n) < 0.003  # the export repeats rows
-    if dupes.any():
-        frame = pd.concat([frame, frame[dupes]]).reset_index(drop=True)
-    return frame[COLUMNS]
+    return repeat_some(rng, frame)[COLUMNS]
 
 
 def broken_lines(rng: np.random.Generator, good: pd.DataFrame) -> list[str]:
-    lines = []
-    for i in range(len(good)):
-        row = [str(v) for v in good.iloc[i]]
-        if i % 3 == 0:
-            row[COLUMNS.index("Amount")] = "n/a"
-        elif i % 3 == 1:
-            row[COLUMNS.index("Class")] = "2"  # a label outside {0, 1}
-        else:
-            row = row[:10]
-        lines.append(",".join(row))
-    return lines
+    """Malformed lines: an amount that is not a number, a label outside {0, 1}, a row cut short."""
+    return break_rows(good, COLUMNS, [{"Amount": "n/a"}, {"Class": "2"}, 10])

@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from ml_platform.local.simulate.breakage import break_rows, repeat_some
+
 COLUMNS = ["user_id", "movie_id", "rating", "rated_at"]
 USERS, MOVIES = 400, 300     # the universe at the simulator's scale; the benchmark asks for a larger one
 GENRES = 5
@@ -83,25 +85,9 @@ def generate(rng: np.random.Generator, n: int, id_offset: int, users: int = USER
         "rating": _stars(rng, raw),
         "rated_at": [(START + dt.timedelta(days=int(d))).isoformat() for d in days],
     }).astype(object)
-    dupes = rng.random(len(frame)) < 0.003  # the export repeats rows
-    if dupes.any():
-        frame = pd.concat([frame, frame[dupes]]).reset_index(drop=True)
-    return frame[COLUMNS]
+    return repeat_some(rng, frame)[COLUMNS]
 
 
 def broken_lines(rng: np.random.Generator, good: pd.DataFrame) -> list[str]:
     """Malformed ratings: a rating in words, one off the scale, a missing user, a truncated line."""
-    lines = []
-    for i in range(len(good)):
-        row = [str(v) for v in good.iloc[i]]
-        kind = i % 4
-        if kind == 0:
-            row[COLUMNS.index("rating")] = "four"
-        elif kind == 1:
-            row[COLUMNS.index("rating")] = "7"
-        elif kind == 2:
-            row[COLUMNS.index("user_id")] = ""
-        else:
-            row = row[:2]
-        lines.append(",".join(row))
-    return lines
+    return break_rows(good, COLUMNS, [{"rating": "four"}, {"rating": "7"}, {"user_id": ""}, 2])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ml_platform.local.simulate.breakage import break_rows
+
 COLUMNS = ["ticket_id", "channel", "product", "tier", "message_length", "attachments", "prior_tickets",
            "account_age_days", "sentiment", "hour", "queue"]
 QUEUES = ["billing", "technical", "sales", "account"]
@@ -72,14 +74,4 @@ def generate(rng: np.random.Generator, n: int, id_offset: int) -> pd.DataFrame:
 
 def broken_lines(rng: np.random.Generator, good: pd.DataFrame) -> list[str]:
     """Rows broken the ways exports break: an unknown queue, a non-number, a row cut short."""
-    lines = []
-    for i in range(len(good)):
-        row = [str(v) for v in good.iloc[i]]
-        if i % 3 == 0:
-            row[COLUMNS.index("queue")] = "escalations"  # not one of the spec's classes
-        elif i % 3 == 1:
-            row[COLUMNS.index("message_length")] = "long"
-        else:
-            row = row[:5]
-        lines.append(",".join(row))
-    return lines
+    return break_rows(good, COLUMNS, [{"queue": "escalations"}, {"message_length": "long"}, 5])

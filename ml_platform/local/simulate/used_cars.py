@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ml_platform.local.simulate.breakage import break_rows
 from ml_platform.spec import builtin_specs
 
 COLUMNS = builtin_specs()["used_cars"].column_names
@@ -176,21 +177,13 @@ def generate(rng: np.random.Generator, n: int, id_offset: int, drift: float = 0.
     return pd.DataFrame(out)[COLUMNS]
 
 
+def _unquoted(v) -> str:
+    """A value as the broken export writes it: no quotes, no newlines, no commas inside a field."""
+    return str(v).replace('"', "'").replace("\n", " ").replace(",", ";")
+
+
 def broken_lines(rng: np.random.Generator, good: pd.DataFrame) -> list[str]:
-    """Raw CSV lines broken the ways real exports break; `good` supplies realistic values to break."""
-    lines = []
-    for i in range(len(good)):
-        row = [str(v).replace('"', "'").replace("\n", " ").replace(",", ";") for v in good.iloc[i]]
-        kind = i % 5
-        if kind == 0:
-            row[COLUMNS.index("price")] = "0"
-        elif kind == 1:
-            row[COLUMNS.index("price")] = "99999999"
-        elif kind == 2:
-            row[COLUMNS.index("year")] = "unknown"
-        elif kind == 3:
-            row = row[:40]  # a row cut short: too few fields
-        else:
-            row[COLUMNS.index("trim_name")] = 'Sport 17" wheels'  # a stray quote inside an unquoted field
-        lines.append(",".join(row))
-    return lines
+    """Raw CSV lines broken the ways real exports break; `good` supplies realistic values to break: a price of 0 and
+    one far too high, a year in words, a row cut short, a stray quote inside an unquoted field."""
+    return break_rows(good, COLUMNS, [{"price": "0"}, {"price": "99999999"}, {"year": "unknown"}, 40,
+                                      {"trim_name": 'Sport 17" wheels'}], text=_unquoted)
