@@ -3,6 +3,7 @@ pipeline, two base models with out-of-fold scores, the meta-model), registered a
 registry, served from Kafka; its predictions equal the same PipelineModel applied in batch to the same rows
 cleaned the batch way."""
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -30,6 +31,21 @@ from ml_platform.train.training_set import build_training_set
 from spark_streaming.scorer import Status, scoring_query
 from tests.test_serving import _run, _send
 from tests.training_data import land_batches, small
+
+
+@contextlib.contextmanager
+def rest_client(spark, served, model_name: str, tracker, tmp_path):
+    """The REST API on this process's Spark, serving `served` from the registered model `model_name`, once ready."""
+    settings = ApiSettings(data_root=str(tmp_path / "data"), home=tmp_path, tracking_uri=tracker.uri,
+                           key_hashes=frozenset({key_hash("k")}), publish=False)
+    platform = Platform(settings, spark=spark, specs={served.name: served},
+                        watcher_for=lambda s: registry_watcher(model_name, tracker.uri, 0.2))
+    with TestClient(create_app(settings, platform), headers={"X-API-Key": "k"}) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        yield client
 
 
 def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, kafka, tmp_path):
@@ -82,15 +98,7 @@ def test_a_trained_stacked_champion_scores_from_kafka_as_in_batch(spark, specs, 
     assert worst <= 1e-9, worst
 
     # the REST API, on the same serving core and the same registered version: the same rows, the same answers
-    settings = ApiSettings(data_root=str(tmp_path / "data"), home=tmp_path, tracking_uri=tracker.uri,
-                           key_hashes=frozenset({key_hash("k")}), publish=False)
-    platform = Platform(settings, spark=spark, specs={served.name: served}, watcher_for=lambda s: registry_watcher(
-        spec.name, tracker.uri, 0.2))
-    with TestClient(create_app(settings, platform), headers={"X-API-Key": "k"}) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/ready").json()
-            time.sleep(0.2)
+    with rest_client(spark, served, spec.name, tracker, tmp_path) as client:
         body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
             request(spec, f"s{i}", r) for i, r in enumerate(rows)]}).json()
         # explanations on request: the oldest and the newest car, each field's contribution to its price

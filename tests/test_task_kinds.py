@@ -3,15 +3,10 @@ search spaces) -> landed batches -> raw, cleaned, training set, feature pipeline
 serving_deployment -> an MLflow champion -> predictions through the Kafka scorer and the REST API, which agree."""
 
 import json
-import time
 
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
-from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.platform import Platform
-from api.settings import ApiSettings, key_hash
 from assets import build_dataset_assets
 from ml_platform.data.landing import partition_key
 from ml_platform.layout import landing_dir
@@ -24,6 +19,7 @@ from ml_platform.stores import LocalStore
 from ml_platform.train.registry import CHAMPION
 from resources import LocalSparkResource, LocalStorage, MlflowRegistry
 from spark_streaming.scorer import Status, scoring_query
+from tests.test_scorer_champion import rest_client
 from tests.test_serving import _run, _send
 from tests.training_data import small, unused_serving_resources
 
@@ -81,15 +77,7 @@ def _serve(spark, kafka, spec, tracker, rows, tmp_path):
                        Status(tmp_path / "status.json", served.name), model_name=spec.name))
     preds = {m["key"]: m["value"] for m in read_topic(kafka.bootstrap, topic(served, "predictions"))}
     assert preds and [e for m in preds.values() for e in errors("predictions", m)] == []
-    settings = ApiSettings(data_root=str(tmp_path / "data"), home=tmp_path, tracking_uri=tracker.uri,
-                           key_hashes=frozenset({key_hash("k")}), publish=False)
-    platform = Platform(settings, spark=spark, specs={served.name: served},
-                        watcher_for=lambda s: registry_watcher(spec.name, tracker.uri, 0.2))
-    with TestClient(create_app(settings, platform), headers={"X-API-Key": "k"}) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/ready").json()
-            time.sleep(0.2)
+    with rest_client(spark, served, spec.name, tracker, tmp_path) as client:
         body = client.post(f"/datasets/{served.name}/predict", json={"rows": [
             request(spec, f"r{i}", r) for i, r in enumerate(rows)]})
         assert body.status_code == 200, body.text

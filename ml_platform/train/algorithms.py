@@ -191,21 +191,22 @@ def edge_notes(results: dict) -> list[str]:
 
 def beyond_edges(spec: DatasetSpec, name: str, best: dict[str, Any]) -> list[dict[str, Any]]:
     """For each numeric grid parameter whose best value is the grid's lowest or highest: the best setting with that
-    parameter one step further out (training.extend_grid). A step keeps the grid's spacing: a ratio where the two
-    outermost values are positive and at least 2x apart (regParam 0.01, 0.1 -> 0.001), a difference otherwise
-    (maxDepth 5, 8 -> 11); whole numbers stay whole. A step that would cross zero, or leave [0, 1] for a grid
-    inside it (shares and mixing weights), is not taken."""
+    parameter one step further out (training.extend_grid). A step keeps the grid's spacing: for fractional values
+    a ratio where the two outermost are positive and at least 2x apart (regParam 0.01, 0.1 -> 0.001), otherwise
+    a difference, as always for whole numbers (maxDepth 5, 8 -> 11). A step that would cross zero, or leave
+    [0, 1] for a grid inside it (shares and mixing weights), is not taken."""
     out = []
     for param, values in ((spec.algorithms.get(name) or {}).get("grid") or {}).items():
         nums = sorted({v for v in values if isinstance(v, int | float) and not isinstance(v, bool)})
         if len(nums) < 2 or param not in best or best[param] not in (nums[0], nums[-1]):
             continue
         edge, inner = (nums[0], nums[1]) if best[param] == nums[0] else (nums[-1], nums[-2])
-        if edge > 0 and inner > 0 and max(edge, inner) / min(edge, inner) >= 2:
+        whole = all(isinstance(v, int) for v in nums)
+        if not whole and edge > 0 and inner > 0 and max(edge, inner) / min(edge, inner) >= 2:
             new = edge * edge / inner
         else:
             new = edge + (edge - inner)
-        new = int(round(new)) if all(isinstance(v, int) for v in nums) else float(f"{new:.12g}")
+        new = int(new) if whole else float(f"{new:.12g}")
         if (nums[0] >= 0 > new) or (nums[0] > 0 and new == 0) or (0 <= nums[0] and nums[-1] <= 1 < new):
             continue
         out.append(best | {param: new})
