@@ -196,3 +196,19 @@ def test_raw_label_is_what_cleaning_reads_back_and_refuses_what_it_would_not(spe
                              (tickets, 9, "not a class index"), (specs["customers"], 1, "no target")):
         with pytest.raises(ValueError, match=why):
             spec.raw_label(value)
+
+
+def test_grid_edge_notes_and_steps_stop_at_a_parameters_natural_bounds(specs):
+    from ml_platform.train.algorithms import beyond_edges, grid_edges
+    from tests.training_data import small
+
+    spec = small(specs["used_cars"], algorithms={"linear": {"grid": {"regParam": [0.01, 0.1],
+                                                                     "elasticNetParam": [0.0, 0.5, 1.0]}}})
+    at_zero = {"regParam": 0.01, "elasticNetParam": 0.0}
+    assert grid_edges(spec, "linear", at_zero) == [
+        "regParam=0.01 is the lowest value tried; a lower one may do better"]  # elasticNetParam 0 cannot go lower
+    assert beyond_edges(spec, "linear", at_zero) == [{"regParam": 0.001, "elasticNetParam": 0.0}]
+    at_one = {"regParam": 0.1, "elasticNetParam": 1.0}
+    assert grid_edges(spec, "linear", at_one) == [
+        "regParam=0.1 is the highest value tried; a higher one may do better"]  # nor a mixing weight past 1
+    assert beyond_edges(spec, "linear", at_one) == [{"regParam": 1.0, "elasticNetParam": 1.0}]

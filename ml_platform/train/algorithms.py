@@ -171,9 +171,10 @@ def grid_edges(spec: DatasetSpec, name: str, best: dict[str, Any]) -> list[str]:
         nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(nums) < 2 or param not in best:
             continue
-        if best[param] == min(nums):
+        # a grid from 0 cannot go lower, nor one inside [0, 1] higher than 1 (shares, mixing weights)
+        if best[param] == min(nums) and best[param] != 0:
             out.append(f"{param}={best[param]} is the lowest value tried; a lower one may do better")
-        elif best[param] == max(nums):
+        elif best[param] == max(nums) and not (min(nums) >= 0 and best[param] == 1):
             out.append(f"{param}={best[param]} is the highest value tried; a higher one may do better")
     return out
 
