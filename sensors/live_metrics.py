@@ -60,7 +60,8 @@ def build_live_metrics_sensor(spec: DatasetSpec, interval_seconds: int = 30) -> 
             minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING,
             description=f"Reads {topic(spec, 'metrics')} into observations of {live.to_user_string()}; requests "
-                        f"a retrain on the actuals (<dataset>/feedback) when {rule}{gate}.")
+                        f"a retrain ({', '.join(k.to_user_string() for k in retrain[:1])}"
+                        f"{' first: it lands the actuals as a batch' if spec.target else ''}) when {rule}{gate}.")
     def live_metrics_sensor(context: SensorEvaluationContext, kafka: KafkaResource, registry: ModelRegistryResource):
         cur = json.loads(context.cursor) if context.cursor else {"offsets": {}, "recent": []}
         offsets = {int(k): v for k, v in cur["offsets"].items()}
@@ -81,8 +82,8 @@ def build_live_metrics_sensor(spec: DatasetSpec, interval_seconds: int = 30) -> 
             last = new[-1]["window_end"] if new else "unknown"
             runs.append(RunRequest(run_key=f"{spec.name}-degraded-{last}", asset_selection=retrain,
                                    tags={TRIGGER_TAG: DEGRADED, "ml_platform/rule": rule}))
-            context.log.warning(f"{spec.name}: live quality degraded ({rule}); requesting a retrain "
-                                + ("on the served requests' actuals (feedback)" if spec.target else ""))
+            context.log.warning(f"{spec.name}: live quality degraded ({rule}); requesting a retrain"
+                                + (" on the served requests' actuals (feedback)" if spec.target else ""))
         promote, why = challenger_verdict(spec, recent, champion, challenger)
         if promote and new:
             # run_key: one promotion request per challenger version, however many ticks still see it pass
