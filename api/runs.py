@@ -19,9 +19,10 @@ router = APIRouter(tags=["retraining"])
 
 TIMEOUT_SECONDS = 10
 TAGS = {"ml_platform/requested_by": "api", "ml_platform/trigger": "api_retrain"}  # + ml_platform/dataset
-# The live-metrics sensor's retrain chain (CHAIN in sensors/live_metrics.py, plus one model per algorithm), as
-# names: importing the sensor module would load every Dagster resource (MLflow, boto3) into the API.
-# tests/test_api_runs.py asserts both stay the same.
+# The retrain chain (CHAIN in sensors/live_metrics.py, plus one model per algorithm) that a new batch triggers, and
+# that the live-metrics sensor runs directly for a dataset without a target (with one, it runs <ds>/feedback, whose
+# landed batch triggers this chain). As names: importing the sensor module would load every Dagster resource
+# (MLflow, boto3) into the API. tests/test_api_runs.py asserts both stay the same.
 RETRAIN_LAYERS = ("training_set", "feature_pipeline", "stacked_model", "serving_deployment")
 IMPLICIT_JOB = "__ASSET_JOB"  # the job Dagster builds over every asset of a code location
 

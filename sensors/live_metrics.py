@@ -56,7 +56,7 @@ def build_live_metrics_sensor(spec: DatasetSpec, interval_seconds: int = 30) -> 
     gate = (f"; promotes a challenger no worse than the champion over {s.challenger.gate_windows} windows"
             if s.challenger.gate_windows else "")
 
-    @sensor(name=f"{spec.name}_live_metrics_sensor", asset_selection=[*retrain, deployment],
+    @sensor(name=f"{spec.name}_live_metrics_sensor", asset_selection=list(dict.fromkeys([*retrain, deployment])),
             minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING,
             description=f"Reads {topic(spec, 'metrics')} into observations of {live.to_user_string()}; requests "

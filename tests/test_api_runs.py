@@ -12,7 +12,7 @@ from services import DagsterStack
 
 from api.app import create_app
 from api.platform import Platform
-from api.runs import Dagster, DagsterUnreachable, retrain_keys
+from api.runs import RETRAIN_LAYERS, Dagster, DagsterUnreachable, retrain_keys
 from api.settings import ApiSettings, key_hash
 from ml_platform.serve.watcher import ChampionWatcher
 from ml_platform.spec import builtin_specs
@@ -45,12 +45,16 @@ def api(dagster, tmp_path_factory):
         yield c
 
 
-def test_the_api_retrains_what_the_live_metrics_sensor_retrains():
-    from sensors.live_metrics import build_live_metrics_sensor
+def test_the_api_retrains_the_chain_the_live_metrics_sensor_and_a_feedback_batch_retrain():
+    from sensors.live_metrics import CHAIN, build_live_metrics_sensor
 
+    assert tuple(CHAIN) == RETRAIN_LAYERS
     for spec in builtin_specs().values():
-        sensor = build_live_metrics_sensor(spec)
-        assert sorted(retrain_keys(spec)) == sorted(k.path for k in sensor.asset_selection.selected_keys)
+        targets = sorted(k.path for k in build_live_metrics_sensor(spec).asset_selection.selected_keys)
+        if spec.target:  # the sensor lands the actuals (feedback); that batch triggers the chain
+            assert targets == [[spec.name, "feedback"], [spec.name, "serving_deployment"]]
+        else:
+            assert targets == sorted(retrain_keys(spec))
 
 
 def test_retrain_runs_the_chain_and_reports_its_steps(api, dagster):
