@@ -2,7 +2,8 @@
 # first; a second call skips what is done (stamps depend on uv.lock, pyproject.toml and the poms).
 #   make run        needs Python 3.11, Java 17, Maven and Node.js (npm): the venv, Spark's Kafka jars, the broker's
 #                   jars, and dynalite (the prediction store's DynamoDB-API server, from npm)
-#   make test       also needs Go and root (once): kcat, MinIO, .venv-emr and the aws/hdfs/emr-node jars
+#   make test       also needs Go and root (once): kcat, MinIO, .venv-emr, the aws/hdfs/emr-node jars, and for the
+#                   browser tests headless Chromium with chromedriver (Debian) and axe-core (npm)
 #   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in under a minute
 #   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
 SHELL := /bin/bash
@@ -23,14 +24,17 @@ export UV_PYTHON_DOWNLOADS := never
 # DynamoDB Local is not used: its licence is the vendor's own terms, not an open-source one.
 DYNALITE := node/dynalite/node_modules/.installed
 
+# The browser tests' accessibility checker: axe-core from npm, injected into each page by tests/browser.py.
+AXE := node/axe/node_modules/.installed
+
 MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools dynalite run test test-fast lint pytest validate smoke lock jars jars-run jars-test \
-        jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
+.PHONY: setup setup-run tools browser axe dynalite run test test-fast lint pytest validate smoke lock jars jars-run \
+        jars-test jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
 setup-run: $(VENV)/.installed jars-run $(DYNALITE)
-setup: setup-run jars-test tools
+setup: setup-run jars-test tools browser
 
 $(UV_HOME)/.uv-$(UV_VERSION):
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -58,6 +62,19 @@ tools:
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "kcat is missing: install the Debian package kcat (needs root)"; exit 1; }
 	@$(MAKE) -s $(MINIO) .venv-emr/.installed
+
+# Headless Chromium and its WebDriver for the browser tests (tests/browser.py), both from Debian at the same version:
+# Playwright's and selenium-manager's browsers come from a CDN that is not reachable here.
+browser: $(AXE)
+	@{ command -v chromium && command -v chromedriver; } >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || { echo "the browser tests need the Debian packages chromium and chromium-driver (needs root)"; exit 1; }
+
+axe: $(AXE)
+$(AXE): node/axe/package.json node/axe/package-lock.json
+	@command -v npm >/dev/null || { echo "axe-core (browser tests) needs Node.js and npm (Debian: nodejs npm)"; exit 1; }
+	cd node/axe && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # The EMR emulation's node runs the Spark of current EMR releases (emr-7.13.0: Spark 3.5.6, Python 3.11) with only
 # what a bootstrap would install for the data layers, so a Spark 4-only API in those layers fails a test here.

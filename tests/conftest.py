@@ -13,7 +13,8 @@ sys.path.insert(0, str(ROOT))
 # (directly or through another fixture) starts a service, so it is marked `service`; the rest are `fast` unless
 # marked `slow` by hand (a JVM in a subprocess, a wheel build). In a fast run a service fixture that is still
 # reached (request.getfixturevalue) fails the test, and so does a fast test that runs too long.
-SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite", "dagster"}
+SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite", "dagster",
+                    "browser"}
 # parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
 SERVICE_PARAMS = {"s3", "hdfs"}
 FAST_TEST_SECONDS = 60
@@ -208,6 +209,17 @@ def s3_spark(spark, minio):
     conf.set("fs.s3a.access.key", minio.access_key)
     conf.set("fs.s3a.secret.key", minio.secret_key)
     return spark
+
+
+@pytest.fixture(scope="session")
+def browser(request, tmp_path_factory):
+    """One headless Chromium (selenium) for the session; its downloads land in `browser.download_dir`."""
+    _no_service_in_fast_run(request, "browser")
+    from browser import start_chromium
+
+    driver = start_chromium(download_dir=tmp_path_factory.mktemp("downloads"))
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(scope="session")
