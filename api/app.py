@@ -99,7 +99,9 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         platform.start()
+        app.state.live.start()
         yield
+        app.state.live.stop()
         platform.stop()
 
     app = FastAPI(title="ml-platform API", version="1",
@@ -216,6 +218,9 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
         return out | {"model_version": cur.version}
 
     app.include_router(keyed)
+    from api.web import install
+
+    install(app)
     for module in ("api.models", "api.uploads", "api.batch", "api.runs"):
         try:
             router = __import__(module, fromlist=["router"]).router

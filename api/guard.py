@@ -39,12 +39,17 @@ class RateLimiter:
 
 
 def authorized(request: Request) -> str:
-    """The dependency on every endpoint but /health: 401 without a known key, 429 over the key's rate. Returns the
-    key's hash (a caller identity for metrics and logs that reveals nothing of the key)."""
+    """The dependency on every endpoint but /health: 401 without a known key (the X-API-Key header, or the web
+    app's session cookie), 403 for a cookie-authenticated change without the session's CSRF token, 429 over the
+    key's rate. Returns the key's hash (a caller identity for metrics and logs that reveals nothing of the key)."""
     platform = request.app.state.platform
     given = request.headers.get(HEADER)
     h = key_hash(given) if given else ""
-    if not given or not any(hmac.compare_digest(h, k) for k in platform.settings.key_hashes):
+    if not given:
+        h = _session_key(request)
+    elif not any(hmac.compare_digest(h, k) for k in platform.settings.key_hashes):
+        h = ""
+    if not h:
         platform.metrics.auth_failures.inc()
         raise HTTPException(401, "missing or unknown API key (header X-API-Key)",
                             headers={"WWW-Authenticate": "ApiKey"})
@@ -54,6 +59,22 @@ def authorized(request: Request) -> str:
         raise HTTPException(429, f"rate limit of {platform.settings.rate_per_minute} requests a minute per key",
                             headers={"Retry-After": str(max(1, round(wait)))})
     return h[:12]
+
+
+def _session_key(request: Request) -> str:
+    """The key hash of the web app's session cookie ('' without a live one); a change (not GET/HEAD) must carry
+    the session's CSRF token, or it is refused."""
+    from api.web.session import COOKIE, CSRF_HEADER, csrf_ok
+
+    sessions = getattr(request.app.state, "sessions", None)
+    session = sessions.get(request.cookies.get(COOKIE), request.app.state.platform.settings.key_hashes) \
+        if sessions else None
+    if session is None:
+        return ""
+    if request.method not in ("GET", "HEAD") and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        raise HTTPException(403, f"a change made with the web app's session cookie needs its {CSRF_HEADER} header "
+                                 f"(reload the page)")
+    return session.key_hash
 
 
 class BodyLimit:

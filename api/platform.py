@@ -132,15 +132,21 @@ class Platform:
 
     # ---- lifecycle
     def start(self) -> None:
-        for name, spec in self.specs.items():
-            watcher = self._watcher(spec, "champion")
-            # a challenger is followed only where the spec serves one (shadow or split)
-            challenger = self._watcher(spec, "challenger") if spec.serving.challenger.mode != "off" else None
-            self.servers[name] = DatasetServer(self, spec, watcher, challenger)
-            # the first load off the request path; then the watchers follow their aliases every poll_seconds
-            for w in (watcher, challenger):
-                if w is not None:
-                    threading.Thread(target=self._first_load, args=(w,), daemon=True, name=f"load-{name}").start()
+        for spec in list(self.specs.values()):
+            self.serve(spec)
+
+    def serve(self, spec: DatasetSpec) -> None:
+        """Serve a dataset: at start, and for one created while the API runs (the web app's new-dataset page)."""
+        name = spec.name
+        watcher = self._watcher(spec, "champion")
+        # a challenger is followed only where the spec serves one (shadow or split)
+        challenger = self._watcher(spec, "challenger") if spec.serving.challenger.mode != "off" else None
+        self.specs[name] = spec
+        self.servers[name] = DatasetServer(self, spec, watcher, challenger)
+        # the first load off the request path; then the watchers follow their aliases every poll_seconds
+        for w in (watcher, challenger):
+            if w is not None:
+                threading.Thread(target=self._first_load, args=(w,), daemon=True, name=f"load-{name}").start()
 
     def _first_load(self, watcher) -> None:
         if watcher.check():

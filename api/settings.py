@@ -60,4 +60,6 @@ class ApiSettings:
             s3_endpoint=e.get("ML_PLATFORM_S3_ENDPOINT") or None,
             jars_dir=e.get("ML_PLATFORM_JARS") or None,
             rate_per_minute=int(e.get("ML_PLATFORM_API_RATE_PER_MINUTE", cls.rate_per_minute)),
+            max_upload_bytes=int(float(e.get("ML_PLATFORM_MAX_UPLOAD_MB", cls.max_upload_bytes / 1_048_576))
+                                 * 1_048_576),
         )

@@ -232,7 +232,7 @@ def _stack_config(a):
                        kafka_controller_port=a.kafka_port + 1, mlflow_port=a.mlflow_port, dagster_port=a.dagster_port,
                        api_port=a.api_port, store_port=a.store_port, datasets=tuple(a.datasets.split(",")),
                        every=a.every, rows_per_batch=a.rows_per_batch, sensor_interval=a.sensor_interval,
-                       scorer_metrics_port=a.scorer_metrics_port)
+                       scorer_metrics_port=a.scorer_metrics_port, specs=Path(a.specs) if a.specs else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,3 +158,26 @@ def daemon_health(url: str) -> list[dict]:
     """The daemons the instance requires: [{daemonType, healthy, lastHeartbeatTime, lastHeartbeatErrors}]."""
     statuses = graphql(url, DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
     return [s for s in statuses if s["required"]]
+
+
+LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name } }
+  ... on PythonError { message } } }"""
+RELOAD = """mutation Reload($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) { __typename
+  ... on WorkspaceLocationEntry { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } }
+  ... on PythonError { message } ... on UnauthorizedError { message } ... on ReloadNotSupported { message }
+  ... on RepositoryLocationNotFound { message } } }"""
+
+
+def reload_code_locations(url: str) -> list[str]:
+    """Ask the webserver to reload every code location (a new spec file becomes assets and sensors); the daemon
+    reloads on its own within a minute. Returns what went wrong per location (empty: every one reloaded)."""
+    ws = _or_error(url, graphql(url, LOCATIONS)["workspaceOrError"], "Workspace")
+    problems = []
+    for entry in ws["locationEntries"]:
+        out = graphql(url, RELOAD, timeout=120, name=entry["name"])["reloadRepositoryLocation"]
+        loaded = out.get("locationOrLoadError") or {}
+        if out["__typename"] != "WorkspaceLocationEntry":
+            problems.append(f"{entry['name']}: {out['__typename']}: {out.get('message', '')[:300]}")
+        elif loaded.get("__typename") == "PythonError":
+            problems.append(f"{entry['name']}: failed to load: {loaded.get('message', '')[:300]}")
+    return problems

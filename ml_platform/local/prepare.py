@@ -138,3 +138,32 @@ def api_key_hash(home: Path) -> str:
             f.write_text(secrets.token_urlsafe(24))
         given = [f.read_text().strip()]
     return ",".join(hashlib.sha256(k.encode()).hexdigest() for k in given)
+
+
+def prepare_specs(home: Path, source: Path | None, datasets: tuple[str, ...]) -> tuple[Path, tuple[str, ...]]:
+    """`make run`'s spec directory, <home>/specs: a link to each chosen dataset's spec in `source` (the user's
+    ML_PLATFORM_SPECS, or the shipped examples), renewed at every start, beside the specs the web app wrote there
+    (real files, kept). Dagster and the API read this one folder, so a dataset created in the web app is in both.
+    Returns the folder and every dataset it holds: the chosen ones, then those created in the web app."""
+    from ml_platform.spec import SpecError, load_spec, shipped_spec_dir
+
+    folder = home.resolve() / "specs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        if p.is_symlink():
+            p.unlink()
+    created = {}
+    for p in sorted(folder.glob("*.yaml")):
+        try:
+            created[load_spec(p).name] = p
+        except SpecError:
+            continue  # it shows in Dagster as a spec error; no service is started for it
+    src = (source or shipped_spec_dir()).resolve()
+    for p in sorted(list(src.glob("*.yaml")) + list(src.glob("*.yml"))):
+        try:
+            name = load_spec(p).name
+        except SpecError:
+            continue
+        if name in datasets and name not in created:
+            (folder / f"{name}{p.suffix}").symlink_to(p)
+    return folder, tuple(datasets) + tuple(n for n in created if n not in datasets)

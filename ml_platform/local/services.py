@@ -93,6 +93,7 @@ class StackConfig:
     scorer_metrics_port: int = field(
         default_factory=lambda: int(os.environ.get("ML_PLATFORM_SCORER_METRICS_PORT") or 8010))
     datasets: tuple[str, ...] = ("used_cars",)
+    specs: Path | None = None  # where the chosen datasets' specs are (None: the shipped examples)
     every: float = 90.0
     rows_per_batch: int = 5000
     sensor_interval: int = 15
@@ -115,10 +116,11 @@ def build_services(cfg: StackConfig) -> list[Service]:
     mlflow_uri = f"http://{LOOPBACK}:{cfg.mlflow_port}"
     store_url = f"http://{LOOPBACK}:{cfg.store_port}"
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    specs_dir = home / "specs"  # prepared by Stack.start (prepare_specs)
     platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
                     "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
                     "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DAGSTER_HOME": str(dagster_home(home)),
-                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_DATASETS": ",".join(cfg.datasets),
+                    "SPARK_LOCAL_IP": LOOPBACK, "ML_PLATFORM_SPECS": str(specs_dir), "ML_PLATFORM_DATASETS": "",
                     "ML_PLATFORM_STORE_ENDPOINT": store_url, "ML_PLATFORM_DAGSTER_URL":
                     f"http://{LOOPBACK}:{cfg.dagster_port}"}
     services = [

@@ -24,10 +24,12 @@ from pathlib import Path
 from ml_platform.local.prepare import (  # noqa: F401
     MLFLOW_SERVER_ENV,
     StackError,
+    api_key_file,
     dagster_home,
     dynalite_command,
     kafka_properties,
     prepare_kafka,
+    prepare_specs,
 )
 from ml_platform.local.procs import (
     LOOPBACK,
@@ -90,6 +92,9 @@ class Stack:
     def start(self) -> None:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # every dataset of <home>/specs: those asked for, and those created in the web app (each gets its scorer and
+        # store writer from the next start on)
+        _, self.cfg.datasets = prepare_specs(self.cfg.home, self.cfg.specs, self.cfg.datasets)
         check_ports(self.cfg.ports(), self.pid_dir)
         (self.pid_dir / "supervisor.pid").write_text(str(os.getpid()))
         self.services = build_services(self.cfg)
@@ -229,7 +234,9 @@ class Stack:
         return status_table(self.status())
 
     def table(self) -> str:
+        web = f"http://{LOOPBACK}:{self.cfg.api_port}/app/"
         return "\n".join(["", "ml-platform stack is up:", self.status_table(),
+                          f"  web app: {web} (log in with the API key in {api_key_file(self.cfg.home)})",
                           f"  state folder: {self.cfg.home.resolve()} (status: {self.status_path.resolve()})",
                           "Ctrl-C stops everything.", ""])
 
