@@ -11,7 +11,7 @@ root ('/'-separated); `store.uri(path)` turns one into what Spark reads and writ
     silver/<dataset>/_accepted/<key>.json       written by the cleaning job when the batch passed its blocking checks
     silver/<dataset>/_rejected/<key>.json       written by the cleaning job when it did not: {"partition", "why": [...]}
     feedback/<dataset>/cursor.json              the next offset per <dataset>.actuals partition the feedback loop reads
-    staging/<upload id>/<file>                  a new dataset's first file while its spec is edited (web app)
+    staging/<upload id>-<file>                  a new dataset's first file while its spec is edited (web app)
     gold/<dataset>/<version>/                   one retrain: train/, holdout/, training_set.json, feature_pipeline/,
                                                 models/<algorithm>/{model,oof,result.json}, stacked_model/, *.json
 """
@@ -33,12 +33,11 @@ def landed_file(spec: _Named, name: str) -> str:
     return f"{landing_dir(spec)}/{name}"
 
 
+STAGING_DIR = "staging"
+
+
 def staged_file(upload_id: str, name: str) -> str:
-    return f"staging/{upload_id}/{name}"
-
-
-def staging_dir(upload_id: str) -> str:
-    return f"staging/{upload_id}"
+    return f"{STAGING_DIR}/{upload_id}-{name}"
 
 
 FEEDBACK_PREFIX = "feedback-"  # landing files of labelled served requests (serve/feedback.py), and their batches

@@ -97,7 +97,7 @@ def draft(path: str | Path, sample_rows: int = 1000) -> Draft:
         else:
             entry, why = guess_column(name, raw)
         unique = len(present) == len(rows) and len(set(present)) == len(rows)
-        if out.key is None and unique and ID_NAME.search(name) and entry["parse"] in ("string", "number"):
+        if out.key is None and unique and ID_NAME.search(name) and entry["parse"] in ("string", "number", "category"):
             out.key, entry, why = name, {"parse": "string"}, "unique and never empty, named like an id: the key"
         out.columns.append(ColumnDraft(
             name=name, parse=entry["parse"], why=why, samples=list(dict.fromkeys(present))[:SAMPLES],

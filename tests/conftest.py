@@ -13,8 +13,8 @@ sys.path.insert(0, str(ROOT))
 # (directly or through another fixture) starts a service, so it is marked `service`; the rest are `fast` unless
 # marked `slow` by hand (a JVM in a subprocess, a wheel build). In a fast run a service fixture that is still
 # reached (request.getfixturevalue) fails the test, and so does a fast test that runs too long.
-SERVICE_FIXTURES = {"spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite", "dagster",
-                    "browser"}
+SERVICE_FIXTURES = {"local_stack", "spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite",
+                    "dagster", "browser"}
 # parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
 SERVICE_PARAMS = {"s3", "hdfs"}
 FAST_TEST_SECONDS = 60
@@ -220,6 +220,23 @@ def browser(request, tmp_path_factory):
     driver = start_chromium(download_dir=tmp_path_factory.mktemp("downloads"))
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def local_stack(request, tmp_path_factory):
+    """The real `ml-platform up` (tests/local_stack.py), once per session; tests/test_up.py stops it last."""
+    _no_service_in_fast_run(request, "local_stack")
+    from local_stack import Up, all_running
+
+    from ml_platform.local.procs import stop_pid
+
+    stack = Up(tmp_path_factory.mktemp("up"))
+    try:
+        stack.wait(all_running, 600, "every service running")  # ~2 min on an idle 2-core machine
+        yield stack
+    finally:
+        if stack.proc.poll() is None:
+            stop_pid(stack.proc.pid, grace=60)
 
 
 @pytest.fixture(scope="session")

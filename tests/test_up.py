@@ -18,10 +18,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import ROOT, free_port
+from conftest import ROOT
+from local_stack import _identity, all_running
 
-from ml_platform.local.procs import _alive, _stat, descendants, port_free, stop_pid
+from ml_platform.local.procs import _alive, descendants, port_free, stop_pid
 from ml_platform.local.restarts import RestartPolicy, Supervision
 from ml_platform.local.services import Service, StackConfig
 from ml_platform.local.supervisor import Stack, status, status_table
@@ -152,93 +152,11 @@ def test_status_reads_stack_json(tmp_path):
 
 # -- the real `ml-platform up` ----------------------------------------------------------------------------------------
 
-def _two_free_ports() -> int:
-    """A port whose next one is free too (the KRaft controller's)."""
-    while not port_free((port := free_port()) + 1):
-        pass
-    return port
-
-
-def _term_with_parent() -> None:
-    """In the child: SIGTERM when pytest dies (killed by a CI timeout, its fixtures' clean-up never runs), so the
-    supervisor still stops its stack."""
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _identity(pid: int) -> tuple[int, str] | None:
-    st = _stat(pid)
-    return (pid, st[19]) if st and len(st) > 19 else None  # start time: a reused pid is another process
-
-
-class Up:
-    def __init__(self, tmp: Path):
-        self.home, specs = tmp / "home", tmp / "specs"
-        specs.mkdir()
-        # a user's dataset (no simulator, no producer): used_cars's columns, one cheap algorithm
-        spec = yaml.safe_load((ROOT / "ml_platform/specs/used_cars.yaml").read_text())
-        spec["name"] = "cars"
-        spec["algorithms"] = {"linear": {"grid": {"regParam": [0.1], "elasticNetParam": [0.0]}}}
-        (specs / "cars.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        kafka = _two_free_ports()
-        self.ports = {"kafka": kafka, "controller": kafka + 1, "mlflow": free_port(), "dagster": free_port(),
-                      "api": free_port(), "store": free_port(), "scorer": free_port()}
-        self.out = tmp / "up.out"
-        cmd = [str(Path(sys.executable).parent / "ml-platform"), "up", "--home", str(self.home),
-               "--jars", str(ROOT / ".jars"), "--kafka-port", str(kafka), "--mlflow-port", str(self.ports["mlflow"]),
-               "--dagster-port", str(self.ports["dagster"]), "--api-port", str(self.ports["api"]),
-               "--store-port", str(self.ports["store"]), "--datasets", "cars", "--sensor-interval", "2"]
-        env = os.environ | {"ML_PLATFORM_SPECS": str(specs),
-                            "ML_PLATFORM_SCORER_METRICS_PORT": str(self.ports["scorer"])}
-        env.pop("ML_PLATFORM_HOME", None)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.out, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_term_with_parent)
-        self.seen: set[tuple[int, str]] = set()  # every process of the stack ever seen: (pid, start time)
-
-    def doc(self) -> dict:
-        try:
-            doc = json.loads((self.home / "stack.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        self.record(doc)
-        return doc
-
-    def record(self, doc: dict) -> None:
-        pids = [self.proc.pid] + descendants(self.proc.pid)
-        pids += [s["pid"] for s in doc.get("services", {}).values() if s.get("pid")]
-        pids += [d for s in doc.get("services", {}).values() if s.get("pid") for d in descendants(s["pid"])]
-        self.seen.update(i for i in map(_identity, pids) if i)
-
-    def wait(self, cond, seconds: float, what: str):
-        deadline = time.monotonic() + seconds
-        while True:
-            doc = self.doc()
-            if doc and cond(doc["services"]):
-                return doc
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                state = "runs" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-                raise AssertionError(f"{what}: not within {seconds:.0f} s (ml-platform up {state})\n"
-                                     f"{self.output()[-3000:]}\n{json.dumps(doc, indent=1)}")
-            time.sleep(1)
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
-
-
-def _all_running(services: dict) -> bool:
-    return bool(services) and all(s["state"] == "running" for s in services.values())
-
-
 @pytest.fixture(scope="module")
-def up(tmp_path_factory):
-    stack = Up(tmp_path_factory.mktemp("up"))
-    try:
-        stack.wait(_all_running, 600, "every service running")  # ~2 min on an idle 2-core machine
-        yield stack
-    finally:
-        if stack.proc.poll() is None:
-            stop_pid(stack.proc.pid, grace=60)
+def up(local_stack):
+    """The session's real `ml-platform up` (tests/local_stack.py); the last test here stops it, so the browser tests
+    that share it (tests/test_browser_app.py) are collected first (pytest runs files in name order)."""
+    return local_stack
 
 
 def _health(port: int) -> bool:
@@ -265,7 +183,7 @@ def test_killed_services_are_restarted_counted_and_logged(up):
     before = up.doc()["services"]
     for name in ("api", "dagster-daemon"):
         os.kill(before[name]["pid"], signal.SIGKILL)
-    doc = up.wait(lambda s: _all_running(s) and s["api"]["restarts"] == 1 and s["dagster-daemon"]["restarts"] == 1,
+    doc = up.wait(lambda s: all_running(s) and s["api"]["restarts"] == 1 and s["dagster-daemon"]["restarts"] == 1,
                   180, "api and dagster-daemon restarted")
     for name in ("api", "dagster-daemon"):
         s = doc["services"][name]

@@ -29,7 +29,7 @@ from api.web.create import (
     target_of,
 )
 from api.web.views import chain
-from ml_platform.layout import staged_file, staging_dir
+from ml_platform.layout import STAGING_DIR, staged_file
 from ml_platform.spec_draft import DraftError
 from ml_platform.stores.base import StorageError
 from ml_platform.stores.local import LocalStore
@@ -97,12 +97,12 @@ async def put_upload(upload_id: str, filename: str, request: Request) -> dict:
         raise _refused(e) from None
     if name_problem(filename) or not isinstance(store, LocalStore):
         raise HTTPException(422, f"file name {filename[:100]!r} or data root not accepted for a direct upload")
-    folder = store.path(staging_dir(upload_id))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{filename}.part"
+    final = store.path(staged_file(upload_id, filename))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.path(f"{STAGING_DIR}/.{upload_id}.part")  # hidden: never taken for a staged file
     try:
         await receive_to(request, tmp, request.app.state.platform.settings.max_upload_bytes)
-        tmp.rename(folder / filename)
+        tmp.rename(final)
     except BaseException:  # too large, cut off halfway, disk full: the staging folder goes too
         await run_in_threadpool(discard, store, upload_id)
         raise
@@ -182,10 +182,10 @@ def create_dataset(body: NewDataset, request: Request) -> dict:
 
 
 def _batch_name(store, upload_id: str) -> str:
-    from api.web.create import staged
+    from api.web.create import original_name, staged
 
     try:
-        name = staged(store, check_upload_id(upload_id)).rsplit("/", 1)[-1]
+        name = original_name(staged(store, check_upload_id(upload_id)))
     except Refused as e:
         raise _refused(e) from None
     return name

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml_platform.layout import accepted_dir, batch_records_dir, landed_file, landing_dir, staged_file, staging_dir
+from ml_platform.layout import STAGING_DIR, accepted_dir, batch_records_dir, landed_file, landing_dir
 from ml_platform.spec import load_spec, load_spec_dir
 from ml_platform.spec_draft import ColumnDraft, Draft, DraftError, compose, draft, implied_task, target_counts
 from ml_platform.spec_infer import InferError
@@ -50,28 +50,35 @@ def check_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+def _files(store: Store, upload_id: str) -> list[str]:
+    prefix = f"{check_upload_id(upload_id)}-"
+    return [f"{STAGING_DIR}/{f.name}" for f in store.list_files(STAGING_DIR) if f.name.startswith(prefix)]
+
+
 def staged(store: Store, upload_id: str) -> str:
     """The staged file's path in the store."""
-    files = [f for f in store.list_files(staging_dir(check_upload_id(upload_id))) if not f.name.startswith(".")]
+    files = _files(store, upload_id)
     if not files:
         raise Refused(404, f"no staged upload {upload_id!r}: it was never completed, or it expired or was used")
-    return staged_file(upload_id, files[0].name)
+    return files[0]
+
+
+def original_name(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1][33:]
 
 
 def discard(store: Store, upload_id: str) -> None:
-    store.delete_tree(staging_dir(check_upload_id(upload_id)))
+    for rel in _files(store, upload_id):
+        store.delete_tree(rel)
 
 
 def expire_staged(store: Store, now: float | None = None) -> int:
     """Remove staged uploads older than STAGED_HOURS; returns how many."""
     cutoff = (now or time.time()) - STAGED_HOURS * 3600
-    gone = 0
-    for d in store.list_files("staging"):
-        files = store.list_files(staging_dir(d.name)) if len(d.name) == 32 else []
-        if files and max(f.mtime_ns for f in files) / 1e9 < cutoff:
-            store.delete_tree(staging_dir(d.name))
-            gone += 1
-    return gone
+    old = [f for f in store.list_files(STAGING_DIR) if f.mtime_ns / 1e9 < cutoff and not f.name.startswith(".")]
+    for f in old:
+        store.delete_tree(f"{STAGING_DIR}/{f.name}")
+    return len(old)
 
 
 def _local_sample(store: Store, rel: str, work: Path) -> Path:
@@ -80,7 +87,7 @@ def _local_sample(store: Store, rel: str, work: Path) -> Path:
     head = store.read_head(rel, SAMPLE_BYTES)
     if len(head) == SAMPLE_BYTES and b"\n" in head:  # cut at the last whole line
         head = head[:head.rindex(b"\n") + 1]
-    path = work / Path(rel).name
+    path = work / original_name(rel)
     path.write_bytes(head)
     return path
 
@@ -90,7 +97,9 @@ def draft_of(store: Store, upload_id: str) -> Draft:
     rel = staged(store, upload_id)
     work = Path(tempfile.mkdtemp(prefix="draft-"))
     try:
-        return draft(_local_sample(store, rel, work))
+        d = draft(_local_sample(store, rel, work))
+        d.file = original_name(rel)
+        return d
     except InferError as e:
         discard(store, upload_id)
         raise Refused(422, str(e).split(": ", 1)[-1] if str(e).startswith("/") else str(e)) from None
