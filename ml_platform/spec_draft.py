@@ -190,6 +190,8 @@ def compose(name: str, columns: list[ColumnDraft], target: str, implied: dict, a
             entries.append(e)
             continue
         e["parse"] = "string" if c.name == key and c.parse == "drop" else c.parse
+        if c.name == key:
+            e["required"] = True  # a row (or a request) without its key is refused, with the reason
         if c.parse == "unit":
             if not c.unit:
                 raise DraftError(f"column {c.name!r}: type unit needs the unit its values carry, e.g. km")

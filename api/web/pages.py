@@ -192,8 +192,11 @@ def _results(p, dataset: str, board) -> tuple[list[dict], list[tuple[str, float]
     client = p.tracker().client
     versions = []
     cache = None
+    roles: dict[str, list[str]] = {}
+    for alias, v in client.get_registered_model(dataset).aliases.items():  # searches leave versions' aliases out
+        roles.setdefault(str(v), []).append(alias)
     for mv in sorted(client.search_model_versions(f"name = '{dataset}'"), key=lambda v: -int(v.version))[:50]:
-        versions.append({"version": str(mv.version), "aliases": list(getattr(mv, "aliases", []) or []),
+        versions.append({"version": str(mv.version), "aliases": sorted(roles.get(str(mv.version), [])),
                          "decision": mv.tags.get("decision"), "served": mv.tags.get("served_model"),
                          "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000))})
     names = [a.path for a in client.list_artifacts(board.run_id)]

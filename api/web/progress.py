@@ -44,15 +44,35 @@ def state_of(info: dict | None) -> str:
         newest["status"].lower()
 
 
-def _step_lines(url: str, run_id: str) -> dict[str, str]:
-    """step key -> its newest log line (info and up; Dagster's own step events are not MessageEvents' text)."""
+def _logs(url: str, run_id: str, dataset: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(step key -> its newest log line, model asset -> its newest line): models train in one step, each line
+    naming its model (`<ds>/model_<algorithm>: started: 2 parameter maps x 3 folds`)."""
     conn = graphql(url, LOGS, id=run_id)["logsForRun"]
-    out: dict[str, str] = {}
+    steps: dict[str, str] = {}
+    models: dict[str, str] = {}
+    prefix = f"{dataset}/model_"
     for e in conn.get("events") or []:
-        if e.get("stepKey") and e.get("message") and e.get("level") in ("INFO", "WARNING", "ERROR", "CRITICAL") \
-                and e["__typename"] in ("LogMessageEvent",):
-            out[e["stepKey"]] = e["message"]
-    return out
+        if e["__typename"] != "LogMessageEvent" or not e.get("stepKey") or not e.get("message"):
+            continue
+        steps[e["stepKey"]] = e["message"]
+        if e["message"].startswith(prefix):
+            asset, _, said = e["message"].partition(": ")
+            models[asset.split("/", 1)[1]] = said
+    return steps, models
+
+
+def step_key(dataset: str, asset: str) -> str:
+    """The step that materializes an asset: every model of a dataset trains in one step, `<ds>__models`."""
+    return f"{dataset}__models" if asset.startswith("model_") else f"{dataset}__{asset}"
+
+
+STEP_STATE = {"IN_PROGRESS": "running", "SUCCESS": "done", "FAILURE": "failed", "SKIPPED": "skipped"}
+
+
+def _model_state(line: str | None, step_state: str) -> str:
+    if step_state != "running" or not line:
+        return step_state
+    return "done" if line.startswith("finished") else "failed" if line.startswith("failed") else "running"
 
 
 def progress(url: str, dataset: str, assets: list[str], now: float | None = None) -> dict:
@@ -60,32 +80,40 @@ def progress(url: str, dataset: str, assets: list[str], now: float | None = None
     now = now or time.time()
     info = latest(url, [[dataset, a] for a in assets])
     active = list(dict.fromkeys(r for n in info.values() for r in n["inProgressRunIds"] + n["unstartedRunIds"]))
-    runs, steps, lines = {}, {}, {}
-    for run_id in active[:5]:
+    finished = list(dict.fromkeys(n["latestRun"]["id"] for n in info.values() if n.get("latestRun")))
+    runs, steps, lines, model_lines = {}, {}, {}, {}
+    # the latest finished runs first, so a step of a run in progress takes the place of the same step's last run
+    for run_id in [r for r in finished if r not in active][:4] + active[:4]:
         run = graphql(url, RUN, id=run_id)["runOrError"]
         if run["__typename"] != "Run":
             continue
-        runs[run_id] = run
+        if run_id in active:
+            runs[run_id] = run
         for s in run["stepStats"]:
             steps[s["stepKey"]] = s | {"run_id": run_id}
         if run["status"] == "STARTED":
-            lines |= _step_lines(url, run_id)
+            got_steps, got_models = _logs(url, run_id, dataset)
+            lines |= got_steps
+            model_lines |= got_models
     failures: dict[str, str] = {}
     rows = []
     for a in assets:
         n = info.get((dataset, a)) or {}
-        key = f"{dataset}__{a}"
+        key = step_key(dataset, a)
         row = {"asset": a, "state": "not run yet", "detail": None, "run_id": None, "seconds": None}
         last, mat = n.get("latestRun"), n.get("latestMaterialization")
-        if key in steps:
+        pending = n.get("inProgressRunIds") or n.get("unstartedRunIds")
+        if key in steps and (steps[key]["run_id"] in runs or not pending):  # a newer run redoes a finished step
             s = steps[key]
-            row |= {"run_id": s["run_id"], "state": {"IN_PROGRESS": "running", "SUCCESS": "done", "FAILURE": "failed",
-                                                      "SKIPPED": "skipped"}.get(s["status"] or "", "running")}
+            state = STEP_STATE.get(s["status"] or "", "running")
+            detail = model_lines.get(a) if a.startswith("model_") else lines.get(key)
             start, end = s.get("startTime"), s.get("endTime")
-            row["seconds"] = round((end or now) - start) if start else None
-            row["detail"] = lines.get(key)
-        elif any(r in runs for r in n.get("unstartedRunIds", []) + n.get("inProgressRunIds", [])):
-            row |= {"state": "queued", "run_id": (n["unstartedRunIds"] + n["inProgressRunIds"])[0]}
+            row |= {"run_id": s["run_id"], "state": _model_state(detail, state) if a.startswith("model_") else state,
+                    "detail": detail, "seconds": round((end or now) - start) if start else None}
+        elif n.get("inProgressRunIds"):  # planned in a run that is running: its step has not started yet
+            row |= {"state": "waiting", "run_id": n["inProgressRunIds"][0]}
+        elif n.get("unstartedRunIds"):
+            row |= {"state": "queued", "run_id": n["unstartedRunIds"][0]}
         elif last:
             row |= {"run_id": last["id"], "state": {"SUCCESS": "done", "FAILURE": "failed", "CANCELED": "canceled"}
                     .get(last["status"], last["status"].lower())}
@@ -93,7 +121,7 @@ def progress(url: str, dataset: str, assets: list[str], now: float | None = None
                 row["seconds"] = round(last["endTime"] - last["startTime"])
         elif mat:
             row["state"] = "done"
-        if row["state"] == "failed" and row["run_id"]:
+        if row["state"] == "failed" and row["run_id"] and not row["detail"]:
             if row["run_id"] not in failures:
                 try:
                     failures[row["run_id"]] = failure_message(url, row["run_id"])

@@ -91,7 +91,7 @@ if (specForm) {
     const res = await call("GET", `${api}/uploads/${upload}/target?column=${encodeURIComponent(col)}`);
     if (!res.ok) { task.textContent = detail(res); task.className = "task error"; return; }
     implied = res.data;
-    task.textContent = `Task: ${res.data.task}. ${res.data.why}.`;
+    task.textContent = `Task: ${res.data.task}. ${res.data.why[0].toUpperCase()}${res.data.why.slice(1)}.`;
     $(`fieldset[data-task="${res.data.task}"]`).hidden = false;
   });
   $("#cancel").addEventListener("click", async () => {
@@ -138,8 +138,9 @@ if (progress) {
     for (const a of p.assets) {
       const tr = progress.querySelector(`tr[data-asset="${a.asset}"]`);
       if (!tr) continue;
-      const cell = tr.querySelector(".state");
-      cell.textContent = a.state; cell.className = `state badge ${a.state.replace(/ /g, "-")}`;
+      const badge = document.createElement("span");
+      badge.className = `badge ${a.state.replace(/ /g, "-")}`; badge.textContent = a.state;
+      tr.querySelector(".state").replaceChildren(badge);
       tr.querySelector(".secs").textContent = fmt(a.seconds);
       const d = tr.querySelector(".detail");
       d.textContent = a.detail || ""; d.classList.toggle("error", a.state === "failed");
@@ -166,7 +167,9 @@ if (tryForm) tryForm.addEventListener("submit", async (ev) => {
   const r = res.data.results[0];
   out.className = r.status === "scored" ? "result" : "error";
   if (r.status === "scored") {
-    const what = r.label !== null && r.label !== undefined ? r.label : r.prediction;
+    const classes = JSON.parse(tryForm.dataset.classes || "[]");  // binary: [negative, positive] by index
+    const what = r.label !== null && r.label !== undefined ? r.label
+      : classes.length === 2 && (r.prediction === 0 || r.prediction === 1) ? classes[r.prediction] : r.prediction;
     out.textContent = `Prediction: ${typeof what === "number" ? what.toPrecision(6) : what}` +
       (r.probability !== null && r.probability !== undefined ? ` (probability ${r.probability.toFixed(3)})` : "") +
       ` · model version ${r.model_version}`;
