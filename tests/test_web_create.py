@@ -153,3 +153,48 @@ def test_a_bad_staged_file_is_deleted_and_old_uploads_expire(tmp_path):
     assert expire_staged(store) == 0
     assert expire_staged(store, now=__import__("time").time() + 25 * 3600) == 1
     assert not store.list_files("staging")
+
+
+def test_on_s3_the_browser_posts_straight_to_the_bucket_and_the_dataset_lands_there(tmp_path, minio):
+    """The page's calls, keyed by its session cookie and CSRF token, against real MinIO: a presigned POST for the
+    staged file, the draft read from the bucket, and creation landing the file under the dataset's prefix."""
+    import re
+    import uuid
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.platform import Platform
+    from api.settings import ApiSettings, key_hash
+    from ml_platform.serve.watcher import ChampionWatcher
+
+    prefix = f"web-{uuid.uuid4().hex[:8]}"
+    settings = ApiSettings(data_root=f"s3://platform/{prefix}", home=tmp_path, key_hashes=frozenset({key_hash("k")}),
+                           specs_dir=str(tmp_path / "specs"), s3_endpoint=minio.endpoint, publish=False,
+                           dagster_url="http://127.0.0.1:9", max_upload_bytes=100_000)
+    platform = Platform(settings, watcher_for=lambda spec: ChampionWatcher(lambda: None, lambda v: None, 60))
+    s3 = minio.client()
+    with TestClient(create_app(settings, platform), follow_redirects=False) as c:
+        assert c.post("/app/login", data={"key": "k", "next": "/app/new"}).status_code == 303
+        csrf = {"X-CSRF-Token": re.search(r'name="csrf-token" content="([^"]+)"', c.get("/app/new").text).group(1)}
+        assert c.post("/app/api/uploads", json={"filename": "shop.csv", "bytes": 200_000},
+                      headers=csrf).status_code == 413
+        grant = c.post("/app/api/uploads", json={"filename": "shop.csv", "bytes": len(CSV)}, headers=csrf).json()
+        assert grant["method"] == "POST" and grant["fields"]["key"].startswith(f"{prefix}/staging/")
+        too_big = httpx.post(grant["url"], data=grant["fields"], files={"file": ("shop.csv", b"x" * 100_001)})
+        assert too_big.status_code == 400 and "EntityTooLarge" in too_big.text  # S3's own signed limit
+        ok = httpx.post(grant["url"], data=grant["fields"], files={"file": ("shop.csv", CSV.encode())})
+        assert ok.status_code in (200, 201, 204), ok.text
+        checked = c.post(f"/app/api/uploads/{grant['upload_id']}/check", headers=csrf)
+        assert checked.status_code == 200 and checked.json()["columns"] == 7, checked.text
+        assert "shop_id" in c.get(checked.json()["editor"]).text
+        made = c.post("/app/api/datasets", headers=csrf, json={
+            "upload_id": grant["upload_id"], "name": "shop_s3", "target": "kind", "columns": {},
+            "algorithms": {"logistic": {"regParam": [0.1]}}})
+        assert made.status_code == 201, made.text
+        assert "could not be asked to reload" in made.json()["dagster"]  # no Dagster here: it says so
+    landed = s3.get_object(Bucket="platform", Key=f"{prefix}/landing/shop_s3/shop.csv")["Body"].read()
+    assert landed == CSV.encode()
+    assert s3.list_objects_v2(Bucket="platform", Prefix=f"{prefix}/staging/").get("KeyCount", 0) == 0
+    assert (tmp_path / "specs" / "shop_s3.yaml").exists()

@@ -65,7 +65,12 @@ def diagnostics(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: s
     if spec.task == "regression":
         return regression_plots(scored, spec.target, "prediction", f"{spec.name} stack")
     scored = scored.withColumn("__p", score_column("probability"))
-    return classification_plots(curves(scored, LABEL, "__p"), f"{spec.name} stack")
+    plots = classification_plots(curves(scored, LABEL, "__p"), f"{spec.name} stack")
+    # the served decisions (the stack's own threshold) against the truth: rows true class, columns predicted
+    counts = {(int(r[0]), int(r[1])): r[2] for r in scored.groupBy(LABEL, "prediction").count().collect()}
+    matrix = [[counts.get((t, p), 0) for p in (0, 1)] for t in (0, 1)]
+    plots["confusion.png"] = confusion_plot(matrix, spec.classes or ("0", "1"), f"{spec.name} stack")
+    return plots
 
 
 def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str):
