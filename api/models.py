@@ -223,21 +223,38 @@ def leaderboard(dataset: str, request: Request) -> Leaderboard:
     with registry(f"{dataset} trainings"):
         client = platform.tracker().client
         exp = client.get_experiment_by_name(f"ml_platform/{dataset}")
-        parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'", max_results=1,
-                                     order_by=["attributes.start_time DESC"]) if exp else []
-        if not parents:
-            raise HTTPException(404, f"no training of {dataset} in MLflow yet")
-        parent = parents[0]
-        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                      max_results=500)
-        versions = client.search_model_versions(f"run_id = '{parent.info.run_id}'")
+        board = training_board(client, spec, exp.experiment_id) if exp else None
+    if board is None:
+        raise HTTPException(404, f"no training of {dataset} in MLflow yet")
+    return board
+
+
+def training_board(client, spec: DatasetSpec, experiment_id: str, versions: list | None = None,
+                   children: dict | None = None) -> Leaderboard | None:
+    """The newest training's leaderboard (None: no training yet). `versions`: the dataset's registered versions
+    when the caller has them already; `children`: a cache of a finished training's model runs (they no longer
+    change), by parent run id."""
+    parents = client.search_runs([experiment_id], "tags.role = 'parent'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    if not parents:
+        return None
+    parent = parents[0]
+    pid, finished = parent.info.run_id, parent.info.status == "FINISHED"
+    runs = children.get(pid) if children is not None and finished else None
+    if runs is None:
+        runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{pid}'", max_results=500)
+        if children is not None and finished:
+            children[pid] = runs
+    versions = [v for v in versions if v.run_id == pid] if versions is not None else \
+        client.search_model_versions(f"run_id = '{pid}'")
     metric, larger = primary(spec.task)
-    rows = [_row(r) for r in children]
+    rows = [_row(r) for r in runs]
     rows.sort(key=lambda r: (r.status != "finished", r.holdout.get(metric) is None,
                              (-1 if larger else 1) * r.holdout.get(metric, 0.0), r.algorithm))
     stack = {k.removeprefix(STACK_PREFIX): v for k, v in parent.data.metrics.items() if k.startswith(STACK_PREFIX)}
+    dataset = spec.name
     return Leaderboard(dataset=dataset, training_version=parent.data.tags.get("training_version"),
-                       run_id=parent.info.run_id, status=parent.info.status.lower(),
+                       run_id=pid, status=parent.info.status.lower(),
                        started_at=_iso(parent.info.start_time), primary_metric=metric, models=rows,
                        stack=StackRow(holdout=stack, served=next(
                            (v.tags.get("served_model") for v in versions if v.name == dataset), None),

@@ -47,12 +47,13 @@ def free_port() -> int:
 def make_csv(path: Path, mb: int) -> None:
     if path.exists() and path.stat().st_size >= mb * 1_048_576:
         return
-    row = "o-{i:09d},{v:.2f},{n},web,yes,2024-05-01,\"a note, with a comma\",no\n"
+    row = "o-{i:09d},{v:.2f},{n},web,yes,2024-05-01,\"a note, with a comma\",{r}\n"
     with path.open("w") as f:
         f.write("order_id,basket_value,items,channel,coupon,signup_date,note,returned\n")
         i = 0
         while f.tell() < mb * 1_048_576:
-            f.write("".join(row.format(i=i + k, v=(i + k) % 997 * 1.5, n=(i + k) % 9) for k in range(10000)))
+            f.write("".join(row.format(i=i + k, v=(i + k) % 997 * 1.5, n=(i + k) % 9,
+                                       r="yes" if (i + k) % 7 == 0 else "no") for k in range(10000)))
             i += 10000
 
 
@@ -101,15 +102,20 @@ def bench_api(csv: Path) -> dict:
             r = s.put(f"{base}{grant['url']}", data=f, headers={"X-CSRF-Token": csrf, "Content-Type": "text/csv"})
         seconds = time.perf_counter() - t0
         r.raise_for_status()
+        t1 = time.perf_counter()
         editor = s.get(f"{base}{r.json()['editor']}")
         editor.raise_for_status()
+        editor_seconds = time.perf_counter() - t1
+        t1 = time.perf_counter()
         target = s.get(f"{base}/app/api/uploads/{grant['upload_id']}/target", params={"column": "returned"})
+        target_seconds = time.perf_counter() - t1
         after = peak_mb(proc.pid)
         staged = list((home / "data" / "staging").iterdir())
         return {"bytes": size, "upload_seconds": round(seconds, 2), "mb_per_s": round(size / 1_048_576 / seconds, 1),
                 "peak_mb_before": round(before[0], 1), "peak_mb_after": round(after[0], 1),
                 "peak_growth_mb": round(after[0] - before[0], 1), "staged": [p.name for p in staged],
-                "staged_bytes": sum(p.stat().st_size for p in staged), "target_check": target.json()}
+                "staged_bytes": sum(p.stat().st_size for p in staged), "editor_seconds": round(editor_seconds, 2),
+                "target_check_seconds": round(target_seconds, 2), "target_check": target.json()}
     finally:
         proc.terminate()
         proc.wait(30)

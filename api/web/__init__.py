@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.web.session import Sessions
-from api.web.views import LiveCache, VersionCache
+from api.web.views import ArtifactCache, LiveCache, VersionCache
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/app"
@@ -28,6 +28,7 @@ def install(app: FastAPI) -> None:
     platform = app.state.platform
     app.state.sessions = Sessions()
     app.state.versions = VersionCache()
+    app.state.artifacts = ArtifactCache()
     app.state.live = LiveCache(platform.settings.bootstrap, lambda: list(platform.specs))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_api_route("/", lambda: RedirectResponse(f"{PREFIX}/", status_code=307), include_in_schema=False)

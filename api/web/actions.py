@@ -28,6 +28,7 @@ from api.web.create import (
     new_upload_id,
     target_of,
 )
+from api.web.views import PLOTS as VIEW_PLOTS
 from api.web.views import chain
 from ml_platform.layout import STAGING_DIR, staged_file
 from ml_platform.spec_draft import DraftError
@@ -36,7 +37,7 @@ from ml_platform.stores.local import LocalStore
 from ml_platform.stores.s3 import S3Store
 
 router = APIRouter(prefix=f"{PREFIX}/api", dependencies=[Depends(authorized)], include_in_schema=False)
-PLOTS = {"predicted_vs_actual.png", "residuals.png", "roc.png", "pr.png", "confusion.png", "reliability.png"}
+PLOTS = set(VIEW_PLOTS)
 
 
 class UploadAsk(BaseModel):

@@ -8,7 +8,7 @@ import hmac
 import time
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -16,7 +16,7 @@ from api.settings import key_hash
 from api.web import HERE, PREFIX
 from api.web.create import Refused, check_upload_id, draft_of
 from api.web.session import COOKIE, cookie_args
-from api.web.views import chain, champions, headline, last_batch
+from api.web.views import chain, champions, dataset_view, headline, last_batch
 from ml_platform.local.dagster_gql import DagsterError
 from ml_platform.spec_draft import ALGORITHMS, DEFAULT_PICKS, EDITABLE_PARSES, SUPERVISED_TASKS, algorithms_for
 from ml_platform.train.metrics import primary
@@ -153,61 +153,13 @@ def edit_spec(request: Request, upload_id: str):
 def dataset_page(request: Request, dataset: str):
     if _session(request) is None:
         return _login_redirect(request)
-    from api.models import dataset_info, leaderboard
-
     request.state.t0 = time.perf_counter()
-    p = request.app.state.platform
+    p, state = request.app.state.platform, request.app.state
     if dataset not in p.servers:
         return _page(request, "missing.html", status=404, dataset=dataset, known=sorted(p.servers))
     spec = p.specs[dataset]
-    problems, info, board, versions, importance, plots, experiment_id = [], None, None, [], {}, [], None
-    try:
-        info = dataset_info(dataset, request)
-    except HTTPException as e:
-        problems.append(str(e.detail))
-    try:
-        board = leaderboard(dataset, request)
-    except HTTPException as e:
-        if e.status_code != 404:
-            problems.append(str(e.detail))
-    if board is not None:
-        try:
-            versions, importance, plots, experiment_id = _results(p, dataset, board)
-        except Exception as e:
-            problems.append(f"MLflow: {type(e).__name__}: {str(e)[:200]}")
     metric, larger = primary(spec.task)
-    return _page(request, "dataset.html", spec=spec, info=info, board=board, versions=versions,
-                 importance=importance, plots=plots, problems=problems, experiment_id=experiment_id, metric=metric,
-                 larger=larger,
-                 assets=chain(spec), batch=last_batch(p.data_store(), spec),
-                 live=request.app.state.live.latest.get(dataset),
-                 max_bytes=p.settings.max_upload_bytes, max_mb=p.settings.max_upload_bytes / 1_048_576)
-
-
-def _results(p, dataset: str, board) -> tuple[list[dict], list[tuple[str, float]], list[str], str]:
-    """Every registered version (newest first, with its decision), the feature importance of the newest training
-    and the names of its plots."""
-    import json
-
-    client = p.tracker().client
-    versions = []
-    cache = None
-    roles: dict[str, list[str]] = {}
-    for alias, v in client.get_registered_model(dataset).aliases.items():  # searches leave versions' aliases out
-        roles.setdefault(str(v), []).append(alias)
-    for mv in sorted(client.search_model_versions(f"name = '{dataset}'"), key=lambda v: -int(v.version))[:50]:
-        versions.append({"version": str(mv.version), "aliases": sorted(roles.get(str(mv.version), [])),
-                         "decision": mv.tags.get("decision"), "served": mv.tags.get("served_model"),
-                         "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000))})
-    names = [a.path for a in client.list_artifacts(board.run_id)]
-    plots = [n for n in ("predicted_vs_actual.png", "residuals.png", "roc.png", "pr.png", "confusion.png",
-                         "reliability.png") if n in names]
-    if "importance.json" in names:
-        from mlflow.artifacts import load_text
-
-        cache = json.loads(load_text(f"runs:/{board.run_id}/importance.json") or "{}")
-    served = (board.stack.served if board.stack else None) or "stacked"
-    scores = (cache or {}).get(served) or (cache or {}).get("stacked") or next(iter((cache or {}).values()), {})
-    importance = sorted(((k, float(v)) for k, v in (scores or {}).items() if isinstance(v, int | float)),
-                        key=lambda kv: -kv[1])[:15]
-    return versions, importance, plots, client.get_run(board.run_id).info.experiment_id
+    view = dataset_view(p, state.versions, state.artifacts, spec)
+    return _page(request, "dataset.html", spec=spec, metric=metric, larger=larger, assets=chain(spec),
+                 batch=last_batch(p.data_store(), spec), live=state.live.latest.get(dataset),
+                 max_bytes=p.settings.max_upload_bytes, max_mb=p.settings.max_upload_bytes / 1_048_576, **view)

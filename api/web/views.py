@@ -7,10 +7,10 @@ on the page; the rest still shows."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from ml_platform.data.landing import is_temporary, partition_key
 from ml_platform.layout import accepted_marker, batch_records_dir, landing_dir, rejected_marker
 from ml_platform.serve.messages import topic
 from ml_platform.spec import DatasetSpec
@@ -97,7 +97,9 @@ class LiveCache:
 def last_batch(store, spec: DatasetSpec) -> dict | None:
     """The newest ingested batch and what became of it, and how many files wait in the landing zone."""
     records = store.list_files(batch_records_dir(spec))
-    waiting = len([f for f in store.list_files(landing_dir(spec)) if not f.name.startswith((".", "_", "~"))])
+    ingested = {f.name.removesuffix(".json") for f in records}
+    waiting = len([f for f in store.list_files(landing_dir(spec))  # landed files stay; waiting: not ingested yet
+                   if not is_temporary(f.name) and partition_key(f.name) not in ingested])
     if not records:
         return {"name": None, "waiting": waiting} if waiting else None
     newest = max(records, key=lambda f: f.mtime_ns)
@@ -130,7 +132,112 @@ def headline(spec: DatasetSpec, holdout: dict) -> str | None:
     return f"{metric} {v:.4g}" if isinstance(v, float | int) else None
 
 
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
+class ArtifactCache:
+    """A finished training run's plot names and feature importance (its artifacts no longer change)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._known: dict[str, tuple[list[str], dict]] = {}
+        self._lock = threading.Lock()
+        self.children: dict[str, list] = {}     # a finished training's model runs, by parent run id
+        self.experiments: dict[str, str] = {}  # dataset -> its experiment's id
+
+    def experiment(self, client, dataset: str) -> str | None:
+        if dataset not in self.experiments:
+            exp = client.get_experiment_by_name(f"ml_platform/{dataset}")
+            if exp is None:
+                return None
+            self.experiments[dataset] = exp.experiment_id
+        return self.experiments[dataset]
+
+    def get(self, client, run_id: str, finished: bool) -> tuple[list[str], dict]:
+        with self._lock:
+            if run_id in self._known:
+                return self._known[run_id]
+        import json
+
+        from mlflow.artifacts import load_text
+
+        names = [a.path for a in client.list_artifacts(run_id)]
+        plots = [n for n in PLOTS if n in names]
+        importance = json.loads(load_text(f"runs:/{run_id}/importance.json") or "{}") \
+            if "importance.json" in names else {}
+        if finished:
+            with self._lock:
+                if len(self._known) >= self.size:
+                    self._known.pop(next(iter(self._known)))
+                self._known[run_id] = (plots, importance)
+        return plots, importance
+
+
+PLOTS = ("predicted_vs_actual.png", "residuals.png", "roc.png", "pr.png", "confusion.png", "reliability.png")
+
+
+def dataset_view(p, versions: VersionCache, artifacts: ArtifactCache, spec: DatasetSpec) -> dict:
+    """Everything a dataset's page shows from MLflow: three reads in parallel (the newest training with its model
+    runs, the aliases, every version), plus what never changes from caches (a version's metrics, a finished
+    training's model runs and artifacts, the experiment's id). A registry that cannot be read is a problem named
+    on the page, not an error page."""
+    from api.models import input_columns, training_board
+
+    client, ds, problems = p.tracker().client, spec.name, []
+    if len(artifacts.children) > 256:
+        artifacts.children.clear()
+
+    def aliases():
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(client.get_registered_model(ds).aliases)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return {}
+
+    def all_versions():
+        return sorted(client.search_model_versions(f"name = '{ds}'"), key=lambda v: -int(v.version))
+
+    with ThreadPoolExecutor(3) as pool:
+        jobs = {"aliases": pool.submit(aliases), "versions": pool.submit(all_versions)}
+        got = {}
+        try:
+            exp = artifacts.experiment(client, ds)
+            got["board"] = training_board(client, spec, exp, jobs["versions"].result(),
+                                          artifacts.children) if exp else None
+        except Exception as e:
+            problems.append(f"MLflow (trainings): {type(e).__name__}: {str(e)[:200]}")
+            got["board"] = None
+        for k, job in jobs.items():
+            try:
+                got[k] = job.result()
+            except Exception as e:
+                problems.append(f"MLflow ({k}): {type(e).__name__}: {str(e)[:200]}")
+                got[k] = None
+        got["experiment"] = artifacts.experiments.get(ds)
+    alias_of, roles = got["aliases"] or {}, {}
+    for alias, v in alias_of.items():
+        roles.setdefault(str(v), []).append(alias)
+    info = {"champion": None, "challenger": None, "input_columns": input_columns(spec),
+            "serving_version": p.servers[ds].readiness()["model_version"]}
+    try:
+        for role in (CHAMPION, CHALLENGER):
+            if alias_of.get(role) and not (role == CHALLENGER and alias_of.get(role) == alias_of.get(CHAMPION)):
+                info[role] = versions.get(client, ds, str(alias_of[role]))
+    except Exception as e:
+        problems.append(f"MLflow (versions): {type(e).__name__}: {str(e)[:200]}")
+    rows = [{"version": str(mv.version), "aliases": sorted(roles.get(str(mv.version), [])),
+             "decision": mv.tags.get("decision"), "served": mv.tags.get("served_model"),
+             "created": when(mv.creation_timestamp / 1000)} for mv in (got["versions"] or [])[:50]]
+    plots, importance, b = [], [], got["board"]
+    if b is not None:
+        try:
+            plots, scores = artifacts.get(client, b.run_id, b.status == "finished")
+            served = (b.stack.served if b.stack else None) or "stacked"
+            # per model {"permutation": {column: worsening}, "impurity": ...}: the served model's permutation
+            chosen = (scores.get(served) or scores.get("stacked") or next(iter(scores.values()), {})) or {}
+            importance = sorted(((k, float(v)) for k, v in (chosen.get("permutation") or {}).items()
+                                 if isinstance(v, int | float)), key=lambda kv: -kv[1])[:15]
+        except Exception as e:
+            problems.append(f"MLflow (artifacts): {type(e).__name__}: {str(e)[:200]}")
+    return {"info": info, "board": b, "versions": rows, "plots": plots, "importance": importance,
+            "experiment_id": got["experiment"], "problems": problems}

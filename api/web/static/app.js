@@ -51,11 +51,17 @@ function send(target, file, bar, status) {
   });
 }
 
-function tooBig(form, file, status) {
+// Checks the file against the form's limit, then asks the form's grant URL where to send it: the grant, or null
+// with the reason shown in `status`.
+async function grant(form, file, status, body) {
+  const fail = (msg) => { status.textContent = msg; status.className = "error"; return null; };
+  status.className = "";
+  if (!file) return null;
   const max = Number(form.dataset.maxBytes);
-  if (file.size > max) { status.textContent = `${file.name} is ${(file.size / 1048576).toFixed(1)} MB, over the limit of ${(max / 1048576).toFixed(0)} MB.`; status.className = "error"; return true; }
-  if (file.size === 0) { status.textContent = `${file.name} is empty.`; status.className = "error"; return true; }
-  return false;
+  if (file.size > max) return fail(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB, over the limit of ${(max / 1048576).toFixed(0)} MB.`);
+  if (file.size === 0) return fail(`${file.name} is empty.`);
+  const ask = await call("POST", form.dataset.ask, body);
+  return ask.ok ? ask : fail(detail(ask));
 }
 
 // ---- new dataset: upload
@@ -63,10 +69,8 @@ const uploadForm = $("#upload-form");
 if (uploadForm) uploadForm.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("#file").files[0], status = $("#upload-status"), bar = $("#upload-progress");
-  status.className = "";
-  if (!file || tooBig(uploadForm, file, status)) return;
-  const ask = await call("POST", uploadForm.dataset.ask, { filename: file.name, bytes: file.size });
-  if (!ask.ok) { status.textContent = detail(ask); status.className = "error"; return; }
+  const ask = await grant(uploadForm, file, status, { filename: file && file.name, bytes: file && file.size });
+  if (!ask) return;
   try {
     let res = await send(ask.data, file, bar, status);
     if (res.ok && ask.data.method === "POST") res = await call("POST", `${uploadForm.dataset.ask}/${ask.data.upload_id}/check`);
@@ -210,10 +214,8 @@ const batchForm = $("#batch-form");
 if (batchForm) batchForm.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("#batch-file").files[0], status = $("#batch-status"), bar = $("#batch-progress");
-  status.className = "";
-  if (!file || tooBig(batchForm, file, status)) return;
-  const ask = await call("POST", batchForm.dataset.ask, { filename: file.name });
-  if (!ask.ok) { status.textContent = detail(ask); status.className = "error"; return; }
+  const ask = await grant(batchForm, file, status, { filename: file && file.name });
+  if (!ask) return;
   try {
     const res = await send(ask.data, file, bar, status);
     if (!res.ok) { status.textContent = `Not accepted: ${detail(res)}`; status.className = "error"; return; }
