@@ -25,6 +25,7 @@ from api.web.create import (
     discard,
     draft_of,
     existing,
+    expire_staged,
     new_upload_id,
     target_of,
 )
@@ -78,6 +79,10 @@ def ask_upload(body: UploadAsk, request: Request) -> dict:
     if reason:
         raise HTTPException(422, f"file name {body.filename!r}: {reason}; rename the file")
     store, upload_id = _store(request), new_upload_id()
+    try:  # uploads abandoned in the editor go when a new one starts (best effort: never in this one's way)
+        expire_staged(store)
+    except (StorageError, OSError):
+        pass
     if isinstance(store, S3Store):
         g = store.presigned_upload(staged_file(upload_id, body.filename), limit, 15 * 60)
         return {"upload_id": upload_id, "method": "POST", "url": g.url, "fields": g.fields, "max_bytes": limit}
