@@ -192,8 +192,7 @@ def test_on_s3_the_browser_posts_straight_to_the_bucket_and_the_dataset_lands_th
         made = c.post("/app/api/datasets", headers=csrf, json={
             "upload_id": grant["upload_id"], "name": "shop_s3", "target": "kind", "columns": {},
             "algorithms": {"logistic": {"regParam": [0.1]}}})
-        assert made.status_code == 201, made.text
-        assert "could not be asked to reload" in made.json()["dagster"]  # no Dagster here: it says so
+        assert made.status_code == 201, made.text  # no Dagster here: its reload is asked for in the background
     landed = s3.get_object(Bucket="platform", Key=f"{prefix}/landing/shop_s3/shop.csv")["Body"].read()
     assert landed == CSV.encode()
     assert s3.list_objects_v2(Bucket="platform", Prefix=f"{prefix}/staging/").get("KeyCount", 0) == 0

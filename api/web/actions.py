@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -182,9 +183,10 @@ def create_dataset(body: NewDataset, request: Request) -> dict:
     except Refused as e:
         raise _refused(e) from None
     p.serve(spec)
-    reload = _reload(p.settings.dagster_url)
-    return {"dataset": spec.name, "task": spec.task, "landed": landed, "url": f"{PREFIX}/datasets/{spec.name}",
-            "dagster": reload}
+    # off the request: reloading a code location takes Dagster seconds to tens of seconds, and the page has
+    # nothing to wait for (the daemon picks the spec up within a minute either way)
+    threading.Thread(target=_reload, args=(p.settings.dagster_url,), daemon=True, name="dagster-reload").start()
+    return {"dataset": spec.name, "task": spec.task, "landed": landed, "url": f"{PREFIX}/datasets/{spec.name}"}
 
 
 def _batch_name(store, upload_id: str) -> str:
@@ -197,14 +199,16 @@ def _batch_name(store, upload_id: str) -> str:
     return name
 
 
-def _reload(url: str) -> str:
+def _reload(url: str) -> None:
+    from api.platform import say
     from ml_platform.local.dagster_gql import DagsterError, reload_code_locations
 
     try:
         problems = reload_code_locations(url)
     except DagsterError as e:
-        return f"Dagster could not be asked to reload ({str(e)[:200]}); its daemon picks the spec up within a minute"
-    return "; ".join(problems) or "reloaded"
+        problems = [f"could not be asked ({str(e)[:200]}); its daemon picks the spec up within a minute"]
+    if problems:
+        say(f"warning: Dagster reload after a new dataset: {'; '.join(problems)}")
 
 
 @router.get("/datasets/{dataset}/progress")
