@@ -4,7 +4,7 @@
 #                   jars, and dynalite (the prediction store's DynamoDB-API server, from npm)
 #   make test       also needs Go and root (once): kcat, MinIO, .venv-emr, the aws/hdfs/emr-node jars, and for the
 #                   browser tests headless Chromium with chromedriver (Debian) and axe-core (npm)
-#   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in under a minute
+#   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in about 3 minutes
 #   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
 SHELL := /bin/bash
 PYTHON ?= python3.11

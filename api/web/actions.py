@@ -25,7 +25,6 @@ from api.web.create import (
     create,
     discard,
     draft_of,
-    existing,
     expire_staged,
     new_upload_id,
     target_of,
@@ -149,14 +148,6 @@ def cancel_upload(upload_id: str, request: Request):
     except Refused as e:
         raise _refused(e) from None
     return Response(status_code=204)
-
-
-@router.get("/names/{name}")
-def name_free(name: str, request: Request) -> dict:
-    p = request.app.state.platform
-    specs_dir = p.settings.specs_dir
-    taken = existing(_specs_dir(p), _store(request), name, set(p.specs)) if specs_dir else None
-    return {"name": name, "free": taken is None, "reason": taken}
 
 
 def _specs_dir(p):
