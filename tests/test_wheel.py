@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["ml_platform", "assets", "resources", "sensors", "spark_streaming"]
+PACKAGES = ["ml_platform", "api", "assets", "resources", "sensors", "spark_streaming"]
 PRODUCT = [*PACKAGES, "definitions.py"]
 
 
@@ -93,11 +93,13 @@ for name in names + ["definitions"]:
 root = resources.files("ml_platform")
 data = sorted(str(Path(p).relative_to(str(root))) for p in Path(str(root)).rglob("*")
               if p.suffix in (".json", ".yaml", ".yml"))
+web_root = Path(str(resources.files("api.web")))
+web = sorted(str(p.relative_to(web_root)) for p in web_root.rglob("*") if p.suffix in (".html", ".js", ".css"))
 from ml_platform.spec import load_spec_dir
 specs = load_spec_dir()
 from ml_platform.local.simulate import SimConfig, write_batch
 batch = write_batch(SimConfig("used_cars", rows_per_batch=20), 1, Path(tempfile.mkdtemp()), None)
-print(json.dumps({"modules": sorted(names), "outside": outside, "data": data, "specs": sorted(specs.specs),
+print(json.dumps({"modules": sorted(names), "outside": outside, "data": data, "web": web, "specs": sorted(specs.specs),
                   "spec_errors": specs.errors, "batch_lines": len(batch.read_text().splitlines())}))
 """
 
@@ -138,6 +140,9 @@ def test_wheel_installs_alone_and_has_every_module_spec_and_contract(tmp_path):
     tree_data = sorted(str(p.relative_to(ROOT / "ml_platform")) for p in (ROOT / "ml_platform").rglob("*")
                        if p.suffix in (".json", ".yaml", ".yml"))
     assert got["data"] == tree_data and any(d.startswith("serve/contracts/") for d in got["data"])
+    tree_web = sorted(str(p.relative_to(ROOT / "api" / "web")) for p in (ROOT / "api" / "web").rglob("*")
+                      if p.suffix in (".html", ".js", ".css"))
+    assert got["web"] == tree_web and "templates/dataset.html" in got["web"]  # the web app's pages ship too
 
     from ml_platform.spec import load_spec_dir
 
