@@ -99,7 +99,9 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         platform.start()
-        app.state.live.start()
+        from api.web import start
+
+        start(app)
         yield
         app.state.live.stop()
         platform.stop()
