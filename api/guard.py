@@ -44,11 +44,7 @@ def authorized(request: Request) -> str:
     key's rate. Returns the key's hash (a caller identity for metrics and logs that reveals nothing of the key)."""
     platform = request.app.state.platform
     given = request.headers.get(HEADER)
-    h = key_hash(given) if given else ""
-    if not given:
-        h = _session_key(request)
-    elif not any(hmac.compare_digest(h, k) for k in platform.settings.key_hashes):
-        h = ""
+    h = known_key(given, platform.settings.key_hashes) if given else _session_key(request)
     if not h:
         platform.metrics.auth_failures.inc()
         raise HTTPException(401, "missing or unknown API key (header X-API-Key)",
@@ -59,6 +55,12 @@ def authorized(request: Request) -> str:
         raise HTTPException(429, f"rate limit of {platform.settings.rate_per_minute} requests a minute per key",
                             headers={"Retry-After": str(max(1, round(wait)))})
     return h[:12]
+
+
+def known_key(key: str, key_hashes: frozenset[str]) -> str:
+    """The hash of `key` when it is an accepted key, else '' (compared in constant time)."""
+    h = key_hash(key) if key else ""
+    return h if h and any(hmac.compare_digest(h, k) for k in key_hashes) else ""
 
 
 def _session_key(request: Request) -> str:

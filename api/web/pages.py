@@ -4,7 +4,6 @@ Dagster, Kafka) is named in the page and the rest still shows."""
 
 from __future__ import annotations
 
-import hmac
 import time
 from urllib.parse import quote, urlsplit
 
@@ -12,7 +11,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from api.settings import key_hash
+from api.guard import known_key
 from api.web import HERE, PREFIX
 from api.web.create import Refused, check_upload_id, draft_of
 from api.web.session import COOKIE, cookie_args
@@ -61,8 +60,8 @@ def login_page(request: Request, next: str | None = None):
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, key: str = Form(""), next: str = Form(f"{PREFIX}/")):
     p = request.app.state.platform
-    h = key_hash(key.strip()) if key.strip() else ""
-    if not h or not any(hmac.compare_digest(h, k) for k in p.settings.key_hashes):
+    h = known_key(key.strip(), p.settings.key_hashes)
+    if not h:
         p.metrics.auth_failures.inc()
         return _page(request, "login.html", status=401, next=_safe_next(next),
                      error="That key is not accepted. Use an API key of this deployment (`make run` writes one to "

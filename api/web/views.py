@@ -17,7 +17,6 @@ from ml_platform.spec import DatasetSpec
 from ml_platform.train.metrics import primary
 from ml_platform.train.registry import CHALLENGER, CHAMPION
 
-STACK_PREFIX = "stack_holdout_"
 LIVE_SECONDS = 15.0
 
 
@@ -43,12 +42,9 @@ class VersionCache:
         with self._lock:
             if k in self._known:
                 return self._known[k]
-        mv = client.get_model_version(dataset, version)
-        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-        info = {"version": str(mv.version), "run_id": mv.run_id, "created": when(mv.creation_timestamp / 1000),
-                "decision": mv.tags.get("decision"), "served": mv.tags.get("served_model"),
-                "training_version": mv.tags.get("training_version"),
-                "holdout": {k.removeprefix(STACK_PREFIX): v for k, v in metrics.items() if k.startswith(STACK_PREFIX)}}
+        from api.models import _version
+
+        info = _version(client, dataset, version).model_dump()  # what the REST API's dataset route says of it
         with self._lock:
             self._known[k] = info
         return info
