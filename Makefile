@@ -4,6 +4,7 @@
 #                   jars, and dynalite (the prediction store's DynamoDB-API server, from npm)
 #   make test       also needs Go and root (once): kcat, MinIO, .venv-emr, the aws/hdfs/emr-node jars, and for the
 #                   browser tests headless Chromium with chromedriver (Debian) and axe-core (npm)
+#   make test-scenarios  the long end-to-end scenarios `make test` leaves out (fault matrix, drift loop, EMR's Spark)
 #   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in about 3 minutes
 #   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
 SHELL := /bin/bash
@@ -31,7 +32,7 @@ MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools browser axe dynalite run test test-fast lint pytest validate smoke lock jars jars-run \
+.PHONY: setup setup-run tools browser axe dynalite run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
         jars-test jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
 setup-run: $(VENV)/.installed jars-run $(DYNALITE)
 setup: setup-run jars-test tools browser
@@ -133,9 +134,14 @@ test-fast: $(VENV)/.installed
 lint:
 	$(BIN)/ruff check .
 
-# pytest's exit 5 (no test collected or selected) fails like any other non-zero status
+# pytest's exit 5 (no test collected or selected) fails like any other non-zero status. CI's run leaves out the
+# long scenarios (tests marked `scenario`: the control plane's fault matrix, the drift-and-retrain loop, the data
+# layers on EMR's Spark); `make test-scenarios` runs them, about 30 minutes more.
 pytest:
-	@$(BIN)/pytest; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
+	@$(BIN)/pytest -m "not scenario"; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
+
+test-scenarios: setup
+	@$(BIN)/pytest -m scenario; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
 
 validate:
 	$(BIN)/dagster definitions validate -m definitions

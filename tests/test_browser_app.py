@@ -4,7 +4,8 @@ algorithms, watches the training to its end, reads the leaderboard, downloads th
 files and choices are refused on the page and leave nothing behind. Every page is checked with axe-core at
 1280 px and 390 px wide, and screenshotted into tests/artifacts/screenshots.
 
-This file's name sorts before test_up.py on purpose: both share the session's stack, and test_up.py stops it."""
+Both this file and test_up.py use the session's stack; conftest runs them last (this file first, by name), and
+test_up.py stops the stack."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ DS = "used_cars"
 STEP = {layer: f"{DS}__{layer}" for layer in ("raw_batches", "cleaned_features", "training_set", "models",
                                                "stacked_model", "serving_deployment")}
 TERMINAL = {"accepted", "quarantined", "superseded"}
+pytestmark = pytest.mark.scenario  # about 15 minutes: `make test-scenarios`, not CI
 
 
 def tiny_spec(folder: Path) -> Path:

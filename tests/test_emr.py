@@ -162,6 +162,7 @@ def test_serverless_dry_run_prints_start_job_run(platform, capsys):
 
 
 @pytest.mark.slow  # pyspark 3.5.6 in a subprocess: no service fixture, but a JVM
+@pytest.mark.scenario  # 2-4 minutes: `make test-scenarios`, not CI
 def test_data_layers_run_on_the_spark_of_emr(tmp_path):
     """Ingest → clean → training set → feature pipeline under pyspark 3.5.6 (emr-7.13.0's Spark), with only what
     the bootstrap installs for those layers (no MLflow, no xgboost)."""

@@ -95,6 +95,7 @@ def _ingest(assets, resources, instance, key):
     assert materialize(assets[:2], partition_key=key, instance=instance, resources=resources).success
 
 
+@pytest.mark.scenario  # two trainings and a live scorer, 6-9 minutes: `make test-scenarios`, not CI
 def test_drift_degrades_live_rmse_and_a_retrain_on_feedback_recovers_it(spark, kafka, dynalite, platform,  # noqa: F811
                                                                         tmp_path):
     spec, store, resources, instance, tracker = platform

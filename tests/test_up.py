@@ -154,8 +154,8 @@ def test_status_reads_stack_json(tmp_path):
 
 @pytest.fixture(scope="module")
 def up(local_stack):
-    """The session's real `ml-platform up` (tests/local_stack.py); the last test here stops it, so the browser tests
-    that share it (tests/test_browser_app.py) are collected first (pytest runs files in name order)."""
+    """The session's real `ml-platform up` (tests/local_stack.py); the last test here stops it. conftest runs every
+    test that uses the stack last, the browser tests (tests/test_browser_app.py) before these (name order)."""
     return local_stack
 
 
