@@ -78,17 +78,38 @@ class _RequestColumns(NamedTuple):
     out: tuple[Column, ...]
 
 
+def read_columns(spec: DatasetSpec) -> tuple[set[str], list[str]]:
+    """(the cleaned columns a request's row must have: what a model reads, required columns, the key, and the inputs
+    of derived features among them; the source columns they come from, in spec order). Only those are parsed from
+    the JSON: the rest (free text, excluded columns, the target) never leave the parser."""
+    numeric, categorical = spec.feature_columns()
+    needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
+        {spec.key} if spec.key else set()) | ({spec.recommend.user, spec.recommend.item} if spec.recommend else set())
+    grew = True
+    while grew:  # a derived feature needs its inputs, which may be derived too
+        grew = False
+        for d in spec.derived:
+            if d.name in needed and not set(d.inputs) <= needed:
+                needed |= set(d.inputs)
+                grew = True
+    sources = [c.name for c in spec.columns if c.name != spec.target and (
+        c.name in needed or needed.intersection(c.output_names()))]
+    return needed, sources
+
+
 @spec_cached()  # built once per spec and size limit, not per micro-batch or request (see cleaning.spec_cached)
 def _request_columns(spec: DatasetSpec, max_bytes: int) -> _RequestColumns:
     raw = F.col("value").cast("string")
     size = F.octet_length(F.col("value"))
     big = size > max_bytes
+    needed, sources = read_columns(spec)
+    schema = StructType([f for f in request_schema(spec).fields if f.name in ("request_id", "event_time", *sources)])
     read = (
         F.col("topic").alias("__topic"), F.col("partition").alias("__partition"), F.col("offset").alias("__offset"),
         F.col("key").cast("string").alias("__key"), F.col("value").alias("__value"), size.alias("__bytes"),
-        # one JSON parse: PERMISSIVE from_json puts anything that is not a JSON object in the corrupt column;
-        # NaN and Infinity tokens (which careless producers write) parse, and count as missing values later
-        F.when(~big, F.from_json(raw, request_schema(spec).add(CORRUPT_JSON, StringType()),
+        # one JSON parse, of the columns read only: PERMISSIVE from_json puts anything that is not a JSON object in
+        # the corrupt column; NaN and Infinity tokens (which careless producers write) parse, and count as missing
+        F.when(~big, F.from_json(raw, schema.add(CORRUPT_JSON, StringType()),
                                  {"columnNameOfCorruptRecord": CORRUPT_JSON})).alias("__json"),
         F.when(~big, single_object(raw)).alias("__single"), F.when(~big, string_request_id(raw)).alias("__sid"))
     given = F.col("__json.request_id")
@@ -107,15 +128,12 @@ def _request_columns(spec: DatasetSpec, max_bytes: int) -> _RequestColumns:
            .when(ts.isNull(), F.concat(F.lit("event_time: missing or not an ISO-8601 time '"),
                                        F.substring(F.coalesce(F.col("__json.event_time"), F.lit("")), 1, 60),
                                        F.lit("'"))))
-    # a request carries no label: the target is null whatever was sent
+    # a request carries no label: the target is null whatever was sent; a column no model reads is null too (the
+    # cleaning's expressions on a null literal fold away when Spark optimizes the plan)
     flat = (*[F.col(c) for c in ("__topic", "__partition", "__offset", "__key", "__value", "__bytes")],
             F.when(valid_id, given).alias("request_id"), ts.alias("event_ts"), pre.alias(PRE),
-            *[(F.lit(None).cast("string") if c == spec.target else F.col("__json").getField(c)).alias(c)
+            *[(F.col("__json").getField(c) if c in sources else F.lit(None).cast("string")).alias(c)
               for c in spec.column_names])
-    numeric, categorical = spec.feature_columns()
-    needed = set(numeric) | set(categorical) | {c.name for c in spec.columns if c.required} | (
-        {spec.key} if spec.key else set()) | ({spec.recommend.user, spec.recommend.item} if spec.recommend else set())
-    # only the columns a model can read: Spark then skips parsing the rest (free text, excluded columns)
     out = (*[F.col(f"__src_{c}").alias(c) for c in KEEP],
            *[F.col(c) for c in spec.cleaned_columns if c != spec.target and c in needed],
            F.coalesce(F.col(f"__src_{PRE}"), F.col(REASON)).alias(REASON))
@@ -151,20 +169,18 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
         F.when(~finite, F.lit("the model produced a non-finite prediction")).alias(REASON))
 
 
-def prediction_messages(scored: DataFrame, pred_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
+def _prediction(scored: DataFrame) -> tuple[Column, Column]:
+    """A scored row's prediction record: (key, value)."""
     multiclass = [c for c in ("label", "probabilities", "cold_start") if c in scored.columns]
     body = F.struct(
         "request_id", "prediction", "probability", "model_name", "model_version",
         iso(F.col("event_ts")).alias("event_time"), iso(F.current_timestamp()).alias("scored_at"),
         F.sha2(F.col("__value"), 256).alias("input_sha256"), *multiclass)
-    return scored.select(F.lit(pred_topic).alias("topic"), F.col("request_id").alias("key"),
-                         F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
+    return F.col("request_id"), F.to_json(body, {"ignoreNullFields": "false"})
 
 
-def dlq_messages(rejected: DataFrame, dlq_topic: str, keep: tuple[str, ...] = (),
-                 excerpt_chars: int = DLQ_EXCERPT_CHARS) -> DataFrame:
-    """Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS): a DLQ write that cannot fail for size. A
-    smaller `excerpt_chars` makes the record for a message whose first output could not be written."""
+def _dead_letter(excerpt_chars: int = DLQ_EXCERPT_CHARS) -> tuple[Column, Column]:
+    """A rejected row's DLQ record: (key, value). Bounded whatever was sent (see messages.DLQ_EXCERPT_CHARS)."""
     # invalid UTF-8 replaced (U+FFFD) before cutting: Spark counts a stray lead byte as a whole character, so an
     # excerpt of random bytes was invalid UTF-8 JSON and longer than excerpt_chars once a consumer decoded it
     text = F.make_valid_utf8(F.col("__value").cast("string"))
@@ -175,8 +191,30 @@ def dlq_messages(rejected: DataFrame, dlq_topic: str, keep: tuple[str, ...] = ()
                     F.col("__offset").alias("offset"), F.substring(REASON, 1, DLQ_REASON_CHARS).alias("reason"),
                     iso(F.current_timestamp()).alias("dlq_at"))
     key = F.substring(F.make_valid_utf8(F.coalesce("request_id", "__key")), 1, DLQ_KEY_CHARS)
-    return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"),
-                           F.to_json(body, {"ignoreNullFields": "false"}).alias("value"), *keep)
+    return key, F.to_json(body, {"ignoreNullFields": "false"})
+
+
+def prediction_messages(scored: DataFrame, pred_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
+    key, value = _prediction(scored)
+    return scored.select(F.lit(pred_topic).alias("topic"), key.alias("key"), value.alias("value"), *keep)
+
+
+def dlq_messages(rejected: DataFrame, dlq_topic: str, keep: tuple[str, ...] = (),
+                 excerpt_chars: int = DLQ_EXCERPT_CHARS) -> DataFrame:
+    """A DLQ write that cannot fail for size. A smaller `excerpt_chars` makes the record for a message whose first
+    output could not be written."""
+    key, value = _dead_letter(excerpt_chars)
+    return rejected.select(F.lit(dlq_topic).alias("topic"), key.alias("key"), value.alias("value"), *keep)
+
+
+def served_messages(scored: DataFrame, pred_topic: str, dlq_topic: str, keep: tuple[str, ...] = ()) -> DataFrame:
+    """Each scored row's one record in a single projection: its prediction, or its DLQ record when the model gave
+    no finite prediction (so the model runs once per row, without caching its output to split it in two)."""
+    ok = F.col(REASON).isNull()
+    (pk, pv), (dk, dv) = _prediction(scored), _dead_letter()
+    return scored.select(F.when(ok, F.lit(pred_topic)).otherwise(F.lit(dlq_topic)).alias("topic"),
+                         F.when(ok, pk).otherwise(dk).alias("key"), F.when(ok, pv).otherwise(dv).alias("value"),
+                         *keep)
 
 
 def unwritten_messages(out: DataFrame, failed: list[tuple[tuple, str]], spec: DatasetSpec) -> DataFrame:
@@ -207,9 +245,10 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
     record: requests in = predictions + DLQ. shadow: the champion answers every request, and the challenger's
     predictions for the same requests go to `<ds>.shadow` (never to the caller; a challenger's non-finite
     prediction is not written). split: a request whose request_id hashes under `share` (routing.in_challenger) is
-    answered by the challenger, its prediction stamped with the challenger's version. Parsing and scoring are
-    cached so that each runs once per micro-batch. `keep_source` keeps the request's columns (KEEP: its Kafka
-    coordinates and bytes) on every output row, so a row that cannot be written can be dead-lettered instead."""
+    answered by the challenger, its prediction stamped with the challenger's version. The parse is cached, so
+    that it runs once per micro-batch; each model runs once per row it scores. `keep_source` keeps the request's
+    columns (KEEP: its Kafka coordinates and bytes) on every output row, so a row that cannot be written can be
+    dead-lettered instead."""
     c = spec.serving.challenger
     mode = mode or c.mode
     share = c.share if share is None else share
@@ -229,14 +268,10 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
     else:
         scored = score(model, good, spec, model_name, version)
         if mode == "shadow":
-            shadow = score(challenger.model, good, spec, model_name, challenger.version).persist()
-            cached.append(shadow)
-    scored = scored.persist()
-    cached.append(scored)
+            shadow = score(challenger.model, good, spec, model_name, challenger.version)
     keep = tuple(KEEP) if keep_source else ()
-    out = prediction_messages(scored.where(F.col(REASON).isNull()), topic(spec, "predictions"), keep)
+    out = served_messages(scored, topic(spec, "predictions"), topic(spec, "dlq"), keep)
     out = out.unionByName(dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq"), keep))
-    out = out.unionByName(dlq_messages(scored.where(F.col(REASON).isNotNull()), topic(spec, "dlq"), keep))
     if shadow is not None:
         out = out.unionByName(prediction_messages(shadow.where(F.col(REASON).isNull()), topic(spec, "shadow"),
                                                   keep))
