@@ -70,14 +70,12 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
     size = F.coalesce(F.octet_length("key"), F.lit(0)) + F.octet_length("value") + RECORD_OVERHEAD
     big = size > max_request_size
     seen = Observation()
-    observed = df.observe(seen, F.sum(big.cast("int")).alias("big"), *[
+    observed = df.observe(seen, F.sum(big.cast("int")).alias("big"),
+                          F.sum((~F.col("topic").isin(*topics)).cast("int")).alias("other"), *[
         F.sum((F.col("topic") == t).cast("int")).alias(f"n{i}") for i, t in enumerate(topics)])
     failed: list[tuple[tuple, str]] = []
     try:
         write_kafka(observed.where(~big), bootstrap, max_request_size)
-        counts = seen.get
-        rows = {t: counts.get(f"n{i}") or 0 for i, t in enumerate(topics)}
-        oversized = counts.get("big") or 0
     except AnalysisException:  # a bug in the query, not a record that cannot be written
         raise
     except Exception as e:
@@ -85,6 +83,12 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
         rows = {r["topic"]: r["n"] for r in df.groupBy("topic").agg(F.count(F.lit(1)).alias("n")).collect()}
         oversized = df.where(big).limit(1).count()
         failed += _bisect(df.where(~big), bootstrap, unit, broker_ok, max_request_size, e)
+    else:  # read only after a write that succeeded: an observation of a failed action is never filled
+        counts = seen.get
+        rows = {t: counts.get(f"n{i}") or 0 for i, t in enumerate(topics)}
+        oversized = counts.get("big") or 0
+        if counts.get("other"):  # a topic the caller did not name: count them all (a second pass, never usual)
+            rows = {r["topic"]: r["n"] for r in df.groupBy("topic").agg(F.count(F.lit(1)).alias("n")).collect()}
     if oversized:  # rare: one more pass to name them
         failed += [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
                     f"max.request.size ({max_request_size})")
