@@ -87,7 +87,6 @@ def jobs_per_micro_batch(spark, spec, model, src) -> dict:
     from ml_platform.serve.scoring import OUTPUT_UNIT
     from ml_platform.serve.spark_kafka import write_isolating
 
-    TOPICS = [f"{spec.name}.{k}" for k in ("predictions", "dlq", "shadow")]  # noqa: N806
     broker = Broker(OUT / "kafka")
     broker.start()
     try:
@@ -100,7 +99,7 @@ def jobs_per_micro_batch(spark, spec, model, src) -> dict:
             sc.setJobGroup(f"mb-{attempt}", "one micro-batch")
             t = time.perf_counter()
             out, cached = score_batch(batch, spec, model, spec.name, "1", MAX_MESSAGE_BYTES, keep_source=True)
-            written = write_isolating(out, broker.bootstrap, OUTPUT_UNIT, lambda: None, TOPICS)
+            written = write_isolating(out, broker.bootstrap, OUTPUT_UNIT, lambda: None)
             for c in cached:
                 c.unpersist()
             dt = time.perf_counter() - t

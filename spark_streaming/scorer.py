@@ -99,7 +99,7 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
         try:
             # the broker answering is checked with the scorer's own topic check: it raises when nobody answers
             written = write_isolating(out, bootstrap, OUTPUT_UNIT, lambda: ensure_topics(bootstrap, spec.name),
-                                      [topic(spec, k) for k in ("predictions", "dlq", "shadow")], write_limit)
+                                      write_limit)
             if written.failed:  # each becomes its request's DLQ record; if even that fails, the batch fails
                 write_kafka(unwritten_messages(out, written.failed, spec), bootstrap, write_limit)
         finally:

@@ -50,50 +50,36 @@ class Written(NamedTuple):
     failed: list[tuple[tuple, str]]  # (the row's `unit` values, why it was not written)
 
 
-def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable[[], object], topics: Sequence[str],
+def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable[[], object],
                     max_request_size: int = MAX_MESSAGE_BYTES) -> Written:
-    """Write `df`'s (topic, key, value) rows, counted per topic for `topics` (every topic its rows can have).
-    `unit` names columns whose values are unique per row (e.g. topic, source partition and offset) and order it.
-    Rows over `max_request_size` are not sent. When the write of the others fails, `broker_ok()` must return (it
-    raises when the broker does not answer, and so does this); then the rows are written again in halves, down to
-    single rows, and the rows that still fail are returned. Rows written before a failed attempt may be written
-    twice (delivery is at least once). The write fails as a whole when nothing could be written or more than
-    MAX_ISOLATED rows fail.
-
-    The usual micro-batch is one Spark job: the rows per topic and the oversized ones are counted by an observation
-    on the write itself (no counting pass before it). Only when a row was oversized or the write failed is the
-    batch read again, to name those rows."""
-    from pyspark.errors import AnalysisException
-    from pyspark.sql import Observation
+    """Write `df`'s (topic, key, value) rows; `unit` names columns whose values are unique per row (e.g. topic,
+    source partition and offset) and order it. Rows over `max_request_size` are not sent. When the write of the
+    others fails, `broker_ok()` must return (it raises when the broker does not answer, and so does this); then
+    the rows are written again in halves, down to single rows, and the rows that still fail are returned. Rows
+    written before a failed attempt may be written twice (delivery is at least once). The write fails as a whole
+    when nothing could be written or more than MAX_ISOLATED rows fail."""
     from pyspark.sql import functions as F
 
     size = F.coalesce(F.octet_length("key"), F.lit(0)) + F.octet_length("value") + RECORD_OVERHEAD
-    big = size > max_request_size
-    seen = Observation()
-    observed = df.observe(seen, F.sum(big.cast("int")).alias("big"),
-                          F.sum((~F.col("topic").isin(*topics)).cast("int")).alias("other"), *[
-        F.sum((F.col("topic") == t).cast("int")).alias(f"n{i}") for i, t in enumerate(topics)])
+    total = {r["topic"]: (r["n"], r["big"]) for r in df.groupBy("topic").agg(
+        F.count(F.lit(1)).alias("n"), F.sum((size > max_request_size).cast("int")).alias("big")).collect()}
     failed: list[tuple[tuple, str]] = []
+    fits = df
+    if any(big for _, big in total.values()):  # rare: one more pass to name them
+        fits = df.where(size <= max_request_size)
+        big = df.where(size > max_request_size).select(F.struct(*unit).alias("unit"), "topic", size.alias("n"))
+        failed = [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
+                   f"max.request.size ({max_request_size})") for r in big.collect()]
+    from pyspark.errors import AnalysisException
+
     try:
-        write_kafka(observed.where(~big), bootstrap, max_request_size)
+        write_kafka(fits, bootstrap, max_request_size)
     except AnalysisException:  # a bug in the query, not a record that cannot be written
         raise
     except Exception as e:
         broker_ok()
-        rows = {r["topic"]: r["n"] for r in df.groupBy("topic").agg(F.count(F.lit(1)).alias("n")).collect()}
-        oversized = df.where(big).limit(1).count()
-        failed += _bisect(df.where(~big), bootstrap, unit, broker_ok, max_request_size, e)
-    else:  # read only after a write that succeeded: an observation of a failed action is never filled
-        counts = seen.get
-        rows = {t: counts.get(f"n{i}") or 0 for i, t in enumerate(topics)}
-        oversized = counts.get("big") or 0
-        if counts.get("other"):  # a topic the caller did not name: count them all (a second pass, never usual)
-            rows = {r["topic"]: r["n"] for r in df.groupBy("topic").agg(F.count(F.lit(1)).alias("n")).collect()}
-    if oversized:  # rare: one more pass to name them
-        failed += [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
-                    f"max.request.size ({max_request_size})")
-                   for r in df.where(big).select(F.struct(*unit).alias("unit"), "topic", size.alias("n")).collect()]
-    rows = {t: n for t, n in rows.items() if n}
+        failed += _bisect(fits, bootstrap, unit, broker_ok, max_request_size, e)
+    rows = {t: n for t, (n, _) in total.items()}
     if failed and len(failed) >= sum(rows.values()):
         raise RuntimeError(f"no record of the batch could be written: {failed[0][1]}")
     return Written(rows, failed)
