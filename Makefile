@@ -32,9 +32,9 @@ MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools browser axe dynalite run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
+.PHONY: setup setup-run tools blas browser axe dynalite run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
         jars-test jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
-setup-run: $(VENV)/.installed jars-run $(DYNALITE)
+setup-run: $(VENV)/.installed jars-run $(DYNALITE) blas
 setup: setup-run jars-test tools browser
 
 $(UV_HOME)/.uv-$(UV_VERSION):
@@ -63,6 +63,14 @@ tools:
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "kcat is missing: install the Debian package kcat (needs root)"; exit 1; }
 	@$(MAKE) -s $(MINIO) .venv-emr/.installed
+
+# Native BLAS/LAPACK for Spark ML (OpenBLAS from Debian): without libblas.so.3, Spark ML falls back to Java code
+# and logs "dlopen(libblas.so.3) failed" (bench/blas_bench.py measures the difference). Optional: installed when
+# root can, else a note, and Spark runs as before.
+blas:
+	@ldconfig -p | grep -q 'libblas.so.3 ' \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null; } 2>/dev/null \
+	  || echo "note: no native BLAS (Debian: libopenblas0-pthread, needs root); Spark ML uses its Java fallback"
 
 # Headless Chromium and its WebDriver for the browser tests (tests/browser.py), both from Debian at the same version:
 # Playwright's and selenium-manager's browsers come from a CDN that is not reachable here.

@@ -18,6 +18,7 @@ in memory with the Kafka source's columns (topic, partition, offset, key, value)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -34,10 +35,12 @@ OUT = ROOT / "bench" / "out" / "serving_profile"
 
 from pyspark.sql import functions as F  # noqa: E402
 
+from ml_platform.data.cleaning import classify  # noqa: E402
 from ml_platform.local.loadgen import stream_rows  # noqa: E402
 from ml_platform.local.simulate import SimConfig, write_batch  # noqa: E402
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES, encode, request  # noqa: E402
 from ml_platform.serve.scoring import (  # noqa: E402
+    PlanCache,
     parse_requests,
     request_schema,
     score,
@@ -61,10 +64,17 @@ def requests_frame(spark, spec, n: int):
     return df, sum(len(d[4]) for d in data) / n
 
 
-def noop(df) -> float:
+def noop(made) -> float:
+    """Time one run of a piece to the noop sink. A piece may return (frame, frames it cached): those are dropped
+    after the run, so that the next run computes them again (a persisted parse left in Spark's cache would be
+    found by the next identical plan and make it look free)."""
+    df, cached = made if isinstance(made, tuple) else (made, [])
     t = time.perf_counter()
     df.write.format("noop").mode("overwrite").save()
-    return time.perf_counter() - t
+    dt = time.perf_counter() - t
+    for c in cached:
+        c.unpersist()
+    return dt
 
 
 def median_time(make, reps: int) -> float:
@@ -84,6 +94,7 @@ def jobs_per_micro_batch(spark, spec, model, src) -> dict:
     from conftest import Broker
 
     from ml_platform.serve.kafka_io import ensure_topics
+    from ml_platform.serve.messages import topic
     from ml_platform.serve.scoring import OUTPUT_UNIT
     from ml_platform.serve.spark_kafka import write_isolating
 
@@ -99,7 +110,8 @@ def jobs_per_micro_batch(spark, spec, model, src) -> dict:
             sc.setJobGroup(f"mb-{attempt}", "one micro-batch")
             t = time.perf_counter()
             out, cached = score_batch(batch, spec, model, spec.name, "1", MAX_MESSAGE_BYTES, keep_source=True)
-            written = write_isolating(out, broker.bootstrap, OUTPUT_UNIT, lambda: None)
+            written = write_isolating(out, broker.bootstrap, OUTPUT_UNIT, lambda: None, MAX_MESSAGE_BYTES,
+                                      [topic(spec, t) for t in ("predictions", "dlq", "shadow")])
             for c in cached:
                 c.unpersist()
             dt = time.perf_counter() - t
@@ -117,6 +129,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-model", action="store_true", help="skip training the stack (no model pieces)")
+    ap.add_argument("--models", help="a folder of saved stacks, as bench/stream_bench.py --models")
     a = ap.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -138,15 +151,28 @@ def main() -> None:
         "string_request_id check": lambda: src.select(string_request_id(raw)),
         "parse_requests (parse, checks, cleaning)": lambda: parse_requests(src, spec, MAX_MESSAGE_BYTES),
     }
+    # the cleaning by expression family: `classify` over the request columns already parsed from JSON (held in
+    # memory), with a spec reduced to the target, the key and the columns of one parse rule
+    flat = src.select(F.from_json(raw, full).alias("j")).select("j.*").persist()
+    flat.count()
+    for family in ("string", "category", "number", "unit", "rating", "bool", "date"):
+        sub = dataclasses.replace(spec, derived=(), columns=tuple(
+            c for c in spec.columns if c.parse == family or c.name in (spec.target, spec.key)))
+        cols = [c for c in sub.cleaned_columns if c != sub.target]
+        n = sum(1 for c in sub.columns if c.parse == family)
+        pieces[f"cleaning: {n} {family} columns"] = (
+            lambda sub=sub, cols=cols: classify(flat, sub, serving=True).select(*cols, "_reject_reason"))
+    pieces[f"cleaning: all columns, {len(spec.derived)} derived"] = lambda: classify(flat, spec, serving=True).select(
+        *[c for c in spec.cleaned_columns if c != spec.target], "_reject_reason")
     model = None
     if not a.no_model:
-        from stream_bench import train_stack
+        from stream_bench import saved_stack
 
-        model = train_stack(spark, spec, "jvm")
+        model = saved_stack(spark, spec, "jvm", a.models)
         pieces["+ model (JVM stack)"] = lambda: score(model, parse_requests(src, spec, MAX_MESSAGE_BYTES).where(
             F.col("_reject_reason").isNull()), spec, spec.name, "1")
         pieces["score_batch (the output messages)"] = lambda: score_batch(src, spec, model, spec.name, "1",
-                                                                          MAX_MESSAGE_BYTES, keep_source=True)[0]
+                                                                          MAX_MESSAGE_BYTES, keep_source=True)
     report = {"rows": a.rows, "avg_request_bytes": round(size), "pieces": {}}
     base = None
     for name, make in pieces.items():
@@ -157,19 +183,29 @@ def main() -> None:
     if model is not None:
         one = src.limit(1).persist()
         one.count()
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            out, cached = score_batch(one, spec, model, spec.name, "1", MAX_MESSAGE_BYTES, keep_source=True)
-            out.write.format("noop").mode("overwrite").save()
-            for c in cached:
-                c.unpersist()
-            times.append(time.perf_counter() - t)
-        report["one_request_micro_batch_ms"] = round(1000 * statistics.median(times[2:]), 1)
+        plans = PlanCache()
+        for label, frame in (("built", lambda: score_batch(one, spec, model, spec.name, "1", MAX_MESSAGE_BYTES,
+                                                             keep_source=True)),
+                             ("reused (PlanCache)", lambda: plans.frame(one, ("1",), lambda: score_batch(
+                                 one, spec, model, spec.name, "1", MAX_MESSAGE_BYTES, keep_source=True)))):
+            times, builds = [], []
+            for _ in range(10):
+                t = time.perf_counter()
+                out, cached = frame()
+                built = time.perf_counter()
+                out.write.format("noop").mode("overwrite").save()
+                for c in cached:
+                    c.unpersist()
+                times.append(time.perf_counter() - t)
+                builds.append(built - t)
+            report[f"one_request_micro_batch_ms, frame {label}"] = {
+                "total": round(1000 * statistics.median(times[2:]), 1),
+                "building the frame": round(1000 * statistics.median(builds[2:]), 1)}
+            print(f"one-request micro-batch, frame {label}:", report[f"one_request_micro_batch_ms, frame {label}"],
+                  flush=True)
         out, _ = score_batch(src, spec, model, spec.name, "1", MAX_MESSAGE_BYTES, keep_source=True)
         report["output_plan"] = plan_shape(out)
-        print("one-request micro-batch:", report["one_request_micro_batch_ms"], "ms; output plan:",
-              report["output_plan"], flush=True)
+        print("output plan:", report["output_plan"], flush=True)
         report["micro_batch_jobs"] = jobs_per_micro_batch(spark, spec, model, src)
         print("one micro-batch of the scorer (score_batch + write_isolating to a real broker):",
               report["micro_batch_jobs"], flush=True)

@@ -68,6 +68,16 @@ def train_stack(spark, spec, kind: str) -> PipelineModel:
     return PipelineModel.load(fit_stack(spark, store, s, kind, results)["path"])
 
 
+def saved_stack(spark, spec, kind: str, folder: str | None) -> PipelineModel:
+    path = Path(folder) / kind if folder else None
+    if path and path.exists():
+        return PipelineModel.load(str(path))
+    model = train_stack(spark, spec, kind)
+    if path:
+        model.write().overwrite().save(str(path))
+    return model
+
+
 def fixed(model, version="1") -> ChampionWatcher:
     w = ChampionWatcher(lambda: version, lambda v: model, log=lambda m: None)
     w.check()
@@ -155,6 +165,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--only", default="throughput,latency,swap")
+    ap.add_argument("--models", help="a folder of saved stacks (jvm/, python/): loaded when there, else trained "
+                    "and saved there, so that runs of several commits serve the same models")
     a = ap.parse_args()
     only = set(a.only.split(","))
     shutil.rmtree(OUT, ignore_errors=True)
@@ -170,7 +182,7 @@ def main() -> None:
         write_batch(SimConfig("used_cars", 4000, test_share=0.5, broken_share=0.0, seed=9), 1, OUT / "land",
                     OUT / "test")
         rows = [r for _, r in stream_rows(OUT / "test")]
-        models = {k: train_stack(spark, spec, k) for k in STACKS}
+        models = {k: saved_stack(spark, spec, k, a.models) for k in STACKS}
         req = topic(spec, "requests")
         if "throughput" in only:
             size = preload(bs, spec, rows, req, a.messages)

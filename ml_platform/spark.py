@@ -50,6 +50,9 @@ def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions
         "spark.sql.shuffle.partitions": str(shuffle_partitions),
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
+        # Kafka batch writes through the DataSource V2 sink (Spark's default list has kafka in it: V1), where an
+        # Observation on the write is filled: the scorer counts its rows on the write itself, in one Spark job
+        "spark.sql.sources.useV1SourceList": "avro,csv,json,orc,parquet,text",
         # executors (local threads or a standalone worker) run this interpreter, so versions always match
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
@@ -64,6 +67,9 @@ def prepare_environment() -> None:
     """Before the JVM starts: bind to loopback and keep Spark's own logging quiet."""
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # native BLAS (make blas) runs single-threaded inside Spark's task threads: Spark's linear algebra guide asks
+    # for it, as OpenBLAS's own threads would compete with the tasks for the same cores
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def local_session(app_name: str, threads: int = 2, shuffle_partitions: int = 2, driver_memory: str = "2g",

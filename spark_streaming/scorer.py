@@ -33,7 +33,7 @@ from ml_platform.serve.kafka_io import ensure_topics
 from ml_platform.serve.live import finish, joined_windows, window_rows
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES, ContractError, encode, topic
 from ml_platform.serve.prom import ServingMetrics, serve_http
-from ml_platform.serve.scoring import OUTPUT_UNIT, score_batch, unwritten_messages
+from ml_platform.serve.scoring import OUTPUT_UNIT, PlanCache, score_batch, unwritten_messages
 from ml_platform.serve.spark_kafka import kafka_source, write_isolating, write_kafka
 from ml_platform.serve.status import StatusFile, iso
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
@@ -89,17 +89,20 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
     max.request.size (the contract's limit; tests make it tiny to force a record that cannot be written)."""
     name = model_name or spec.name
     mode = spec.serving.challenger.mode
+    plans = PlanCache(log)  # the micro-batch's frame built once per serving state, not per micro-batch
 
     def each(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
         loaded = watcher.take()  # the one model for this whole micro-batch, and at most one challenger
         ch = challenger.take() if challenger is not None else None
-        out, cached = score_batch(batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes,
-                                  challenger=ch, mode=mode, keep_source=True)
+        key = (loaded.version, id(loaded.model), ch and ch.version, ch and id(ch.model), mode)
+        out, cached = plans.frame(batch, key, lambda: score_batch(
+            batch, spec, loaded.model, name, loaded.version, spec.serving.max_request_bytes, challenger=ch, mode=mode,
+            keep_source=True))
         try:
             # the broker answering is checked with the scorer's own topic check: it raises when nobody answers
             written = write_isolating(out, bootstrap, OUTPUT_UNIT, lambda: ensure_topics(bootstrap, spec.name),
-                                      write_limit)
+                                      write_limit, [topic(spec, t) for t in ("predictions", "dlq", "shadow")])
             if written.failed:  # each becomes its request's DLQ record; if even that fails, the batch fails
                 write_kafka(unwritten_messages(out, written.failed, spec), bootstrap, write_limit)
         finally:
@@ -114,7 +117,9 @@ def scoring_query(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap:
             log(f"error: {len(written.failed)} record(s) of micro-batch {batch_id} not written, dead-lettered "
                 f"(shadow: dropped); first: {written.failed[0][1]}")
         status.add(requests=p + d, predictions=p, dlq=d, shadow=sh, batches=1, write_failed=len(written.failed))
-        status.serving(watcher, challenger, mode, last_batch_id=batch_id)
+        # frames built and reused: a build per serving state, not per micro-batch (scoring.PlanCache)
+        status.serving(watcher, challenger, mode, last_batch_id=batch_id,
+                       plan_frames={"built": plans.builds, "reused": plans.reused})
         if prom is not None:
             for t, n in lost.items():
                 prom.unwritten(spec.name, t.rsplit(".", 1)[-1], n)
@@ -198,10 +203,10 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
     failed = False
     while not stop.is_set():
         queries = []
-        if failed:
-            status.add(restarts=1)
+        if failed:  # the metric first: a reader that sees the status file's count finds the metric counted too
             if prom is not None:
                 prom.restarted(spec.name)
+            status.add(restarts=1)
         try:
             # the scorer owns its dataset's topics: a subscribed topic that does not exist fails the query at once,
             # and a user's dataset has no load generator to create them (seen: a restart loop every 5 s, with

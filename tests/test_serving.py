@@ -120,6 +120,9 @@ def test_every_message_is_scored_or_dead_lettered_and_swaps_happen_between_batch
     preds = read_topic(kafka.bootstrap, topic(spec, "predictions"))
     dlq = read_topic(kafka.bootstrap, topic(spec, "dlq"))
     assert len(preds) + len(dlq) == len(sent) == status.data["requests"]  # requests in = predictions + DLQ
+    # the frame was built once, on the first micro-batch, and the next ones reused its plan (scoring.PlanCache):
+    # every assertion below holds for the rows of both
+    assert status.data["plan_frames"]["built"] == 1 and status.data["plan_frames"]["reused"] >= 4
     reasons = [m["value"]["reason"] for m in dlq]
     assert sum("too large" in r for r in reasons) == sum(k == "huge" for k in expect_dlq.values())
     assert sum("missing request_id" in r for r in reasons) == sum(k == "no_request_id" for k in expect_dlq.values())

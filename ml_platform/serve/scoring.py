@@ -25,6 +25,7 @@ from ml_platform.spec import DatasetSpec
 
 ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
 PRE = "__pre_reason"
+PARSE_REASON = "__parse_reason"
 CORRUPT_JSON = "__corrupt_json"
 KEEP = ["__topic", "__partition", "__offset", "__key", "__value", "__bytes", "request_id", "event_ts"]
 OUTPUT_UNIT = ("topic", "__partition", "__offset")  # unique per output row of score_batch(keep_source=True)
@@ -53,7 +54,9 @@ def single_object(raw: Column, depth: int = 4) -> Column:
     skeleton = F.regexp_replace(F.regexp_replace(raw, r"(?s)\\.", ""), r'"[^"]*"', '""')
     for _ in range(depth):
         skeleton = F.regexp_replace(skeleton, r"[{\[][^{}\[\]]*[}\]]", "0")
-    return skeleton.rlike(r"^\s*0\s*$")
+    # the usual request has no brace but its own two: then the object ends at the last character, whatever its
+    # strings hold. One linear match, a third of the collapsing's cost (bench/serving_profile.py)
+    return F.when(raw.rlike(r"^\s*\{[^{}]*\}\s*$"), F.lit(True)).otherwise(skeleton.rlike(r"^\s*0\s*$"))
 
 
 def string_request_id(raw: Column) -> Column:
@@ -140,8 +143,10 @@ def _request_columns(spec: DatasetSpec, max_bytes: int) -> _RequestColumns:
     return _RequestColumns(read, flat, out)
 
 
-def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: str) -> DataFrame:
-    """The champion's predictions for cleaned requests, with a reason where the model gave a non-finite one."""
+def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: str,
+          carry: tuple[str, ...] = ()) -> DataFrame:
+    """The champion's predictions for cleaned requests, with a reason where the model gave a non-finite one.
+    `carry`: more of `good`'s columns to keep beside KEEP's."""
     # xgboost.spark's predict UDF logs "Do the inference on the CPUs" at INFO from the Python worker on every
     # micro-batch, at the level its driver-side logger has when transform() is called; warnings still show
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
@@ -163,7 +168,7 @@ def score(model, good: DataFrame, spec: DatasetSpec, model_name: str, version: s
                  F.map_from_arrays(names, probs).alias("probabilities")]
     finite = ~F.isnan(pred) & (F.abs(pred) != float("inf"))
     return out.select(
-        *KEEP,
+        *KEEP, *carry,
         pred.alias("prediction"), prob.alias("probability"), F.lit(model_name).alias("model_name"),
         F.lit(str(version)).alias("model_version"), *extra,
         F.when(~finite, F.lit("the model produced a non-finite prediction")).alias(REASON))
@@ -245,8 +250,11 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
     record: requests in = predictions + DLQ. shadow: the champion answers every request, and the challenger's
     predictions for the same requests go to `<ds>.shadow` (never to the caller; a challenger's non-finite
     prediction is not written). split: a request whose request_id hashes under `share` (routing.in_challenger) is
-    answered by the challenger, its prediction stamped with the challenger's version. The parse is cached, so
-    that it runs once per micro-batch; each model runs once per row it scores. `keep_source` keeps the request's
+    answered by the challenger, its prediction stamped with the challenger's version. Without a challenger the
+    frame is one pass (parse, model, message) and caches nothing: the model also runs on the rows rejected before
+    it (its stages take nulls and unseen values) and their parse reason wins; with no union and no cache in it,
+    PlanCache can reuse that plan for the next micro-batches. With a challenger, the parse is cached, so that it
+    runs once per micro-batch; each model runs once per row it scores. `keep_source` keeps the request's
     columns (KEEP: its Kafka coordinates and bytes) on every output row, so a row that cannot be written can be
     dead-lettered instead."""
     c = spec.serving.challenger
@@ -256,6 +264,12 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
         raise ValueError(f"challenger mode must be off, shadow or split, got {mode!r}")
     if challenger is None or str(challenger.version) == str(version):
         mode = "off"
+    keep = tuple(KEEP) if keep_source else ()
+    if mode == "off":
+        parsed = parse_requests(kafka_rows, spec, max_bytes).withColumnRenamed(REASON, PARSE_REASON)
+        scored = score(model, parsed, spec, model_name, version, carry=(PARSE_REASON,))
+        scored = scored.withColumn(REASON, F.coalesce(PARSE_REASON, REASON))
+        return served_messages(scored, topic(spec, "predictions"), topic(spec, "dlq"), keep), []
     parsed = parse_requests(kafka_rows, spec, max_bytes).persist()
     bad = parsed.where(F.col(REASON).isNotNull())
     good = parsed.where(F.col(REASON).isNull()).drop(REASON)
@@ -269,10 +283,70 @@ def score_batch(kafka_rows: DataFrame, spec: DatasetSpec, model, model_name: str
         scored = score(model, good, spec, model_name, version)
         if mode == "shadow":
             shadow = score(challenger.model, good, spec, model_name, challenger.version)
-    keep = tuple(KEEP) if keep_source else ()
     out = served_messages(scored, topic(spec, "predictions"), topic(spec, "dlq"), keep)
     out = out.unionByName(dlq_messages(bad.select(*KEEP, REASON), topic(spec, "dlq"), keep))
     if shadow is not None:
         out = out.unionByName(prediction_messages(shadow.where(F.col(REASON).isNull()), topic(spec, "shadow"),
                                                   keep))
     return out, cached
+
+
+class PlanCache:
+    """The scorer's output frame, built once per serving state (`key`: the versions and mode) and reused: a later
+    micro-batch's frame is the first one's analysed plan with the micro-batch's own source in place of the first's.
+
+    Building the frame costs ~2 s a micro-batch, whatever its size (a Py4J call per column function and Spark's
+    analysis of the plan after each model stage; bench/serving_profile.py): most of a small micro-batch's time,
+    so most of the latency at a steady request rate. Spark gives each micro-batch of a streaming source the same
+    output attributes, so only the source node differs. Any surprise (a source with other attributes, a plan
+    without the old source, a Py4J error) builds the frame again: this is a cache, never a different result."""
+
+    def __init__(self, log=None):
+        self._key, self._plan, self._source = None, None, None
+        self.builds = self.reused = 0
+        self._log = log
+
+    def frame(self, batch: DataFrame, key: tuple, build) -> tuple[DataFrame, list[DataFrame]]:
+        """`build()` -> (frame, cached frames), as score_batch returns; a frame that caches is not reused."""
+        source = batch._jdf.queryExecution().analyzed()
+        if key == self._key:
+            try:
+                out = _rebind(batch.sparkSession, self._plan, self._source, source)
+            except Exception as e:  # noqa: BLE001 - a cache miss, never a failure
+                out = None
+                if self._log:
+                    self._log(f"plan cache: rebuilding ({type(e).__name__}: {str(e)[:200]})")
+            if out is not None:
+                self.reused += 1
+                return out, []
+        out, cached = build()
+        self.builds += 1
+        self._key, self._plan, self._source = (None, None, None) if cached else (
+            key, out._jdf.queryExecution().analyzed(), source)
+        return out, cached
+
+
+def _rebind(spark, plan, old, new) -> DataFrame | None:
+    """`plan` with its subtree equal to `old` replaced by `new`, as a DataFrame (None when `new` has other output
+    attributes than `old`, or `plan` has no such subtree)."""
+    if not old.output().equals(new.output()):
+        return None
+    jvm = spark._jvm
+
+    def swap(node):
+        if node.equals(old):
+            return new
+        kids = node.children()
+        for i in range(kids.size()):
+            got = swap(kids.apply(i))
+            if got is not None:
+                seq = jvm.java.util.ArrayList()
+                for j in range(kids.size()):
+                    seq.add(got if j == i else kids.apply(j))
+                return node.withNewChildren(jvm.scala.jdk.javaapi.CollectionConverters.asScala(seq).toSeq())
+        return None
+
+    rebound = swap(plan)
+    if rebound is None:
+        return None
+    return DataFrame(jvm.org.apache.spark.sql.classic.Dataset.ofRows(spark._jsparkSession, rebound), spark)

@@ -33,7 +33,7 @@ def kafka_source(spark, bootstrap: str, topic_name: str, max_per_trigger: int | 
 def write_kafka(df, bootstrap: str, max_request_size: int = MAX_MESSAGE_BYTES) -> None:
     # the contract's limit, as the broker's: DLQ records are bounded (messages.DLQ_EXCERPT_CHARS), the limit is headroom
     (df.select("topic", "key", "value").write.format("kafka").option("kafka.bootstrap.servers", bootstrap)
-     .option("kafka.max.request.size", str(max_request_size)).save())
+     .option("kafka.max.request.size", str(max_request_size)).mode("append").save())
 
 
 def cause(error: BaseException, limit: int = 300) -> str:
@@ -51,35 +51,85 @@ class Written(NamedTuple):
 
 
 def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable[[], object],
-                    max_request_size: int = MAX_MESSAGE_BYTES) -> Written:
+                    max_request_size: int = MAX_MESSAGE_BYTES, topics: Sequence[str] = ()) -> Written:
     """Write `df`'s (topic, key, value) rows; `unit` names columns whose values are unique per row (e.g. topic,
     source partition and offset) and order it. Rows over `max_request_size` are not sent. When the write of the
     others fails, `broker_ok()` must return (it raises when the broker does not answer, and so does this); then
     the rows are written again in halves, down to single rows, and the rows that still fail are returned. Rows
     written before a failed attempt may be written twice (delivery is at least once). The write fails as a whole
-    when nothing could be written or more than MAX_ISOLATED rows fail."""
+    when nothing could be written or more than MAX_ISOLATED rows fail.
+
+    The usual case is one Spark job: the rows are counted, per topic and by size, by an observation on the write
+    itself (`topics`: the topics `df` may hold; a row of any other topic costs one more counting pass). Only a
+    failed write, or a row too large to send, costs more passes over `df`."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    size = F.coalesce(F.octet_length("key"), F.lit(0)) + F.octet_length("value") + RECORD_OVERHEAD
-    total = {r["topic"]: (r["n"], r["big"]) for r in df.groupBy("topic").agg(
-        F.count(F.lit(1)).alias("n"), F.sum((size > max_request_size).cast("int")).alias("big")).collect()}
-    failed: list[tuple[tuple, str]] = []
-    fits = df
-    if any(big for _, big in total.values()):  # rare: one more pass to name them
-        fits = df.where(size <= max_request_size)
-        big = df.where(size > max_request_size).select(F.struct(*unit).alias("unit"), "topic", size.alias("n"))
-        failed = [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
-                   f"max.request.size ({max_request_size})") for r in big.collect()]
-    from pyspark.errors import AnalysisException
-
+    fits = _size() <= max_request_size
+    if not kafka_v2(df.sparkSession):  # an Observation on Spark's V1 Kafka write is never filled: count first
+        rows, failed = _per_topic(df), _too_big(df, unit, max_request_size)
+        observed, seen = df, None
+    else:
+        seen = Observation()
+        named = [F.sum((F.col("topic") == t).cast("long")).alias(f"t{i}") for i, t in enumerate(topics)]
+        observed = df.observe(seen, F.count(F.lit(1)).alias("n"), F.sum((~fits).cast("long")).alias("big"), *named)
     try:
-        write_kafka(fits, bootstrap, max_request_size)
+        write_kafka(observed.where(fits), bootstrap, max_request_size)
     except AnalysisException:  # a bug in the query, not a record that cannot be written
         raise
     except Exception as e:
         broker_ok()
-        failed += _bisect(fits, bootstrap, unit, broker_ok, max_request_size, e)
-    rows = {t: n for t, (n, _) in total.items()}
+        return _isolate(df.persist(), bootstrap, unit, broker_ok, max_request_size, e)
+    if seen is not None:
+        got = seen.get
+        rows = {t: got[f"t{i}"] or 0 for i, t in enumerate(topics)}
+        if got["n"] > sum(rows.values()):  # a topic the caller did not name
+            rows = _per_topic(df)
+        failed = _too_big(df, unit, max_request_size) if got["big"] else []
+    return _checked(rows, failed)
+
+
+def kafka_v2(spark) -> bool:
+    """Whether Spark writes Kafka through its DataSource V2 sink (session_conf takes kafka off
+    spark.sql.sources.useV1SourceList), where an Observation on the write is filled."""
+    v1 = spark.conf.get("spark.sql.sources.useV1SourceList", "kafka") or ""
+    return "kafka" not in [x.strip().lower() for x in v1.split(",")]
+
+
+def _size():
+    """A record's size as the producer counts it against max.request.size (RECORD_OVERHEAD: see there)."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.octet_length("key"), F.lit(0)) + F.octet_length("value") + RECORD_OVERHEAD
+
+
+def _per_topic(df) -> dict[str, int]:
+    return {r["topic"]: r["count"] for r in df.groupBy("topic").count().collect()}
+
+
+def _too_big(df, unit: Sequence[str], max_request_size: int) -> list[tuple[tuple, str]]:
+    """The rows over the writer's max.request.size, named by their `unit` (rare: one more pass over `df`)."""
+    from pyspark.sql import functions as F
+
+    big = df.where(_size() > max_request_size).select(F.struct(*unit).alias("unit"), "topic", _size().alias("n"))
+    return [(tuple(r["unit"]), f"write failed: the {r['topic']} record is {r['n']} bytes, over the writer's "
+             f"max.request.size ({max_request_size})") for r in big.collect()]
+
+
+def _isolate(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size: int,
+             first: Exception) -> Written:
+    """After a failed write: `df` (persisted by the caller, so that its rows are computed once more, not once per
+    attempt) written again in halves, down to the rows that cannot be written."""
+    try:
+        failed = _too_big(df, unit, max_request_size)
+        failed += _bisect(df.where(_size() <= max_request_size), bootstrap, unit, broker_ok, max_request_size, first)
+        return _checked(_per_topic(df), failed)
+    finally:
+        df.unpersist()
+
+
+def _checked(rows: dict[str, int], failed: list[tuple[tuple, str]]) -> Written:
     if failed and len(failed) >= sum(rows.values()):
         raise RuntimeError(f"no record of the batch could be written: {failed[0][1]}")
     return Written(rows, failed)
