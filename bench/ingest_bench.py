@@ -8,6 +8,7 @@
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -33,20 +34,26 @@ def make_csv(rows: int) -> Path:
     return path
 
 
-def bench_throughput(csv: Path, rounds: int) -> dict:
+def throughput_session():
+    from ml_platform.spark import local_session
+
+    return local_session("bench", shuffle_partitions=8, driver_memory="8g")
+
+
+def bench_throughput(csv: Path, rounds: int, spark=None, warm_csv: Path | None = None, warmed: bool = False) -> dict:
+    """Medians of `rounds` after a warm-up round (on `warm_csv`, a smaller file, when given; none if `warmed`)."""
     from ml_platform.data.ingest import check_header, read_csv
     from ml_platform.data.layers import clean_stored_batch, ingest_batch
-    from ml_platform.spark import local_session
     from ml_platform.spec import builtin_specs
     from ml_platform.stores import LocalStore
 
-    spark, spec = local_session("bench", shuffle_partitions=8, driver_memory="8g"), builtin_specs()["used_cars"]
+    spark, spec = spark or throughput_session(), builtin_specs()["used_cars"]
 
-    def plain(tmp: Path) -> None:
+    def plain(tmp: Path, csv: Path) -> None:
         (spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(str(csv))
          .write.mode("overwrite").parquet(str(tmp / "plain")))
 
-    def ours(tmp: Path) -> dict:
+    def ours(tmp: Path, csv: Path) -> dict:
         store = LocalStore(tmp / "data")
         (tmp / "data/landing/used_cars").mkdir(parents=True)
         os.link(csv, tmp / "data/landing/used_cars" / csv.name)
@@ -58,11 +65,12 @@ def bench_throughput(csv: Path, rounds: int) -> dict:
 
     times = {"plain": [], "ours": [], "raw": [], "clean": []}
     summary = {}
-    for i in range(rounds + 1):  # round 0 warms the JVM and is not counted
+    for i in range(1 if warmed else 0, rounds + 1):  # round 0 warms the JVM and is not counted
         for name in ("plain", "ours") if i % 2 else ("ours", "plain"):
             with tempfile.TemporaryDirectory(dir=OUT) as tmp:
                 t0 = time.perf_counter()
-                result = plain(Path(tmp)) if name == "plain" else ours(Path(tmp))
+                f = (warm_csv or csv) if i == 0 else csv
+                result = plain(Path(tmp), f) if name == "plain" else ours(Path(tmp), f)
                 if i:
                     times[name].append(time.perf_counter() - t0)
                 if name == "ours":
@@ -165,7 +173,10 @@ def bench_sensor_latency(landings: int, interval: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", default="1000000", help="rows of the CSV; several (100000,1000000) measure how "
+                    "the cleaning scales, in one session")
+    ap.add_argument("--warm-rows", type=int, default=0, help="warm the JVM on a CSV of this many rows instead of a "
+                    "round on the full file")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--landings", type=int, default=4)
@@ -182,14 +193,19 @@ def main() -> None:
         print(f"sensor latency (interval {lat['interval_s']}s, settle 5s): {lat['latencies_s']} s, "
               f"max {lat['max_s']:.1f}s (goal <= {lat['goal_s']}s)", flush=True)
     if a.only in (None, "throughput"):
-        csv = make_csv(a.rows)
-        r = bench_throughput(csv, a.rounds)
-        print(f"cleaning throughput on {r['rows']:,} rows ({csv.stat().st_size / 1e6:.0f} MB CSV), medians:\n"
-              f"  plain CSV->Parquet          {r['plain_s']:6.1f}s ({r['plain_rows_per_s']:,.0f} rows/s)\n"
-              f"  raw_batches                 {r['raw_s']:6.1f}s  ratio {r['raw_ratio']:.2f}\n"
-              f"  cleaned_features            {r['clean_s']:6.1f}s  ratio {r['clean_ratio']:.2f} (goal >= 0.5)\n"
-              f"  raw_batches+cleaned_features {r['ours_s']:5.1f}s  ratio {r['ratio']:.2f}\n"
-              f"  cleaned {r['cleaned']:,} rows, quarantined {r['quarantined']:,}", flush=True)
+        spark, sizes = throughput_session(), [int(x) for x in a.rows.split(",")]
+        csvs = {n: make_csv(n) for n in sizes}  # generated before any timing
+        warm_csv = make_csv(a.warm_rows) if a.warm_rows else None
+        for k, n in enumerate(sizes):
+            csv = csvs[n]
+            r = bench_throughput(csv, a.rounds, spark, warm_csv, warmed=k > 0)
+            print(f"cleaning throughput on {r['rows']:,} rows ({csv.stat().st_size / 1e6:.0f} MB CSV), medians:\n"
+                  f"  plain CSV->Parquet          {r['plain_s']:6.1f}s ({r['plain_rows_per_s']:,.0f} rows/s)\n"
+                  f"  raw_batches                 {r['raw_s']:6.1f}s  ratio {r['raw_ratio']:.2f}\n"
+                  f"  cleaned_features            {r['clean_s']:6.1f}s  ratio {r['clean_ratio']:.2f} (goal >= 0.5)\n"
+                  f"  raw_batches+cleaned_features {r['ours_s']:5.1f}s  ratio {r['ratio']:.2f}\n"
+                  f"  cleaned {r['cleaned']:,} rows, quarantined {r['quarantined']:,}", flush=True)
+            print(json.dumps({"rows_requested": n} | r), flush=True)
 
 
 if __name__ == "__main__":

@@ -189,3 +189,35 @@ def test_a_broker_down_shows_failing_with_restarts_then_serving_again(spark, ser
         stop.set()
         t.join(120)
     assert [m["key"] for m in read_topic(kafka.bootstrap, topic(spec, "predictions"))] == ["d1"]
+
+
+def test_a_write_stopped_from_outside_is_raised_not_written_again_in_halves(spark, kafka):
+    """Stopping the scorer's query cancels its job group and interrupts the write (as Spark's stream execution does).
+    write_isolating raises that at once: the micro-batch is not committed and runs again on restart. Taken for a bad
+    record, it would check the broker and write the micro-batch again in halves, duplicating what was written."""
+    from pyspark.sql import functions as F
+
+    from ml_platform.serve.spark_kafka import cancelled, write_isolating
+
+    slow = F.expr("cast(reflect('java.lang.Thread', 'sleep', 30000L) as string)")  # a task that is still running
+    df = spark.range(2, numPartitions=1).select(F.lit("cancel_test").alias("topic"), F.col("id").cast("string").alias(
+        "key"), F.concat(F.lit("v"), F.coalesce(slow, F.lit(""))).alias("value"), "id")
+    checked, out = [], {}
+
+    def write():
+        spark.sparkContext.setJobGroup("cancel-test", "a write stopped from outside", interruptOnCancel=True)
+        try:
+            out["written"] = write_isolating(df, kafka.bootstrap, ["id"], lambda: checked.append("broker"))
+        except Exception as e:
+            out["error"] = e
+
+    t = threading.Thread(target=write)
+    t.start()
+    _wait(lambda: spark.sparkContext.statusTracker().getJobIdsForGroup("cancel-test"), 30, "the write's job")
+    time.sleep(1)
+    started = time.monotonic()
+    spark.sparkContext.cancelJobGroup("cancel-test")
+    t.join(60)
+    assert not t.is_alive() and time.monotonic() - started < 20  # not a second attempt sleeping its 30 s
+    assert "written" not in out and cancelled(out["error"]), out
+    assert checked == []  # the isolating path (broker check, then halves) never started

@@ -8,6 +8,7 @@ answer is not a record's fault: that write still fails, and the query restarts f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -79,6 +80,8 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
     except AnalysisException:  # a bug in the query, not a record that cannot be written
         raise
     except Exception as e:
+        if cancelled(e):
+            raise
         broker_ok()
         return _isolate(df.persist(), bootstrap, unit, broker_ok, max_request_size, e)
     if seen is not None:
@@ -88,6 +91,19 @@ def write_isolating(df, bootstrap: str, unit: Sequence[str], broker_ok: Callable
             rows = _per_topic(df)
         failed = _too_big(df, unit, max_request_size) if got["big"] else []
     return _checked(rows, failed)
+
+
+# what a Spark job stopped from outside says: the streaming query stopping (it cancels its job group and interrupts
+# its thread: java.lang.InterruptedException, seen) or the session shutting down. Not a record that cannot be
+# written: writing the micro-batch again in halves would only duplicate what the first attempt wrote, and the
+# micro-batch is not committed, so it runs again when the query starts again
+CANCELLED = re.compile(r"\bJob \d+ cancelled\b|InterruptedException|ClosedByInterruptException|"
+                       r"SparkContext was shut down|stopped SparkContext")
+
+
+def cancelled(e: BaseException) -> bool:
+    """Whether a failed write was stopped from outside (CANCELLED) rather than failed on its records."""
+    return CANCELLED.search(str(e)) is not None
 
 
 def kafka_v2(spark) -> bool:
@@ -167,6 +183,8 @@ def _bisect(df, bootstrap: str, unit: Sequence[str], broker_ok, max_request_size
             except AnalysisException:  # a bug in the query, not a record that cannot be written
                 raise
             except Exception as e:
+                if cancelled(e):
+                    raise
                 broker_ok()
                 split(a, b, e)
 
