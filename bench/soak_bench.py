@@ -3,7 +3,7 @@
   .venv/bin/python bench/soak_bench.py --models bench/out/models --rate 1000 --minutes 30
 
 A real broker on loopback; the scorer as `make run` runs it (`spark_streaming.scorer.serve`: the scoring query and
-the live-metrics query with its watermarked state, the scorer's session settings), serving the JVM stack of
+the live-metrics query with its watermarked state, the scorer's session's size), serving the JVM stack of
 bench/stream_bench.py; a load generator in its own process sends requests at `--rate` per second, and each
 request's actual value `--actual-delay` seconds later. Every 10 s it records:
 
@@ -135,12 +135,13 @@ def main() -> None:
     a = ap.parse_args()
 
     from conftest import Broker
-    from stream_bench import fixed, saved_stack
+    from stream_bench import saved_stack
 
     from ml_platform.local.simulate import SimConfig, write_batch
     from ml_platform.serve.kafka_io import ensure_topics
+    from ml_platform.serve.watcher import ChampionWatcher
     from ml_platform.spark import local_session
-    from spark_streaming.scorer import SCORER_CONF, Status, serve
+    from spark_streaming.scorer import Status, serve
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
@@ -148,22 +149,24 @@ def main() -> None:
     write_batch(SimConfig("used_cars", 4000, test_share=0.5, broken_share=0.0, seed=9), 1, OUT / "land", OUT / "test")
     broker = Broker(OUT / "kafka")
     broker.start()
-    spark = local_session("soak", threads=2, shuffle_partitions=2, driver_memory="2g", jars_dir=ROOT / ".jars",
-                          extra=SCORER_CONF)  # as the scorer's own session (driver memory as build_session's)
+    # as the scorer's own session (spark_streaming.scorer.build_session: local[2], 2 GB of driver memory)
+    spark = local_session("soak", threads=2, shuffle_partitions=2, driver_memory="2g", jars_dir=ROOT / ".jars")
     jvm = spark.sparkContext._jvm
     runtime, jvm_pid = jvm.java.lang.Runtime.getRuntime(), jvm.java.lang.ProcessHandle.current().pid()
     stop, status = threading.Event(), Status(OUT / "status.json", spec.name)
-    sent = mp.Value("q", 0)
+    ctx = mp.get_context("spawn")  # not fork: this process runs a JVM gateway and threads
+    sent = ctx.Value("q", 0)
     rows: list[dict] = []
     try:
         ensure_topics(broker.bootstrap, spec.name)
-        watcher = fixed(saved_stack(spark, spec, "jvm", a.models))
+        model = saved_stack(spark, spec, "jvm", a.models)
+        watcher = ChampionWatcher(lambda: "1", lambda v: model, log=lambda m: None)  # serve() takes its first load
         server = threading.Thread(target=serve, args=(spark, spec, watcher, broker.bootstrap, OUT / "state", status,
                                                       stop), daemon=True)
         server.start()
         while status.data.get("state") != "serving":
             time.sleep(1)
-        gen = mp.get_context("spawn").Process(target=load, args=(broker.bootstrap, a.rate, a.minutes * 60,
+        gen = ctx.Process(target=load, args=(broker.bootstrap, a.rate, a.minutes * 60,
                                                                  a.actual_delay, str(OUT / "test"), sent))
         gen.start()
         t0, last_gc = time.monotonic(), 0.0

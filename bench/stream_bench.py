@@ -6,8 +6,11 @@
   Kafka), (b) the scorer with a stack of JVM stages only (linear, random_forest, gbt), (c) the scorer with Python
   stages in the stack (the weighted average regressor and xgboost); each drains the topic with an available-now
   trigger, from its own checkpoint.
+  `--warm N` drains N more first and times only the later micro-batches (a warmed-up JVM); `--partitions P` gives
+  the requests topic P partitions.
 - latency at `--rate` requests/s: request produced -> prediction written (the output record's timestamp minus the
-  request's event_time), p50 and p99, passthrough and the JVM-stack scorer.
+  request's event_time), p50 and p99, passthrough and the JVM-stack scorer. The load comes from a process of its
+  own (templated messages), after `--warm-seconds` of the same load; the rate it reached is reported.
 - swap: the JVM-stack scorer at `--rate`, the model swapped halfway: per-micro-batch rows, versions and output.
 
 A broker is started on free loopback ports under bench/out/stream/; models are trained on 5,000 simulated rows.
