@@ -181,6 +181,11 @@ class DagsterStack:
             for name, path in locations.items()))
         self.env = os.environ | {"DAGSTER_HOME": str(dagster_home(home))} | (env or {})
         self.log = home / "dagster.log"
+        # a fresh instance's SQLite storage is created by whichever process opens it first; the webserver and the
+        # daemon starting together can both try, and the loser of alembic's race exits (CI: "dagster-webserver did
+        # not start", alembic CommandError). Creating it here first leaves them nothing to race for.
+        from dagster import DagsterInstance
+        DagsterInstance.from_config(self.env["DAGSTER_HOME"]).dispose()
         self.web = self._spawn([str(self.bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p",
                                 self.url.rsplit(":", 1)[1], "-w", str(workspace)])
         self.daemon = self.start_daemon() if daemon else None
