@@ -2,8 +2,8 @@
 # first; a second call skips what is done (stamps depend on uv.lock, pyproject.toml and the poms).
 #   make run        needs Python 3.11, Java 17, Maven and Node.js (npm): the venv, Spark's Kafka jars, the broker's
 #                   jars, and dynalite (the prediction store's DynamoDB-API server, from npm)
-#   make test       also needs Go and root (once): kcat, MinIO, .venv-emr, the aws/hdfs/emr-node jars, and for the
-#                   browser tests headless Chromium with chromedriver (Debian) and axe-core (npm)
+#   make test       also needs Go and root (once): kcat, MinIO, .venv-emr, the aws/hdfs/emr-node jars, PostgreSQL
+#                   (Debian), and for the browser tests headless Chromium with chromedriver (Debian) and axe-core (npm)
 #   make test-scenarios  the long end-to-end scenarios `make test` leaves out (fault matrix, drift loop, EMR's Spark)
 #   make test-fast  the tests that need no service (no Spark, Kafka, MinIO, HDFS), in about 3 minutes
 #   make jars-aws   s3a:// for Spark, when ML_PLATFORM_DATA is s3://... (any jar set: make jars-<set>)
@@ -32,10 +32,10 @@ MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools blas browser axe dynalite run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
+.PHONY: setup setup-run tools blas browser axe dynalite postgres run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
         jars-test jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
 setup-run: $(VENV)/.installed jars-run $(DYNALITE) blas
-setup: setup-run jars-test tools browser
+setup: setup-run jars-test tools browser postgres
 
 $(UV_HOME)/.uv-$(UV_VERSION):
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -78,6 +78,13 @@ browser: $(AXE)
 	@{ command -v chromium && command -v chromedriver; } >/dev/null \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
 	  || { echo "the browser tests need the Debian packages chromium and chromium-driver (needs root)"; exit 1; }
+
+# PostgreSQL (Debian's server) for the production-store tests: each test run starts a throwaway cluster of its own on
+# a free loopback port (tests/services.py), so the package's default cluster is not used.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+	  || { echo "the production-store tests need the Debian package postgresql (needs root)"; exit 1; }
 
 axe: $(AXE)
 $(AXE): node/axe/package.json node/axe/package-lock.json

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 # marked `slow` by hand (a JVM in a subprocess, a wheel build). In a fast run a service fixture that is still
 # reached (request.getfixturevalue) fails the test, and so does a fast test that runs too long.
 SERVICE_FIXTURES = {"local_stack", "spark", "kafka", "minio", "s3_spark", "hdfs", "mlflow_server", "dynalite",
-                    "dagster", "browser"}
+                    "dagster", "browser", "postgres"}
 # parameters that choose a server at run time through request.getfixturevalue (test_stores' any_store)
 SERVICE_PARAMS = {"s3", "hdfs"}
 FAST_TEST_SECONDS = 60
@@ -180,6 +180,17 @@ def mlflow_server(request, tmp_path_factory):
 
     _no_service_in_fast_run(request, "mlflow_server")
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(request):
+    """A real PostgreSQL server with the production stores' databases, `dagster` and `mlflow`."""
+    from services import Postgres
+
+    _no_service_in_fast_run(request, "postgres")
+    server = Postgres(databases=("dagster", "mlflow"))
     yield server
     server.stop()
 

@@ -135,27 +135,87 @@ def post_form(url: str, fields: dict, body: bytes) -> int:
 
 
 from ml_platform.local.supervisor import MLFLOW_SERVER_ENV  # noqa: E402
+from ml_platform.metadata_stores import mlflow_server_store  # noqa: E402
+
+
+class Postgres:
+    """A real PostgreSQL server (Debian's package; `make setup` installs it) in a throwaway cluster on a free
+    loopback port. The server refuses to run as root, so it runs as the package's `postgres` user, in a folder of
+    its own outside pytest's (those are private to root). Clients log in over TCP with a password (SCRAM)."""
+
+    def __init__(self, databases: tuple[str, ...] = ()):
+        import pwd
+        import shutil
+        import tempfile
+
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            owner = None
+        if not bins or owner is None:
+            raise RuntimeError("PostgreSQL is missing: run `make setup` (Debian's postgresql package)")
+        self.bin = bins[-1].parent
+        self.home = Path(tempfile.mkdtemp(prefix="ml-platform-pg-"))
+        shutil.chown(self.home, owner.pw_uid, owner.pw_gid)
+        self.port, self.log = free_port(), self.home / "postgres.log"
+        self.user, self.password = "platform", secrets.token_hex(12)
+        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.home / "data"), "-U", "postgres",
+                           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+        self.proc = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.home / "data"), "-p", str(self.port), "-c",
+             "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.home}", "-c", "fsync=off"],
+            user="postgres", stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(lambda: self._as_postgres([str(self.bin / "pg_isready"), "-h", str(self.home), "-p", str(self.port)],
+                                        check=False) == 0, self.proc, self.log, "PostgreSQL")
+        self.sql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
+        for db in databases:
+            self.sql(f"CREATE DATABASE {db} OWNER {self.user}")
+
+    def _as_postgres(self, cmd: list[str], check: bool = True) -> int:
+        r = subprocess.run(cmd, user="postgres", cwd=self.home, capture_output=True, text=True)
+        if check and r.returncode:
+            raise RuntimeError(f"{cmd[0]} failed: {r.stderr or r.stdout}")
+        return r.returncode
+
+    def sql(self, statement: str, db: str = "postgres") -> list[tuple]:
+        """Run one statement as the superuser over the server's Unix socket; the rows, tab-separated."""
+        r = subprocess.run([str(self.bin / "psql"), "-h", str(self.home), "-p", str(self.port), "-U",
+                            "postgres", "-d", db, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c",
+                            statement], user="postgres", cwd=self.home, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"psql: {r.stderr}")
+        return [tuple(line.split("\t")) for line in r.stdout.splitlines() if line]
+
+    def url(self, db: str) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        import shutil
+
+        stop_pid(self.proc.pid)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class MlflowServer:
-    """A real MLflow tracking server and registry (sqlite backend, local artifact store) on a free loopback port,
-    as `make run` runs it."""
+    """A real MLflow tracking server and registry on a free loopback port, with `make run`'s stores (SQLite and a
+    folder under `home`/mlflow) or those the ML_PLATFORM_MLFLOW_* variables in `env` choose (PostgreSQL, S3)."""
 
-    def __init__(self, home: Path):
-        home.mkdir(parents=True, exist_ok=True)
+    def __init__(self, home: Path, env: dict[str, str] | None = None):
+        (home / "mlflow").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.home, self.log, self.artifacts = home, home / "mlflow.log", home / "artifacts"
+        self.env = os.environ | MLFLOW_SERVER_ENV | (env or {})
+        self.home, self.log, self.artifacts = home, home / "mlflow.log", home / "mlflow" / "artifacts"
         self.start()
 
     def start(self) -> None:
         """Start (or, after stop(), start again on the same port and database)."""
+        args, store_env, _ = mlflow_server_store(self.home, self.env)
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
-             "--artifacts-destination", str(self.artifacts)],
-            env=os.environ | MLFLOW_SERVER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+             "--workers", "1", *args],
+            env=self.env | store_env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait(lambda: _http_ok(f"{self.uri}/health"), self.proc, self.log, "MLflow server", seconds=300)
         except RuntimeError:

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from ml_platform.local.procs import LOOPBACK
+from ml_platform.metadata_stores import dagster_storage_yaml
 from ml_platform.serve.messages import MAX_MESSAGE_BYTES
 
 
@@ -91,7 +92,10 @@ def dagster_home(home: Path) -> Path:
     the run retries daemon then re-executes it once. retry_on_asset_or_op_failure is off: a step that failed (a
     batch the data checks refused) fails the same way again, so only crashes are retried. The default run
     launcher cannot check a started run's worker itself (no check_run_worker_health), so run monitoring here
-    catches runs stuck starting or being cancelled; polling every 5 s makes that, and the retry, quick."""
+    catches runs stuck starting or being cancelled; polling every 5 s makes that, and the retry, quick.
+
+    Storage: SQLite files in this folder, or PostgreSQL when ML_PLATFORM_DAGSTER_POSTGRES_URL is set
+    (ml_platform.metadata_stores; the file names the variable, never the URL)."""
     d = home / "dagster_home"
     d.mkdir(parents=True, exist_ok=True)
     (d / "dagster.yaml").write_text(
@@ -100,7 +104,7 @@ def dagster_home(home: Path) -> Path:
         "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 120\n"
         "  poll_interval_seconds: 5\n  max_resume_run_attempts: 0\n"
         "run_retries:\n  enabled: true\n  max_retries: 1\n  retry_on_asset_or_op_failure: false\n"
-        "telemetry:\n  enabled: false\n")
+        "telemetry:\n  enabled: false\n" + dagster_storage_yaml())
     return d
 
 

@@ -22,6 +22,7 @@ from ml_platform.local.prepare import (
 from ml_platform.local.procs import LOOPBACK, port_taken
 from ml_platform.local.restarts import RestartPolicy
 from ml_platform.local.simulate import GENERATORS
+from ml_platform.metadata_stores import mlflow_server_store
 from ml_platform.serve.messages import topic
 
 
@@ -116,6 +117,7 @@ def build_services(cfg: StackConfig) -> list[Service]:
     mlflow_uri = f"http://{LOOPBACK}:{cfg.mlflow_port}"
     store_url = f"http://{LOOPBACK}:{cfg.store_port}"
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow_args, mlflow_env, mlflow_where = mlflow_server_store(home)  # SQLite and a folder, or PostgreSQL and S3
     specs_dir = home / "specs"  # prepared by Stack.start (prepare_specs)
     platform_env = {"ML_PLATFORM_HOME": str(home), "ML_PLATFORM_DATA": str(data), "ML_PLATFORM_JARS": str(cfg.jars),
                     "ML_PLATFORM_SENSOR_INTERVAL": str(cfg.sensor_interval), "MLFLOW_TRACKING_URI": mlflow_uri,
@@ -127,9 +129,9 @@ def build_services(cfg: StackConfig) -> list[Service]:
         Service("kafka", prepare_kafka(home, cfg.jars, cfg.kafka_port, cfg.kafka_controller_port), cfg.kafka_port,
                 f"kafka://{bootstrap}", lambda: kafka_ok(bootstrap)),
         Service("mlflow", [str(bin_dir / "mlflow"), "server", "--host", LOOPBACK, "--port", str(cfg.mlflow_port),
-                           "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                           "--artifacts-destination", str(home / "mlflow" / "artifacts")],
-                cfg.mlflow_port, mlflow_uri, lambda: http_ok(f"{mlflow_uri}/health"), MLFLOW_SERVER_ENV),
+                           "--workers", "1", *mlflow_args],
+                cfg.mlflow_port, f"{mlflow_uri} ({mlflow_where})", lambda: http_ok(f"{mlflow_uri}/health"),
+                MLFLOW_SERVER_ENV | mlflow_env),
         Service("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-h", LOOPBACK, "-p", str(cfg.dagster_port),
                                       "-w", str(cfg.repo / "workspace.yaml")],
                 cfg.dagster_port, f"http://{LOOPBACK}:{cfg.dagster_port}",
