@@ -5,7 +5,8 @@ Chosen only through the environment, because the URLs carry passwords:
 
   ML_PLATFORM_DAGSTER_POSTGRES_URL  postgresql://user:password@host:5432/dagster   runs, event log, schedules
   ML_PLATFORM_MLFLOW_BACKEND_URI    postgresql://user:password@host:5432/mlflow    tracking and model registry
-  ML_PLATFORM_MLFLOW_ARTIFACTS      s3://bucket/prefix (AWS_* credentials; MinIO: MLFLOW_S3_ENDPOINT_URL)
+  ML_PLATFORM_MLFLOW_ARTIFACTS_DESTINATION  s3://bucket/prefix: the server keeps artifacts there and proxies them
+                                    (its AWS_* credentials; MinIO: MLFLOW_S3_ENDPOINT_URL)
 
 Neither URL is written down anywhere: dagster.yaml names the variable, which Dagster reads when it starts, and the
 MLflow server gets its store through MLFLOW_BACKEND_STORE_URI rather than its command line, so `ps` does not show
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 
 DAGSTER_POSTGRES = "ML_PLATFORM_DAGSTER_POSTGRES_URL"
 MLFLOW_BACKEND = "ML_PLATFORM_MLFLOW_BACKEND_URI"
-MLFLOW_ARTIFACTS = "ML_PLATFORM_MLFLOW_ARTIFACTS"
+MLFLOW_ARTIFACTS = "ML_PLATFORM_MLFLOW_ARTIFACTS_DESTINATION"
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2")
 
 

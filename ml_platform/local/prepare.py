@@ -98,14 +98,19 @@ def dagster_home(home: Path) -> Path:
     (ml_platform.metadata_stores; the file names the variable, never the URL)."""
     d = home / "dagster_home"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "dagster.yaml").write_text(
+    (d / "dagster.yaml").write_text(instance_yaml())
+    return d
+
+
+def instance_yaml() -> str:
+    """dagster.yaml of `make run` and of the containers (dagster_home)."""
+    return (
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
         "  config:\n    max_concurrent_runs: 2\n"
         "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 120\n"
         "  poll_interval_seconds: 5\n  max_resume_run_attempts: 0\n"
         "run_retries:\n  enabled: true\n  max_retries: 1\n  retry_on_asset_or_op_failure: false\n"
         "telemetry:\n  enabled: false\n" + dagster_storage_yaml())
-    return d
 
 
 # MLflow 3's server also starts a job runner with eight huey worker processes (~250 MB each) for its GenAI jobs;
