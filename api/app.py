@@ -1,5 +1,6 @@
 """The FastAPI application: `create_app(settings)`; `python -m api` serves it with uvicorn. Every route but
-/health needs an API key (X-API-Key). Routes per dataset live under /datasets/{dataset}."""
+/health needs an API key (X-API-Key); /ready without one answers its status alone (for probes). Routes per
+dataset live under /datasets/{dataset}."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.guard import BodyLimit, authorized
+from api.guard import HEADER, BodyLimit, authorized
 from api.platform import NotReady, Platform
 from api.settings import ApiSettings
+from api.web.session import COOKIE as SESSION_COOKIE
 from ml_platform.serve.explain import METHOD, explanation, variants
 
 UPLOAD_PATHS = ("/uploads/", "/predict/batch")
@@ -41,7 +43,7 @@ class DatasetReady(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
-    datasets: dict[str, DatasetReady]
+    datasets: dict[str, DatasetReady] | None = None  # only for a caller with a key
 
 
 class DatasetSummary(BaseModel):
@@ -108,7 +110,7 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
 
     app = FastAPI(title="ml-platform API", version="1",
                   description="Predictions on request, the prediction store, models, uploads and retraining. "
-                              "Send an API key in the X-API-Key header (all routes but /health).",
+                              "Send an API key in the X-API-Key header (all routes but /health and a keyless /ready).",
                   lifespan=lifespan)
     app.state.platform = platform
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
@@ -134,14 +136,21 @@ def create_app(settings: ApiSettings, platform: Platform | None = None) -> FastA
 
     keyed = APIRouter(dependencies=[Depends(authorized)], responses=KEYED_RESPONSES)
 
-    @keyed.get("/ready", response_model=Ready, tags=["service"],
-               responses={503: {"model": Ready, "description": "some dataset has no loadable champion"}})
-    def ready():
+    @app.get("/ready", response_model=Ready, tags=["service"], responses={
+        503: {"model": Ready, "description": "some dataset has no loadable champion"},
+        401: {"description": "an unknown API key (no key at all is allowed: the answer is then `ready` alone)"}})
+    def ready(request: Request):
         """Per dataset: a champion is loaded, and the newest champion did not fail to load (the loaded one keeps
-        serving meanwhile). 503 until every dataset is ready."""
+        serving meanwhile). 503 until every dataset is ready. Without a key (a load balancer's or Kubernetes'
+        readiness probe) the answer is `ready` alone; with one, each dataset's model version and errors too."""
         per = {n: DatasetReady(**s.readiness()) for n, s in platform.servers.items()}
         body = Ready(ready=bool(per) and all(r.ready for r in per.values()), datasets=per)
-        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+        if request.headers.get(HEADER) or request.cookies.get(SESSION_COOKIE):
+            authorized(request)
+            content = body.model_dump()
+        else:
+            content = {"ready": body.ready}
+        return JSONResponse(content, status_code=200 if body.ready else 503)
 
     @keyed.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics():

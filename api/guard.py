@@ -39,9 +39,10 @@ class RateLimiter:
 
 
 def authorized(request: Request) -> str:
-    """The dependency on every endpoint but /health: 401 without a known key (the X-API-Key header, or the web
-    app's session cookie), 403 for a cookie-authenticated change without the session's CSRF token, 429 over the
-    key's rate. Returns the key's hash (a caller identity for metrics and logs that reveals nothing of the key)."""
+    """The dependency on every endpoint but /health (and /ready without a key, which answers its status alone):
+    401 without a known key (the X-API-Key header, or the web app's session cookie), 403 for a cookie-authenticated
+    change without the session's CSRF token, 429 over the key's rate. Returns the key's hash (a caller identity for
+    metrics and logs that reveals nothing of the key)."""
     platform = request.app.state.platform
     given = request.headers.get(HEADER)
     h = known_key(given, platform.settings.key_hashes) if given else _session_key(request)

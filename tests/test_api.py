@@ -62,6 +62,10 @@ def test_health_ready_and_datasets(client, served):
     assert client.get("/health", headers={"X-API-Key": ""}).json()["status"] == "ok"
     ready = client.get("/ready").json()
     assert ready == {"ready": True, "datasets": {spec.name: {"ready": True, "model_version": v1, "error": None}}}
+    # a readiness probe (Kubernetes, a load balancer) has no key: it gets the answer alone; a wrong key is refused
+    keyless = client.get("/ready", headers={"X-API-Key": ""})
+    assert (keyless.status_code, keyless.json()) == (200, {"ready": True})
+    assert client.get("/ready", headers={"X-API-Key": "not-a-key"}).status_code == 401
     assert client.get("/datasets").json() == [{"name": spec.name, "task": "regression", "target": "price",
                                               "ready": True, "model_version": v1}]
     assert "/datasets/{dataset}/predict" in client.get("/openapi.json").json()["paths"]
@@ -107,6 +111,7 @@ def test_bad_input_is_a_clear_4xx(client, served):
 
 def test_api_keys_are_required_and_never_logged(client, capsys, caplog):
     wrong = "wrong-key-" + "z" * 20
+    failures = auth_failures(client)
     assert client.get("/datasets", headers={"X-API-Key": ""}).status_code == 401
     r = client.get("/datasets", headers={"X-API-Key": wrong})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "ApiKey" and wrong not in r.text
@@ -114,8 +119,12 @@ def test_api_keys_are_required_and_never_logged(client, capsys, caplog):
     out = capsys.readouterr()
     logged = out.out + out.err + caplog.text
     assert wrong not in logged and KEY not in logged and OTHER_KEY not in logged
-    metrics = client.get("/metrics").text
-    assert 'ml_platform_auth_failures_total 2.0' in metrics and wrong not in metrics
+    assert auth_failures(client) == failures + 2 and wrong not in client.get("/metrics").text
+
+
+def auth_failures(client) -> float:
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith("ml_platform_auth_failures_total"))
+    return float(line.split()[-1])
 
 
 def test_limits_give_413_and_the_rate_limit_429(spark, served, mlflow_server):
