@@ -7,6 +7,8 @@
   store-writer DATASET           predictions, shadow predictions and actuals into the prediction store
   health [ROLE]                  the container's health check (exit 0 healthy, 1 not); ROLE defaults to the
                                  role this container was started with
+  dagster ...                    Dagster's own CLI, unchanged: what Dagster's Helm chart runs in this image (the
+                                 code location's `dagster api grpc`, each run's `dagster api execute_run`)
 
 Each role prepares what it needs from the environment, then replaces itself with the real program (exec), so
 signals reach that program directly. The stores come from ml_platform.metadata_stores (PostgreSQL, S3) and the
@@ -124,6 +126,9 @@ def healthy(role: str) -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dagster"]:  # Dagster's chart gives its commands as the container's args
+        os.execv(tool("dagster"), [tool("dagster"), *argv[1:]])
     ap = argparse.ArgumentParser(prog="ml-platform-role", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("role", choices=ROLES + ("health",))

@@ -85,3 +85,8 @@ def test_health_checks_the_role_the_container_started_with(tmp_path, monkeypatch
     server.server_close()
     r = subprocess.run(ROLE + ["health", "api"], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1 and "api: unhealthy" in r.stdout
+
+
+def test_dagster_commands_pass_through_as_dagster_s_helm_chart_gives_them():
+    r = subprocess.run(ROLE + ["dagster", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("dagster, version 1.13"), r.stdout + r.stderr
