@@ -32,7 +32,7 @@ MINIO := .tools/minio
 # MinIO is built from source through the Go module proxy (no binary downloads here); pinned to one commit
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: setup setup-run tools blas browser axe dynalite postgres run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
+.PHONY: setup setup-run tools blas browser axe dynalite postgres image-tools image-base image k8s-tools validate-deploy run test test-fast test-scenarios lint pytest validate smoke lock jars jars-run \
         jars-test jars-spark jars-kafka jars-aws jars-hdfs jars-emr-node clean
 setup-run: $(VENV)/.installed jars-run $(DYNALITE) blas
 setup: setup-run jars-test tools browser postgres
@@ -137,10 +137,94 @@ $(JARS)/hdfs/.done: jvm/hdfs-minicluster/pom.xml
 $(JARS)/emr-node/.done: jvm/emr-node/pom.xml
 	$(call copy-jars,emr-node,$<,-DexcludeArtifactIds=wildfly-openssl)
 
+# The container image (deploy/Dockerfile), built without a Docker engine: buildah and podman (Debian), runc, and a
+# Debian 12 base made from Debian's archive with debootstrap (no image registry is reachable here; elsewhere
+# `docker build -f deploy/Dockerfile .` pulls debian:bookworm-slim instead). The jars are `make jars`' own.
+IMAGE ?= localhost/ml-platform:0.1.0
+IMAGE_BASE := localhost/ml-platform-base:bookworm
+export CONTAINERS_CONF := $(abspath deploy/containers/containers.conf)
+image-tools:
+	@{ command -v buildah && command -v podman && command -v runc && command -v debootstrap; } >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman runc debootstrap >/dev/null; } \
+	  || { echo "the image needs the Debian packages buildah podman runc debootstrap (needs root)"; exit 1; }
+
+image-base: image-tools
+	@podman image exists $(IMAGE_BASE) || { \
+	  rm -rf .tools/rootfs && mkdir -p .tools && \
+	  debootstrap --variant=minbase bookworm .tools/rootfs http://deb.debian.org/debian >.tools/debootstrap.log && \
+	  printf 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' >.tools/rootfs/etc/apt/sources.list && \
+	  rm -rf .tools/rootfs/var/cache/apt/archives/*.deb .tools/rootfs/var/lib/apt/lists/* && \
+	  tar --numeric-owner -C .tools/rootfs -c . | podman import --change 'CMD ["/bin/bash"]' - $(IMAGE_BASE) >/dev/null && \
+	  rm -rf .tools/rootfs; }
+
+# The build's own downloads (PyPI) trust the machine's CA bundle, handed in as a build secret (not kept in a layer).
+image: image-base jars-spark jars-aws
+	buildah bud --isolation chroot --format docker --layers --build-arg BASE=$(IMAGE_BASE) \
+	  --secret id=cacert,src=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} -f deploy/Dockerfile -t $(IMAGE) .
+
+# Deployment validation tools (make validate-deploy), each built from the Go module proxy or Maven Central into
+# .tools/k8s: helm renders the charts; a real kube-apiserver over etcd takes every rendered object as a server-side
+# dry run; the compose CLI checks deploy/compose; Strimzi's CRDs come from its crd-generator. kube-apiserver and
+# etcd refuse `go install` (replace directives), so deploy/tools/* are wrapper modules whose go.sum pins them.
+K8S := .tools/k8s
+HELM_VERSION := v3.22.0
+COMPOSE_VERSION := v5.6.0
+KUBE_MINOR := 37
+CRD_JAVA = $(lastword $(sort $(wildcard /usr/lib/jvm/temurin-*/bin/java)))
+k8s-tools: $(K8S)/helm $(K8S)/etcd $(K8S)/kube-apiserver $(K8S)/docker-compose $(K8S)/strimzi/.done
+
+$(K8S)/helm:
+	GOBIN=$(abspath $(K8S)) CGO_ENABLED=0 go install -trimpath -ldflags "-s -w \
+	  -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(KUBE_MINOR) \
+	  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(KUBE_MINOR)" \
+	  helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(K8S)/etcd: deploy/tools/etcd/go.mod deploy/tools/etcd/go.sum
+	cd deploy/tools/etcd && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(abspath $@) go.etcd.io/etcd/server/v3
+
+# ~12 minutes and 2.3 GB of memory on 2 cores, once per machine
+$(K8S)/kube-apiserver: deploy/tools/kube-apiserver/go.mod deploy/tools/kube-apiserver/go.sum
+	cd deploy/tools/kube-apiserver && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w \
+	  -X k8s.io/component-base/version.gitVersion=v1.$(KUBE_MINOR).2 -X k8s.io/component-base/version.gitMajor=1 \
+	  -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR)" -o $(abspath $@) k8s.io/kubernetes/cmd/kube-apiserver
+
+# the compose CLI (a docker CLI plugin too: DOCKER_CONFIG=$(K8S)/docker). `go install` refuses it (exclude
+# directives), so it is built in a copy of its module; v5.7 needs a module the proxy does not serve.
+$(K8S)/docker-compose:
+	rm -rf $(K8S)/compose-src && mkdir -p $(K8S)/docker/cli-plugins
+	cp -r "$$(go mod download -json github.com/docker/compose/v5@$(COMPOSE_VERSION) | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" $(K8S)/compose-src
+	chmod -R u+w $(K8S)/compose-src && cd $(K8S)/compose-src && CGO_ENABLED=0 go build -trimpath \
+	  -ldflags "-s -w -X github.com/docker/compose/v5/internal.Version=$(COMPOSE_VERSION)" -o $(abspath $@) ./cmd
+	rm -rf $(K8S)/compose-src && ln -sf $(abspath $@) $(K8S)/docker/cli-plugins/docker-compose
+
+$(K8S)/strimzi/.done: deploy/tools/strimzi-crds/pom.xml
+	@test -n "$(CRD_JAVA)" || { echo "Strimzi's crd-generator needs Java 21 or newer (a Temurin JDK in /usr/lib/jvm)"; exit 1; }
+	rm -rf $(K8S)/strimzi && mkdir -p $(K8S)/strimzi
+	mvn -q -B -f $< dependency:build-classpath -Dmdep.outputFile=$(abspath $(K8S)/strimzi/classpath.txt)
+	$(CRD_JAVA) -cp "$$(cat $(K8S)/strimzi/classpath.txt)" io.strimzi.crdgenerator.CrdGenerator --yaml \
+	  --crd-api-version v1 --api-versions v1beta2 --storage-version v1beta2 \
+	  io.strimzi.api.kafka.model.kafka.Kafka=$(K8S)/strimzi/kafka.yaml \
+	  io.strimzi.api.kafka.model.nodepool.KafkaNodePool=$(K8S)/strimzi/kafkanodepool.yaml \
+	  io.strimzi.api.kafka.model.topic.KafkaTopic=$(K8S)/strimzi/kafkatopic.yaml 2>/dev/null
+	@touch $@
+
+# cfn-lint and checkov in a venv of their own (checkov pins boto3 and networkx apart from the platform's)
+.venv-deploy/.installed: deploy/tools/validate-requirements.txt $(UV_HOME)/.uv-$(UV_VERSION)
+	@test -x .venv-deploy/bin/python || $(UV) venv -q --python $(PYTHON) .venv-deploy
+	$(UV) pip sync -q --compile-bytecode --python .venv-deploy/bin/python $<
+	@touch $@
+
+# Every deployment artifact, as CI can check it here: the image built and its entry points run (podman), the
+# charts rendered and dry-run on a real API server, the compose file through the compose CLI, the CloudFormation
+# through cfn-lint and checkov (tests/test_deploy.py, tests/test_image.py)
+validate-deploy: $(VENV)/.installed image k8s-tools .venv-deploy/.installed
+	@$(BIN)/pytest -m deploy; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
+
 run: setup-run
 	$(BIN)/ml-platform up
 
-test: setup lint pytest validate smoke
+test: setup lint pytest validate smoke validate-deploy
 
 # The tests marked `fast` by tests/conftest.py: no service fixture, not marked slow. Needs only the venv.
 test-fast: $(VENV)/.installed
@@ -153,7 +237,7 @@ lint:
 # long scenarios (tests marked `scenario`: the control plane's fault matrix, the drift-and-retrain loop, the data
 # layers on EMR's Spark); `make test-scenarios` runs them, about 30 minutes more.
 pytest:
-	@$(BIN)/pytest -m "not scenario"; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
+	@$(BIN)/pytest -m "not scenario and not deploy"; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s
 
 test-scenarios: setup
 	@$(BIN)/pytest -m scenario; s=$$?; [ $$s -ne 5 ] || echo "pytest ran no test (exit 5): that is a failure"; exit $$s

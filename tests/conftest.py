@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if (SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
                 or SERVICE_PARAMS.intersection(v for v in params.values() if isinstance(v, str))
-                or item.get_closest_marker("cluster")):
+                or item.get_closest_marker("cluster") or item.get_closest_marker("deploy")):
             item.add_marker(pytest.mark.service)
         elif not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.fast)
