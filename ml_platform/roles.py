@@ -99,7 +99,7 @@ def command(role: str, dataset: str | None) -> tuple[list[str], dict[str, str]]:
     if role == "api":
         return [py, "-m", "api", "--host", b, "--port", str(port(role))], {}
     if role == "scorer":
-        cmd = [py, "-m", "spark_streaming.scorer", dataset, "--metrics-port", str(port(role))]
+        cmd = [py, "-m", "spark_streaming.scorer", dataset, "--metrics-port", str(port(role)), "--metrics-host", b]
         if os.environ.get("SPARK_MASTER_URL"):
             cmd += ["--master", os.environ["SPARK_MASTER_URL"]]
         return cmd, {}

@@ -37,7 +37,7 @@ from ml_platform.serve.scoring import OUTPUT_UNIT, PlanCache, score_batch, unwri
 from ml_platform.serve.spark_kafka import kafka_source, write_isolating, write_kafka
 from ml_platform.serve.status import StatusFile, iso
 from ml_platform.serve.watcher import ChampionWatcher, registry_watcher
-from ml_platform.spark import local_jars, prepare_environment, session_conf
+from ml_platform.spark import local_jars, prepare_environment, s3a_conf, session_conf
 from ml_platform.spec import DatasetSpec, load_spec_dir
 from ml_platform.train.registry import CHALLENGER
 
@@ -161,15 +161,19 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
             .option("checkpointLocation", checkpoint).foreachBatch(each).start())
 
 
-def build_session(dataset: str, master: str, jars_dir: str | None):
+def build_session(dataset: str, master: str, jars_dir: str | None, s3a: bool = False):
+    """The scorer's session: `s3a` adds hadoop-aws and the s3a settings (checkpoints on S3; credentials from the
+    default chain: the environment, an instance or pod role)."""
     from pyspark.sql import SparkSession
 
     prepare_environment()
-    jars = local_jars(jars_dir)
+    jars = local_jars(jars_dir, ("spark", "aws") if s3a else ("spark",))
     if not jars:
         raise SystemExit(f"no Spark Kafka connector jars under {jars_dir}/spark: run `make jars`")
+    extra = s3a_conf(os.environ.get("ML_PLATFORM_S3_ENDPOINT"), os.environ.get("AWS_REGION")) if s3a else {}
     builder = SparkSession.builder
-    for k, v in session_conf(master, f"scorer-{dataset}", jars, shuffle_partitions=2, driver_memory="2g").items():
+    for k, v in session_conf(master, f"scorer-{dataset}", jars, shuffle_partitions=2, driver_memory="2g",
+                             extra=extra).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -179,14 +183,21 @@ def build_session(dataset: str, master: str, jars_dir: str | None):
 def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, state: Path, status: Status,
           stop: threading.Event, max_per_trigger: int | None = 20000, trigger_ms: int = 0, metrics: bool = True,
           describe: str = "a champion", heartbeat_seconds: float = 10.0,
-          challenger: ChampionWatcher | None = None, prom: ServingMetrics | None = None) -> None:
+          challenger: ChampionWatcher | None = None, prom: ServingMetrics | None = None,
+          checkpoints: str | None = None) -> None:
     """Wait for a champion, then run the queries until `stop`; a failed query restarts from its checkpoint. A
     challenger watcher is not waited for: it serves from the micro-batch after it has loaded a model. While the
     queries keep failing the status says `failing` (and counts the restarts); it says `serving` again once a
     micro-batch is written or every restarted query has made progress (an idle stream writes no micro-batch)."""
     mode = spec.serving.challenger.mode
-    checkpoints = state / "checkpoints" / spec.name
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    # <state>/checkpoints/<dataset>, or under a URI every executor reaches (a cluster over several hosts:
+    # hdfs://, s3a://); the driver alone writes the scoring query's, the executors the metrics query's state
+    if checkpoints and "://" in checkpoints:
+        root = f"{checkpoints.rstrip('/')}/{spec.name}"
+    else:
+        local = Path(checkpoints or state / "checkpoints") / spec.name
+        local.mkdir(parents=True, exist_ok=True)
+        root = str(local)
     if prom is not None:
         status.prom = prom
     status.update(state="waiting")
@@ -212,12 +223,12 @@ def serve(spark, spec: DatasetSpec, watcher: ChampionWatcher, bootstrap: str, st
             # and a user's dataset has no load generator to create them (seen: a restart loop every 5 s, with
             # StackOverflowErrors in Spark's stream threads as queries were stopped mid-start)
             ensure_topics(bootstrap, spec.name)
-            queries.append(scoring_query(spark, spec, watcher, bootstrap, str(checkpoints / "score"), status,
+            queries.append(scoring_query(spark, spec, watcher, bootstrap, f"{root}/score", status,
                                          max_per_trigger, trigger_ms, challenger=challenger, prom=prom))
             if metrics and spec.target is not None:  # clustering has no actuals to judge by
                 # not "metrics": that checkpoint's state deduplicated by request_id alone and read no shadow topic,
                 # and Spark refuses a changed state schema or source list on restart
-                queries.append(metrics_query(spark, spec, bootstrap, str(checkpoints / "metrics_by_version"),
+                queries.append(metrics_query(spark, spec, bootstrap, f"{root}/metrics_by_version",
                                              status))
             if not failed:
                 status.serving(watcher, challenger, mode)  # serving from now on, not from the first micro-batch
@@ -273,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-metrics", action="store_true", help="run the scoring query only")
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("ML_PLATFORM_SCORER_METRICS_PORT", 0)),
                     help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)")
+    ap.add_argument("--metrics-host", default=os.environ.get("ML_PLATFORM_BIND", "127.0.0.1"),
+                    help="the address of --metrics-port (default $ML_PLATFORM_BIND, else 127.0.0.1)")
+    ap.add_argument("--checkpoints", default=os.environ.get("ML_PLATFORM_CHECKPOINTS"),
+                    help="checkpoint root instead of <state>/checkpoints: a folder, or a URI all of a cluster's "
+                         "hosts reach (hdfs://, s3a://); each dataset gets <root>/<dataset>")
     a = ap.parse_args(argv)
     loaded = load_spec_dir(a.specs)
     if a.dataset not in loaded.specs:
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    spark = build_session(spec.name, a.master, a.jars)
+    spark = build_session(spec.name, a.master, a.jars, s3a=(a.checkpoints or "").startswith("s3a://"))
     watcher = registry_watcher(spec.name, a.tracking_uri, spec.serving.poll_seconds, logger=log,
                                on_error=lambda msg: status.update(last_error=msg))
     challenger = None
@@ -295,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                                       on_error=lambda msg: status.update(last_error=msg), alias=CHALLENGER)
     prom = ServingMetrics("kafka")
     if a.metrics_port:
-        serve_http(prom, a.metrics_port)
-        log(f"Prometheus metrics on http://127.0.0.1:{a.metrics_port}/metrics")
+        serve_http(prom, a.metrics_port, a.metrics_host)
+        log(f"Prometheus metrics on http://{a.metrics_host}:{a.metrics_port}/metrics")
     serve(spark, spec, watcher, a.bootstrap, state, status, stop, a.max_per_trigger, a.trigger_ms,
           not a.no_metrics, f"a champion (models:/{spec.name}@champion at {a.tracking_uri})", challenger=challenger,
-          prom=prom)
+          prom=prom, checkpoints=a.checkpoints)
     spark.stop()
     return 0
 
