@@ -9,6 +9,8 @@
                                  role this container was started with
   dagster ...                    Dagster's own CLI, unchanged: what Dagster's Helm chart runs in this image (the
                                  code location's `dagster api grpc`, each run's `dagster api execute_run`)
+  driver ... | executor          what Spark's Kubernetes scheduler runs in this image: the driver pod of
+                                 `spark-submit --deploy-mode cluster`, and each executor pod
 
 Each role prepares what it needs from the environment, then replaces itself with the real program (exec), so
 signals reach that program directly. The stores come from ml_platform.metadata_stores (PostgreSQL, S3) and the
@@ -125,10 +127,58 @@ def healthy(role: str) -> tuple[bool, str]:
     return True, "store-writer: running (it has no port; a crash ends the container)"
 
 
+# what Spark's Kubernetes scheduler sets in an executor pod's environment, by the executor's argument it fills
+EXECUTOR_ENV = {"--driver-url": "SPARK_DRIVER_URL", "--executor-id": "SPARK_EXECUTOR_ID",
+                "--cores": "SPARK_EXECUTOR_CORES", "--app-id": "SPARK_APPLICATION_ID",
+                "--hostname": "SPARK_EXECUTOR_POD_IP", "--resourceProfileId": "SPARK_RESOURCE_PROFILE_ID",
+                "--podName": "SPARK_EXECUTOR_POD_NAME"}
+
+
+def spark_on_kubernetes(kind: str, args: list[str], env=os.environ) -> tuple[list[str], dict[str, str]]:
+    """The command of a Spark-on-Kubernetes pod in this image (what Spark's own image entry point does): the driver
+    runs spark-submit in client mode bound to its pod's address; an executor runs Spark's Kubernetes executor
+    backend with the pod's settings, the JVM options Spark passed (SPARK_JAVA_OPT_<n>, in order) and pyspark's
+    jars."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    if kind == "driver":
+        bind_to = env.get("SPARK_DRIVER_BIND_ADDRESS")
+        if not bind_to:
+            raise SystemExit("ml-platform-role driver: SPARK_DRIVER_BIND_ADDRESS is not set (Spark's Kubernetes "
+                             "scheduler sets it in the driver pod)")
+        # spark-submit decides the driver's address (its service); the session must not pin it to loopback
+        return ([str(home / "bin" / "spark-submit"), "--conf", f"spark.driver.bindAddress={bind_to}",
+                 "--deploy-mode", "client", *args], {"ML_PLATFORM_SPARK_DRIVER_HOST": "spark-submit",
+                                                     "SPARK_HOME": str(home)})
+    missing = [v for v in (*EXECUTOR_ENV.values(), "SPARK_EXECUTOR_MEMORY") if not env.get(v)]
+    if missing:
+        raise SystemExit(f"ml-platform-role executor: {', '.join(missing)} not set (Spark's Kubernetes scheduler "
+                         "sets them in an executor pod)")
+    opts = [v for k, v in sorted(((k, v) for k, v in env.items() if k.startswith("SPARK_JAVA_OPT_")),
+                                 key=lambda kv: int(kv[0].rsplit("_", 1)[1]) if kv[0].rsplit("_", 1)[1].isdigit()
+                                 else 0)]
+    classpath = ":".join(p for p in (env.get("SPARK_CONF_DIR") or str(home / "conf"), env.get("SPARK_CLASSPATH"),
+                                     f"{home / 'jars'}/*", env.get("SPARK_EXTRA_CLASSPATH"),
+                                     env.get("SPARK_DIST_CLASSPATH")) if p)
+    memory = env["SPARK_EXECUTOR_MEMORY"]
+    cmd = ["java", *opts, f"-Xms{memory}", f"-Xmx{memory}", "-cp", classpath,
+           "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend"]
+    for flag, var in EXECUTOR_ENV.items():
+        cmd += [flag, env[var]]
+    return cmd, {"SPARK_HOME": str(home)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["dagster"]:  # Dagster's chart gives its commands as the container's args
         os.execv(tool("dagster"), [tool("dagster"), *argv[1:]])
+    if argv[:1] in (["driver"], ["executor"]):  # Spark's Kubernetes scheduler, likewise
+        if argv[0] == "executor" and argv[1:]:
+            print(f"ml-platform-role executor: takes no arguments, not {argv[1:]}", file=sys.stderr)
+            return 2
+        cmd, env = spark_on_kubernetes(argv[0], argv[1:])
+        os.execvpe(cmd[0], cmd, os.environ | env)
     ap = argparse.ArgumentParser(prog="ml-platform-role", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("role", choices=ROLES + ("health",))

@@ -37,13 +37,23 @@ def s3a_conf(endpoint_url: str | None = None, region: str | None = None) -> dict
     return conf
 
 
+# Where a cluster's executors reach the driver: loopback by default (local mode, or a cluster on this machine, as
+# in the tests); an address the workers reach when they are other hosts (on Kubernetes, the pod's IP); or
+# `spark-submit`, which leaves it to spark-submit (Spark on Kubernetes in cluster mode sets the driver's service).
+DRIVER_HOST = "ML_PLATFORM_SPARK_DRIVER_HOST"
+
+
+def driver_host() -> str:
+    return os.environ.get(DRIVER_HOST, "").strip() or LOOPBACK
+
+
 def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions: int = 8,
                  driver_memory: str = "4g", ui: bool = False, extra: dict[str, str] | None = None) -> dict:
+    host = driver_host()
     conf = {
         "spark.master": master,
         "spark.app.name": app_name,
-        "spark.driver.host": LOOPBACK,
-        "spark.driver.bindAddress": LOOPBACK,
+        **({} if host == "spark-submit" else {"spark.driver.host": host, "spark.driver.bindAddress": host}),
         "spark.driver.memory": driver_memory,
         "spark.ui.enabled": str(ui).lower(),
         "spark.ui.showConsoleProgress": "false",  # progress bars only clutter captured run logs
@@ -64,8 +74,10 @@ def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions
 
 
 def prepare_environment() -> None:
-    """Before the JVM starts: bind to loopback and keep Spark's own logging quiet."""
-    os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+    """Before the JVM starts: bind to loopback (or the driver host a cluster reaches) and keep Spark's own logging
+    quiet."""
+    if driver_host() != "spark-submit":
+        os.environ.setdefault("SPARK_LOCAL_IP", driver_host())
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # native BLAS (make blas) runs single-threaded inside Spark's task threads: Spark's linear algebra guide asks
     # for it, as OpenBLAS's own threads would compete with the tasks for the same cores

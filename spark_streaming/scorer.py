@@ -161,6 +161,24 @@ def metrics_query(spark, spec: DatasetSpec, bootstrap: str, checkpoint: str, sta
             .option("checkpointLocation", checkpoint).foreachBatch(each).start())
 
 
+SPARK_CONF = "ML_PLATFORM_SPARK_CONF"
+
+
+def spark_conf_from_env() -> dict[str, str]:
+    """Spark settings from ML_PLATFORM_SPARK_CONF, one `key=value` a line (Spark on Kubernetes: the image, the
+    namespace, the executors); a line that is not one names itself."""
+    conf = {}
+    for n, line in enumerate(os.environ.get(SPARK_CONF, "").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise SystemExit(f"{SPARK_CONF} line {n}: not spark.key=value: {line[:80]!r}")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
 def build_session(dataset: str, master: str, jars_dir: str | None, s3a: bool = False):
     """The scorer's session: `s3a` adds hadoop-aws and the s3a settings (checkpoints on S3; credentials from the
     default chain: the environment, an instance or pod role)."""
@@ -171,6 +189,7 @@ def build_session(dataset: str, master: str, jars_dir: str | None, s3a: bool = F
     if not jars:
         raise SystemExit(f"no Spark Kafka connector jars under {jars_dir}/spark: run `make jars`")
     extra = s3a_conf(os.environ.get("ML_PLATFORM_S3_ENDPOINT"), os.environ.get("AWS_REGION")) if s3a else {}
+    extra |= spark_conf_from_env()
     builder = SparkSession.builder
     for k, v in session_conf(master, f"scorer-{dataset}", jars, shuffle_partitions=2, driver_memory="2g",
                              extra=extra).items():

@@ -192,3 +192,59 @@ def test_cloudformation_passes_cfn_lint_and_checkov(tmp_path):
     bad.write_text(TEMPLATE.read_text().replace("VersioningConfiguration:", "VersioningConfig:", 1))
     r = run([DEPLOY_VENV / "cfn-lint", bad])
     assert r.returncode == 2 and "E3002" in r.stdout and "VersioningConfig" in r.stdout, r.stdout
+
+
+def test_scorers_on_spark_s_kubernetes_scheduler_render_and_pass_the_dry_run(apiserver, tmp_path):
+    values = copy.deepcopy(VALUES) | {"scorer": {"sparkMaster": "k8s"}}
+    r = render(tmp_path, values)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    for doc in docs:
+        r = apiserver.submit(doc)
+        assert r.status_code in (200, 201), f"{doc['kind']} {doc['metadata']['name']}: {r.text}"
+    role = by_kind(docs, "Role")[0]
+    assert {"pods", "services", "configmaps"} <= set(role["rules"][0]["resources"])
+    pod = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mlp-scorer-used-cars")
+    spec = pod["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert spec["automountServiceAccountToken"] is True and env["SPARK_MASTER_URL"]["value"].startswith("k8s://")
+    conf = dict(line.split("=", 1) for line in env["ML_PLATFORM_SPARK_CONF"]["value"].splitlines())
+    assert conf["spark.kubernetes.container.image"] == "registry.example.com/ml-platform:0.1.0"
+    assert conf["spark.kubernetes.driver.pod.name"] == "$(POD_NAME)" and "POD_NAME" in env
+    assert env["ML_PLATFORM_SPARK_DRIVER_HOST"]["value"] == "$(POD_IP)"
+
+
+def test_spark_submit_in_cluster_mode_creates_a_driver_pod_of_the_platform_image(apiserver, tmp_path):
+    """`spark-submit --deploy-mode cluster` against the real API server: Spark's Kubernetes client creates the
+    driver pod (this server has no nodes, so it is never scheduled) running the image's `driver` role on the
+    scorer, with its settings in a ConfigMap and no submission credential in either."""
+    import pyspark
+
+    image = "localhost/ml-platform:0.1.0"
+    script = "local:///opt/venv/lib/python3.11/site-packages/spark_streaming/scorer.py"
+    cert = apiserver.home / "certs" / "apiserver.crt"
+    # the driver's account (the chart's); this server has no controller to make the namespace's `default` one
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spark-driver"}}
+    assert apiserver.submit(account, dry_run=False).status_code in (201, 409)
+    r = run([Path(pyspark.__file__).parent / "bin" / "spark-submit", "--master", f"k8s://{apiserver.url}",
+             "--deploy-mode", "cluster", "--name", "scorer-used-cars",
+             "--conf", f"spark.kubernetes.container.image={image}",
+             "--conf", "spark.kubernetes.namespace=default",
+             "--conf", f"spark.kubernetes.authenticate.submission.oauthToken={apiserver.token}",
+             "--conf", f"spark.kubernetes.authenticate.submission.caCertFile={cert}",
+             "--conf", "spark.kubernetes.submission.waitAppCompletion=false",
+             "--conf", "spark.kubernetes.authenticate.driver.serviceAccountName=spark-driver",
+             "--conf", "spark.kubernetes.driverEnv.ML_PLATFORM_CHECKPOINTS=s3a://bucket/checkpoints",
+             script, "used_cars"], env={"SPARK_LOCAL_IP": "127.0.0.1"}, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    pods = apiserver.session.get(f"{apiserver.url}/api/v1/namespaces/default/pods", timeout=10).json()["items"]
+    driver = next(p for p in pods if p["metadata"]["labels"].get("spark-role") == "driver")
+    container = driver["spec"]["containers"][0]
+    assert container["image"] == image and container["args"][0] == "driver"
+    assert script in container["args"] and container["args"][-1] == "used_cars"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["ML_PLATFORM_CHECKPOINTS"]["value"] == "s3a://bucket/checkpoints"
+    assert "SPARK_DRIVER_BIND_ADDRESS" in env  # what the image's driver role binds to
+    assert driver["spec"]["serviceAccountName"] == "spark-driver"
+    maps = apiserver.session.get(f"{apiserver.url}/api/v1/namespaces/default/configmaps", timeout=10).json()
+    assert apiserver.token not in json.dumps(driver) + json.dumps(maps)

@@ -96,3 +96,13 @@ def test_the_mlflow_and_api_roles_serve_and_report_healthy():
     finally:
         for name in names:
             podman("rm", "-f", "-t", "5", name)
+
+
+def test_spark_s_kubernetes_pods_run_the_image_s_driver_and_executor_roles():
+    """What Spark's Kubernetes scheduler runs in this image: `driver ARGS` (spark-submit in client mode, bound to
+    the pod's address) and `executor` (its settings from the environment, a clear error without them)."""
+    r = podman("run", "--rm", "--no-healthcheck", "-e", "SPARK_DRIVER_BIND_ADDRESS=127.0.0.1", IMAGE,
+               "driver", "--version")
+    assert r.returncode == 0 and "version 4.2.0" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = podman("run", "--rm", "--no-healthcheck", IMAGE, "executor")
+    assert r.returncode == 1 and "SPARK_DRIVER_URL" in r.stderr and "not set" in r.stderr, r.stderr

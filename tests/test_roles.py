@@ -90,3 +90,48 @@ def test_health_checks_the_role_the_container_started_with(tmp_path, monkeypatch
 def test_dagster_commands_pass_through_as_dagster_s_helm_chart_gives_them():
     r = subprocess.run(ROLE + ["dagster", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("dagster, version 1.13"), r.stdout + r.stderr
+
+
+def test_spark_on_kubernetes_pods_run_spark_s_own_commands_from_this_image():
+    env = {"SPARK_DRIVER_BIND_ADDRESS": "10.1.2.3"}
+    cmd, extra = roles.spark_on_kubernetes("driver", ["--properties-file", "/opt/spark/conf/spark.properties",
+                                                      "--class", "org.apache.spark.deploy.PythonRunner",
+                                                      "local:///app/scorer.py", "used_cars"], env)
+    assert cmd[0].endswith("pyspark/bin/spark-submit") and cmd[1:5] == [
+        "--conf", "spark.driver.bindAddress=10.1.2.3", "--deploy-mode", "client"] and cmd[-1] == "used_cars"
+    assert extra["ML_PLATFORM_SPARK_DRIVER_HOST"] == "spark-submit"  # spark-submit's address, not loopback
+    env = dict(zip(roles.EXECUTOR_ENV.values(), ["spark://d:7078", "3", "1", "app-1", "10.1.2.4", "0", "e-3"],
+                   strict=True)) | {"SPARK_EXECUTOR_MEMORY": "2g", "SPARK_JAVA_OPT_1": "-Dsecond", "SPARK_JAVA_OPT_0":
+                                    "-Dfirst"}
+    cmd, _ = roles.spark_on_kubernetes("executor", [], env)
+    assert cmd[:5] == ["java", "-Dfirst", "-Dsecond", "-Xms2g", "-Xmx2g"]
+    assert cmd[cmd.index("-cp") + 1].endswith("pyspark/jars/*")
+    assert cmd[cmd.index("org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend") + 1:] == [
+        "--driver-url", "spark://d:7078", "--executor-id", "3", "--cores", "1", "--app-id", "app-1",
+        "--hostname", "10.1.2.4", "--resourceProfileId", "0", "--podName", "e-3"]
+    with pytest.raises(SystemExit, match="SPARK_DRIVER_URL, .*not set"):
+        roles.spark_on_kubernetes("executor", [], {"SPARK_EXECUTOR_MEMORY": "2g"})
+    with pytest.raises(SystemExit, match="SPARK_DRIVER_BIND_ADDRESS is not set"):
+        roles.spark_on_kubernetes("driver", [], {})
+
+
+def test_spark_settings_from_the_environment_name_a_bad_line(monkeypatch):
+    from spark_streaming.scorer import spark_conf_from_env
+
+    monkeypatch.setenv("ML_PLATFORM_SPARK_CONF", "spark.executor.instances=2\n# a comment\n\nspark.a.b = c=d\n")
+    assert spark_conf_from_env() == {"spark.executor.instances": "2", "spark.a.b": "c=d"}
+    monkeypatch.setenv("ML_PLATFORM_SPARK_CONF", "spark.executor.instances=2\nexecutors 3\n")
+    with pytest.raises(SystemExit, match="ML_PLATFORM_SPARK_CONF line 2: not spark.key=value"):
+        spark_conf_from_env()
+
+
+def test_the_driver_address_follows_the_environment(monkeypatch):
+    from ml_platform.spark import session_conf
+
+    monkeypatch.delenv("ML_PLATFORM_SPARK_DRIVER_HOST", raising=False)
+    assert session_conf("local[1]", "a", [])["spark.driver.host"] == "127.0.0.1"
+    monkeypatch.setenv("ML_PLATFORM_SPARK_DRIVER_HOST", "10.1.2.3")
+    conf = session_conf("k8s://https://kubernetes.default.svc", "a", [])
+    assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "10.1.2.3"
+    monkeypatch.setenv("ML_PLATFORM_SPARK_DRIVER_HOST", "spark-submit")
+    assert "spark.driver.host" not in session_conf("local[1]", "a", [])
