@@ -91,8 +91,9 @@ def test_a_model_is_registered_in_postgres_with_its_artifacts_on_s3(postgres, mi
     import pandas as pd
     from services import MlflowServer
 
-    server = MlflowServer(tmp_path, env={MLFLOW_BACKEND: postgres.url("mlflow"),
-                                         MLFLOW_ARTIFACTS: "s3://platform/mlflow-artifacts"})
+    # MinIO's endpoint and keys given explicitly: another test may have pointed the session's S3 variables elsewhere
+    server = MlflowServer(tmp_path, env=minio.env() | {MLFLOW_BACKEND: postgres.url("mlflow"),
+                                                       MLFLOW_ARTIFACTS: "s3://platform/mlflow-artifacts"})
     try:
         cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode()
         assert postgres.password not in cmdline and "--backend-store-uri" not in cmdline
