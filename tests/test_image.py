@@ -106,3 +106,24 @@ def test_spark_s_kubernetes_pods_run_the_image_s_driver_and_executor_roles():
     assert r.returncode == 0 and "version 4.2.0" in r.stdout + r.stderr, r.stdout + r.stderr
     r = podman("run", "--rm", "--no-healthcheck", IMAGE, "executor")
     assert r.returncode == 1 and "SPARK_DRIVER_URL" in r.stderr and "not set" in r.stderr, r.stderr
+
+
+def test_the_code_location_loads_the_platform_s_definitions_in_the_image():
+    """The `code` role: Dagster's gRPC code server over `definitions` as installed in the image (the wheel's
+    modules, specs and contracts), healthy by Dagster's own check."""
+    port = free_port()
+    name = f"mlp-test-code-{port}"
+    try:
+        r = podman("run", "-d", "--rm", "--no-healthcheck", "--network", "host", "--name", name,
+                   "-e", "ML_PLATFORM_BIND=127.0.0.1", "-e", f"ML_PLATFORM_CODE_PORT={port}",
+                   "-e", "ML_PLATFORM_DATA=/var/lib/ml-platform/data", IMAGE, "code")
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 240
+        while (check := podman("exec", name, "ml-platform-role", "health")).returncode != 0:
+            if time.monotonic() > deadline or podman("container", "exists", name).returncode:
+                logs = podman("logs", name)
+                pytest.fail(f"the code server never got healthy: {check.stdout}\n{(logs.stdout + logs.stderr)[-3000:]}")
+            time.sleep(2)
+        assert check.stdout.startswith("code: healthy"), check.stdout
+    finally:
+        podman("rm", "-f", "-t", "5", name)
