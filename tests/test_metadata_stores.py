@@ -2,7 +2,6 @@
 PostgreSQL server, and MLflow's tracking and registry on PostgreSQL with artifacts on S3 (MinIO), chosen by the
 environment alone, with no password written to a file, a command line or a message."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -103,8 +102,14 @@ def test_a_model_is_registered_in_postgres_with_its_artifacts_on_s3(postgres, mi
             def predict(self, context, model_input):
                 return model_input["x"] * 2
 
-        client_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",)}
+        # the registry URI is process-wide in MLflow and the champion watcher sets it (serve/watcher.py): point
+        # both at this server for the test, then put back exactly what was there
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
+
+        saved = (tracking._tracking_uri, registry._registry_uri)
         mlflow.set_tracking_uri(server.uri)
+        mlflow.set_registry_uri(server.uri)
         try:
             mlflow.set_experiment("pg-check")
             with mlflow.start_run() as run:
@@ -114,7 +119,7 @@ def test_a_model_is_registered_in_postgres_with_its_artifacts_on_s3(postgres, mi
             loaded = mlflow.pyfunc.load_model("models:/pg_check_model/1")
             assert list(loaded.predict(pd.DataFrame({"x": [1, 4]}))) == [2, 8]
         finally:
-            mlflow.set_tracking_uri(client_env["MLFLOW_TRACKING_URI"] or "")
+            tracking._tracking_uri, registry._registry_uri = saved
         assert postgres.sql("SELECT name, version FROM model_versions", db="mlflow") == [("pg_check_model", "1")]
         assert postgres.sql(f"SELECT value FROM latest_metrics WHERE run_uuid = '{run.info.run_id}' "
                             "AND key = 'rmse'", db="mlflow") == [("1.5",)]
