@@ -1,4 +1,4 @@
-"""`ml-platform-role ROLE`: the container image's entry point, one role per container (deploy/README.md).
+"""`ml-platform-role ROLE`: the container image's entry point, one role per container (README, "Deploy").
 
   webserver | daemon | code       Dagster: the UI, the daemon (sensors, automation, run queue), the code location
   mlflow                         the MLflow tracking server and registry
@@ -16,7 +16,7 @@ Each role prepares what it needs from the environment, then replaces itself with
 signals reach that program directly. The stores come from ml_platform.metadata_stores (PostgreSQL, S3) and the
 data root from ML_PLATFORM_DATA, as everywhere else; secrets only ever arrive through the environment.
 
-  DAGSTER_HOME              where dagster.yaml is written (default /opt/dagster/home)
+  DAGSTER_HOME              where dagster.yaml is written (the image sets /var/lib/ml-platform/dagster)
   ML_PLATFORM_CODE_SERVER   host:port of the code location's gRPC server (the `code` role); unset: the webserver
                             and daemon load `definitions` in-process, as `make run` does
   ML_PLATFORM_BIND          the address servers listen on (default 0.0.0.0: inside a container)
