@@ -12,7 +12,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 JARS := .jars
-SPARK_KAFKA_JARS := spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
+SPARK_JARS := spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2,delta-spark_4.2_2.13,delta-storage
 
 # uv installs Python packages from uv.lock. It comes from PyPI into its own small venv (only package registries
 # are reachable, so no installer script); it must use the machine's Python, never download one.
@@ -117,9 +117,9 @@ define copy-jars
 	@touch $(JARS)/$(1)/.done
 endef
 
-# Spark's Kafka connector: only the jars pyspark does not ship already (no second Scala or Hadoop).
+# Spark's Kafka connector and Delta Lake: only the jars pyspark does not ship already (no second Scala or Hadoop).
 $(JARS)/spark/.done: jvm/spark-kafka/pom.xml
-	$(call copy-jars,spark,$<,-DincludeArtifactIds=$(SPARK_KAFKA_JARS))
+	$(call copy-jars,spark,$<,-DincludeArtifactIds=$(SPARK_JARS))
 
 # The Kafka broker (KRaft), kept apart from Spark's classpath.
 $(JARS)/kafka/.done: jvm/kafka-broker/pom.xml

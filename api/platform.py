@@ -187,8 +187,8 @@ class Platform:
                 from ml_platform.spark import local_jars, prepare_environment, session_conf
 
                 prepare_environment()
-                jars = local_jars(self.settings.jars_dir, ("aws",)) if self.settings.data_root.startswith("s3") \
-                    else []
+                jars = local_jars(self.settings.jars_dir, ("spark", "aws") if self.settings.data_root.startswith("s3")
+                                  else ("spark",))
                 builder = SparkSession.builder
                 conf = session_conf(self.settings.master, "ml-platform-api", jars, shuffle_partitions=1,
                                     driver_memory="2g")

@@ -16,10 +16,13 @@ import sys
 def session(job: str, store_options: dict):
     from pyspark.sql import SparkSession
 
-    from ml_platform.spark import s3a_conf
+    from ml_platform.spark import delta_conf, s3a_conf
 
     # Spark 3.5's default, stated: casts of bad text give null there, as try_cast does on Spark 4
     builder = SparkSession.builder.appName(f"ml-platform {job}").config("spark.sql.ansi.enabled", "false")
+    # EMR's own Delta (the delta-defaults classification puts its jars on the classpath), pinned like ours
+    for k, v in delta_conf(None).items():
+        builder = builder.config(k, v)
     if store_options.get("root", "").startswith(("s3://", "s3a://")) and store_options.get("spark_scheme") == "s3a":
         for k, v in s3a_conf(store_options.get("endpoint_url"), store_options.get("region")).items():
             builder = builder.config(k, v)

@@ -3,8 +3,8 @@ Dagster process (local threads, a standalone cluster) the Spark resource calls `
 `run_job` runs inside the Spark application (`ml_platform/emr_job.py`), and its summary travels back as a Dagster
 Pipes message. So a summary is plain JSON (`to_wire` / `from_wire` carry bytes, such as plots).
 
-A job owns its side effects: the cleaning job writes its batch's acceptance, the models and stack jobs log their
-MLflow runs (the parent run of a training version is found by its tags, so no run id passes between processes).
+A job owns its side effects: the cleaning job commits its batch's rows and acceptance, the models and stack jobs log
+their MLflow runs (the parent run of a training version is found by its tags, so no run id passes between processes).
 The asset that launched it only turns the summary into Dagster events. `log` is how a job reports progress: the
 run's log in the Dagster process, Pipes' log on EMR."""
 
@@ -34,30 +34,31 @@ def _checks(outcomes) -> list[dict]:
 def _ingest(spark, store, spec, a, tracker, log):
     from ml_platform.data.checks import raw_checks
     from ml_platform.data.layers import ingest_batch
+    from ml_platform.layout import bronze_table
 
     # the file the new-batch sensor named; a run launched by hand without it finds the file by its partition key
-    from ml_platform.layout import bronze_dir
-
     record = ingest_batch(spark, store, spec, a["partition"], a.get("file"))
-    return record | {"checks": _checks(raw_checks(spec, record)), "path": store.uri(bronze_dir(spec, a["partition"]))}
+    return record | {"checks": _checks(raw_checks(spec, record)), "path": store.uri(bronze_table(spec))}
 
 
 def _clean(spark, store, spec, a, tracker, log):
     from ml_platform.data.checks import cleaned_checks
     from ml_platform.data.layers import clean_stored_batch
-    from ml_platform.layout import quarantine_rows_dir, silver_dir
-    from ml_platform.train.training_set import mark_accepted
+    from ml_platform.layout import quarantine_table, silver_table
 
-    s = clean_stored_batch(spark, store, spec, a["partition"])
-    outcomes = cleaned_checks(spec, s)
-    blocked = [f"{o.name}: {o.description}" for o in outcomes if o.blocking and not o.passed]
-    if s.get("duplicate_of"):
-        blocked = [f"duplicate of batch {s['duplicate_of']}: nothing new to train on"]
-    # training reads only batches whose blocking checks passed; the job that wrote the batch says so
-    mark_accepted(store, spec, a["partition"], not blocked, s, why=blocked)
-    return s | {"accepted": not blocked, "not_accepted_because": blocked, "checks": _checks(outcomes),
-                "path": store.uri(silver_dir(spec, a["partition"])),
-                "quarantine_path": store.uri(quarantine_rows_dir(spec, a["partition"]))}
+    def judge(s: dict) -> list[str]:
+        """Why the batch must not be trained on (nothing: accepted), decided before its silver commit."""
+        if s.get("duplicate_of"):
+            return [f"duplicate of batch {s['duplicate_of']}: nothing new to train on"]
+        return [f"{o.name}: {o.description}" for o in cleaned_checks(spec, s) if o.blocking and not o.passed]
+
+    # training reads only the rows of accepted batches: the cleaning commit itself says so
+    s = clean_stored_batch(spark, store, spec, a["partition"], judge)
+    blocked = judge(s)
+    if s.get("unchanged"):
+        log(f"{spec.name} batch {a['partition']}: already cleaned from the same bronze rows and spec; nothing written")
+    return s | {"accepted": not blocked, "not_accepted_because": blocked, "checks": _checks(cleaned_checks(spec, s)),
+                "path": store.uri(silver_table(spec)), "quarantine_path": store.uri(quarantine_table(spec))}
 
 
 def _training_set(spark, store, spec, a, tracker, log):

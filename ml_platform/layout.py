@@ -3,17 +3,19 @@ root ('/'-separated); `store.uri(path)` turns one into what Spark reads and writ
 
     landing/<dataset>/                          batch files as they arrive
     quarantine/<dataset>/files/                 rejected batch files, each beside <name>.reason.json
-    quarantine/<dataset>/rows/batch=<key>/      rows that failed parsing or cleaning, with the reason
-    bronze/<dataset>/batch=<key>/               parsed rows of accepted files (Parquet, every value a string)
+    quarantine/<dataset>/rows/                  Delta: rows that failed parsing or cleaning, with the reason, by _batch
+    bronze/<dataset>/rows/                      Delta: parsed rows of accepted files (every value a string), by _batch
     bronze/<dataset>/_batches/<key>.json        what ingestion recorded about a batch
     bronze/<dataset>/_hashes/<sha256>           which batch first brought this content
-    silver/<dataset>/batch=<key>/               cleaned, typed rows (Parquet)
-    silver/<dataset>/_accepted/<key>.json       written by the cleaning job when the batch passed its blocking checks
-    silver/<dataset>/_rejected/<key>.json       written by the cleaning job when it did not: {"partition", "why": [...]}
+    silver/<dataset>/rows/                      Delta: cleaned, typed rows, the current row per key (MERGE), with a
+                                                change data feed of what each batch replaced
+    silver/<dataset>/_accepted/<key>.json       the cleaning commit of an accepted batch, for readers without Spark
+    silver/<dataset>/_rejected/<key>.json       a batch not accepted: {"partition", "why": [...]}
     feedback/<dataset>/cursor.json              the next offset per <dataset>.actuals partition the feedback loop reads
     staging/<upload id>-<file>                  a new dataset's first file while its spec is edited (web app)
-    gold/<dataset>/<version>/                   one retrain: train/, holdout/, training_set.json, feature_pipeline/,
-                                                models/<algorithm>/{model,oof,result.json}, stacked_model/, *.json
+    gold/<dataset>/<version>/                   one retrain: train/ and holdout/ (Delta), training_set.json,
+                                                feature_pipeline/, models/<algorithm>/{model,oof (Delta),result.json},
+                                                stacked_model/, *.json
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ def quarantine_files_dir(spec: _Named) -> str:
     return f"quarantine/{spec.name}/files"
 
 
-def quarantine_rows_dir(spec: _Named, key: str) -> str:
-    return f"quarantine/{spec.name}/rows/batch={key}"
+def quarantine_table(spec: _Named) -> str:
+    return f"quarantine/{spec.name}/rows"
 
 
-def bronze_dir(spec: _Named, key: str) -> str:
-    return f"bronze/{spec.name}/batch={key}"
+def bronze_table(spec: _Named) -> str:
+    return f"bronze/{spec.name}/rows"
 
 
 def batch_records_dir(spec: _Named) -> str:
@@ -75,8 +77,8 @@ def silver_root(spec: _Named) -> str:
     return f"silver/{spec.name}"
 
 
-def silver_dir(spec: _Named, key: str) -> str:
-    return f"{silver_root(spec)}/batch={key}"
+def silver_table(spec: _Named) -> str:
+    return f"{silver_root(spec)}/rows"
 
 
 def accepted_dir(spec: _Named) -> str:

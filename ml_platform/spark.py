@@ -9,12 +9,15 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
+# where `make jars` puts the jar sets, for a session built without an explicit folder (tests, benchmarks, notebooks)
+DEFAULT_JARS = Path(__file__).resolve().parents[1] / ".jars"
+
+
 def local_jars(jars_dir: str | Path | None, groups=("spark",)) -> list[str]:
-    """Absolute paths of the jars `make` copied: `spark` (the Kafka connector), `aws` (hadoop-aws and the AWS SDK,
-    for s3a://). Local files on spark.jars, never Ivy. A missing set fails here, naming the make target, rather
-    than later inside Spark with a ClassNotFoundException."""
-    if not jars_dir:
-        return []
+    """Absolute paths of the jars `make` copied: `spark` (Delta Lake and the Kafka connector), `aws` (hadoop-aws and
+    the AWS SDK, for s3a://). Local files on spark.jars, never Ivy. A missing set fails here, naming the make target,
+    rather than later inside Spark with a ClassNotFoundException. No folder: the checkout's own .jars."""
+    jars_dir = jars_dir or DEFAULT_JARS
     out = []
     for g in groups:
         found = sorted((Path(jars_dir) / g).glob("*.jar"))
@@ -47,6 +50,19 @@ def driver_host() -> str:
     return os.environ.get(DRIVER_HOST, "").strip() or LOOPBACK
 
 
+# Delta Lake, the format of every table (ml_platform/lake.py). New tables are pinned to a protocol both the platform's
+# Delta (4.4, Spark 4.2) and EMR's (3.x, Spark 3.5) read and write: reader 1 / writer 4 is enough for the change data
+# feed; deletion vectors (reader 3 / writer 7 table features) stay off so that EMR's Delta never meets a feature it
+# lacks. The snapshot's state is rebuilt in as many tasks as the shuffle has, not Delta's 50 (tiny on 2 cores).
+def delta_conf(partitions: int | None) -> dict[str, str]:
+    d = "spark.databricks.delta.properties.defaults."
+    return {"spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            **({"spark.databricks.delta.snapshotPartitions": str(max(1, partitions))} if partitions else {}),
+            f"{d}minReaderVersion": "1", f"{d}minWriterVersion": "4",
+            f"{d}enableChangeDataFeed": "true", f"{d}enableDeletionVectors": "false"}
+
+
 def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions: int = 8,
                  driver_memory: str = "4g", ui: bool = False, extra: dict[str, str] | None = None) -> dict:
     host = driver_host()
@@ -69,6 +85,8 @@ def session_conf(master: str, app_name: str, jars: list[str], shuffle_partitions
     }
     if jars:
         conf["spark.jars"] = ",".join(jars)
+    if any(Path(j).name.startswith("delta-spark") for j in jars):
+        conf.update(delta_conf(shuffle_partitions))
     conf.update(extra or {})
     return conf
 

@@ -34,8 +34,8 @@ MISSING_TOKENS = ("", "--", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 # which parse rules a target may have: numeric labels are parsed, text labels are mapped by positive/classes
 TARGET_PARSES = {"regression": {"number", "unit"}, "classification": {"number", "bool"},
                  "recommendation": {"number"}, "labels": {"string", "category"}}
-TOP_FIELDS = ("name", "task", "target", "key", "label_range", "positive", "classes", "unlabelled", "columns",
-              "derived", "checks", "algorithms", "training", "serving", "recommend")
+TOP_FIELDS = ("name", "task", "target", "key", "newest_by", "label_range", "positive", "classes", "unlabelled",
+              "columns", "derived", "checks", "algorithms", "training", "serving", "recommend")
 COLUMN_FIELDS = ("name", "parse", "position", "required", "unit", "units", "range", "format", "strip")
 DERIVED_FIELDS = ("name", "rule", "from")
 CHECK_FIELDS = ("max_null_rate", "max_quarantine_share")
@@ -158,6 +158,9 @@ class DatasetSpec:
     positive: str | None = None        # text labels: this one is class 1, every other label class 0
     classes: tuple[str, ...] = ()      # text labels: listed as [class 0, class 1]; others are quarantined
     unlabelled: tuple[Any, ...] = ()   # target values meaning "no label": floats (numeric) or texts (labels)
+    # which row of a key silver keeps when batches disagree: the greater value of this column (say, the newest
+    # listed_date), ties and nulls going to the later batch; None: the later batch always wins
+    newest_by: str | None = None
     recommend: RecommendSpec | None = None  # recommendation: the user and item columns
 
     @property
@@ -474,6 +477,10 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
             raise _fail(src, f"derived[{i}]: name {d.get('name')!r} is missing or already a column")
         derived.append(DerivedSpec(d["name"], d["rule"], tuple(d["from"])))
         known.add(d["name"])
+    newest_by = data.get("newest_by")
+    if newest_by is not None and (not data.get("key") or newest_by not in known):
+        raise _fail(src, f"newest_by {newest_by!r} must be a cleaned column of a spec with a key (it picks which "
+                         f"row of a key is current); cleaned columns: {sorted(known)}")
     checks = data.get("checks") or {}
     if not isinstance(checks, dict):
         raise _fail(src, f"checks must be a mapping with {', '.join(CHECK_FIELDS)}")
@@ -493,6 +500,7 @@ def parse_spec(data: dict, src: str = "<memory>") -> DatasetSpec:
         task=data["task"],
         target=target.name if target is not None else None,
         key=data.get("key"),
+        newest_by=newest_by,
         label_range=(float(lr[0]), float(lr[1])),
         columns=columns,
         derived=tuple(derived),

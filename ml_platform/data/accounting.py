@@ -27,7 +27,7 @@ from ml_platform.layout import (
     batch_records_dir,
     landing_dir,
     quarantine_files_dir,
-    quarantine_rows_dir,
+    quarantine_table,
     rejected_dir,
     rejected_marker,
 )
@@ -166,7 +166,7 @@ def _decide(spec, file: str, key: str, landed: FileInfo | None, facts: StoreFact
         return b("superseded", last_ok("raw_batches"), f"same content as batch {facts.superseded[key]}")
     if key in facts.not_accepted:
         return b("quarantined", last_ok("cleaned_features"),
-                 f"{facts.not_accepted[key]} (rows: {quarantine_rows_dir(spec, key)}/)")
+                 f"{facts.not_accepted[key]} (rows: {quarantine_table(spec)}/, _batch = {key})")
     flying = [r for r in mine if r.status in IN_FLIGHT]
     if flying:
         r = flying[0]

@@ -1,25 +1,33 @@
-"""The bronze and silver layers as store-level operations: what the Dagster assets call, minus Dagster."""
+"""The bronze and silver layers as store-level operations: what the Dagster assets call, minus Dagster. Both are
+Delta tables (ml_platform/lake.py); silver's MERGE and its acceptance record live in data/silver.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import json
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.data.cleaning import REASON, classify, cleaned_rows, quarantined_rows
 from ml_platform.data.ingest import CORRUPT, RejectedFile, check_header, read_csv
 from ml_platform.data.landing import partition_key
+from ml_platform.data.silver import commit_silver
 from ml_platform.layout import (
+    accepted_marker,
     batch_record_path,
-    bronze_dir,
+    bronze_table,
     content_hash_marker,
     landed_file,
     landing_dir,
     quarantine_files_dir,
-    quarantine_rows_dir,
-    silver_dir,
+    quarantine_table,
+    rejected_marker,
+    silver_table,
 )
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -37,8 +45,9 @@ def find_landed_file(store: Store, spec: DatasetSpec, key: str) -> str:
 
 
 def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str, name: str | None = None) -> dict:
-    """Landed CSV -> bronze Parquet for one batch. `name` is the file the new-batch sensor saw (None: find it by
-    the partition key). Same content landed again adds nothing."""
+    """Landed CSV -> the batch's partition of the bronze table, in one commit. `name` is the file the new-batch
+    sensor saw (None: find it by the partition key). Exactly once: the same content landed again under another name
+    adds nothing, and running the batch again when its rows are already committed writes nothing."""
     if name is None:
         name = find_landed_file(store, spec, key)
     elif partition_key(name) != key:
@@ -53,19 +62,35 @@ def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str, name: str | N
             size += len(chunk)
     header = check_header(store.read_head(rel), spec, size)
     digest = digest.hexdigest()
+    table = store.uri(bronze_table(spec))
+    prev = store.read_json(batch_record_path(spec, key))
+    if prev and prev.get("sha256") == digest and _still_there(spark, table, prev.get("bronze_version")):
+        return prev | {"unchanged": True}
     record = {"partition": key, "file": name, "bytes": size, "sha256": digest, "missing_columns": header.missing,
               "extra_columns": header.extra, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
     first = store.create_exclusive(content_hash_marker(spec, digest), key)
     if first is not None and first != key:
-        store.delete_tree(bronze_dir(spec, key))
-        record.update(rows=0, malformed_rows=0, duplicate_of=first)
+        if prev and prev.get("bronze_version") is not None:  # the key held other content before: it is gone now
+            lake.run_sql(spark, f"DELETE FROM {lake.sql_path(table)} WHERE {lake.BATCH} = {lake.literal(key)}",
+                         {"batch": key, "duplicate_of": first})
+        record.update(rows=0, malformed_rows=0, duplicate_of=first, bronze_version=None)
     else:
-        read_csv(spark, store.uri(rel), header, spec).write.mode("overwrite").parquet(store.uri(bronze_dir(spec, key)))
-        stats = spark.read.parquet(store.uri(bronze_dir(spec, key))).agg(
+        rows = read_csv(spark, store.uri(rel), header, spec).withColumn(lake.BATCH, F.lit(key))
+        lake.replace_batch(rows, table, key, {"batch": key, "file": name, "sha256": digest})
+        stats = lake.read(spark, table).where(F.col(lake.BATCH) == key).agg(
             F.count(F.lit(1)).alias("rows"), F.count(CORRUPT).alias("malformed")).first()
-        record.update(rows=int(stats["rows"]), malformed_rows=int(stats["malformed"]), duplicate_of=None)
+        record.update(rows=int(stats["rows"]), malformed_rows=int(stats["malformed"]), duplicate_of=None,
+                      bronze_version=lake.find_commit(spark, table, batch=key, sha256=digest))
     store.write_json(batch_record_path(spec, key), record)
     return record
+
+
+def _still_there(spark, table: str, committed: int | None) -> bool:
+    """Whether a commit recorded earlier is still in the table's past (not a table deleted and started again)."""
+    if committed is None:
+        return False
+    now = lake.version(spark, table)
+    return now is not None and now >= committed
 
 
 @contextmanager
@@ -82,29 +107,54 @@ def per_operator_codegen(spark):
         spark.conf.set(key, before)
 
 
-def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str) -> dict:
-    """Bronze -> silver (cleaned, typed, deduplicated) and quarantined rows with reasons, for one batch."""
+def fingerprint(spec: DatasetSpec, record: dict) -> str:
+    """What a cleaning of this batch depends on: its bronze commit and the spec. The same fingerprint means the
+    same silver rows, so a run that finds it already committed writes nothing."""
+    spec_json = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    text = f"{record.get('sha256')}|{record.get('bronze_version')}|{spec_json}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str,
+                       judge: Callable[[dict], list[str]] = lambda s: []) -> dict:
+    """Bronze -> silver for one batch: typed, checked, and MERGEd into the silver table by key, with quarantined
+    rows (and their reasons) in the quarantine table. `judge` reads the batch's summary and returns why it must not
+    be trained on (empty: accepted). The rows, the acceptance and the checks land in one silver commit, or not at
+    all: a rejected batch adds no row."""
     record = store.read_json(batch_record_path(spec, key))
     if record is None:
         raise RejectedFile(f"batch {key!r} has no bronze record: materialize {spec.name}/raw_batches for it first")
     summary = {"partition": key, "rows_in": record["rows"], "duplicate_of": record.get("duplicate_of")}
+    silver = store.uri(silver_table(spec))
+    fp = fingerprint(spec, record)
+    prior = store.read_json(accepted_marker(spec, key)) or store.read_json(rejected_marker(spec, key)) or {}
+    if prior.get("fingerprint") == fp and prior.get("summary") and (
+            not prior.get("silver_version") or _still_there(spark, silver, prior["silver_version"])):
+        return prior["summary"] | {"unchanged": True}
     if record.get("duplicate_of"):
-        for d in (silver_dir(spec, key), quarantine_rows_dir(spec, key)):
-            store.delete_tree(d)
-        return summary | {"cleaned": 0, "quarantined": 0, "duplicates_removed": 0, "unlabelled": 0}
-    # two pruned passes over bronze beat caching it: the quarantine pass only parses the checked columns
-    classified = classify(spark.read.parquet(store.uri(bronze_dir(spec, key))), spec)
+        out = summary | {"cleaned": 0, "quarantined": 0, "duplicates_removed": 0, "unlabelled": 0}
+        commit_silver(spark, store, spec, key, None, record, out, judge(out), fp)
+        return out
+    bronze = lake.read(spark, store.uri(bronze_table(spec))).where(F.col(lake.BATCH) == key).drop(lake.BATCH)
+    classified = classify(bronze, spec)
+    quarantine = store.uri(quarantine_table(spec))
     with per_operator_codegen(spark):
-        quarantined_rows(classified).write.mode("overwrite").parquet(store.uri(quarantine_rows_dir(spec, key)))
-        cleaned_rows(classified, spec).write.mode("overwrite").parquet(store.uri(silver_dir(spec, key)))
-    reasons = spark.read.parquet(store.uri(quarantine_rows_dir(spec, key))).groupBy(REASON).count().collect()
-    reasons = sorted(((r[REASON], int(r["count"])) for r in reasons), key=lambda r: -r[1])
-    out = summary | profile(spark.read.parquet(store.uri(silver_dir(spec, key))), spec)
-    out["quarantined"] = sum(c for _, c in reasons)
-    out["top_reasons"] = dict(reasons[:5])
-    out["quarantined_by_field"] = reasons_by_field(reasons)
-    # honest: cleaned_rows only drops second rows of a key and whole-row repeats, never null-key rows
-    out["duplicates_removed"] = out["rows_in"] - out["quarantined"] - out["cleaned"]
+        lake.replace_batch(quarantined_rows(classified).withColumn(lake.BATCH, F.lit(key)), quarantine, key,
+                           {"batch": key})
+        cleaned = cleaned_rows(classified, spec).persist()  # profiled, then merged: computed once
+        out = summary | profile(cleaned, spec)
+    try:
+        reasons = (lake.read(spark, quarantine).where(F.col(lake.BATCH) == key).groupBy(REASON).count().collect())
+        reasons = sorted(((r[REASON], int(r["count"])) for r in reasons), key=lambda r: -r[1])
+        out["quarantined"] = sum(c for _, c in reasons)
+        out["top_reasons"] = dict(reasons[:5])
+        out["quarantined_by_field"] = reasons_by_field(reasons)
+        # honest: cleaned_rows only drops second rows of a key and whole-row repeats, never null-key rows
+        out["duplicates_removed"] = out["rows_in"] - out["quarantined"] - out["cleaned"]
+        with per_operator_codegen(spark):
+            commit_silver(spark, store, spec, key, cleaned, record, out, judge(out), fp)
+    finally:
+        cleaned.unpersist()
     return out
 
 

@@ -22,6 +22,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import (
     feature_pipeline_dir,
     model_artifact,
@@ -187,7 +188,7 @@ def train_clusterers(spark, store: Store, spec: DatasetSpec, version: str, names
 def evaluate_clusterer(spark, spec: DatasetSpec, model: PipelineModel, holdout_uri: str) -> dict:
     """A served clustering PipelineModel (feature stages, then the clusterer) scored on a holdout: silhouette on
     the features it clustered, sizes, k, the smallest share and non-finite rows, as cluster_metrics."""
-    return cluster_metrics(model.transform(spark.read.parquet(holdout_uri)), _n_clusters(model.stages[-1]))
+    return cluster_metrics(model.transform(lake.read(spark, holdout_uri)), _n_clusters(model.stages[-1]))
 
 
 def select_clusterer(spark, store: Store, spec: DatasetSpec, version: str, results: dict) -> dict:

@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from ml_platform import lake
 from ml_platform.layout import feature_pipeline_dir, holdout_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -128,7 +129,7 @@ def explain_models(spark, store: Store, spec: DatasetSpec, version: str, results
     features = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
     slots = tree_slots(features)
     numeric, categorical = spec.feature_columns()
-    holdout = spark.read.parquet(store.uri(holdout_dir(spec, version)))
+    holdout = lake.read(spark, store.uri(holdout_dir(spec, version)))
     columns = [c for c in numeric + categorical if c in holdout.columns]
     keep = [c for c in holdout.columns if c in set(columns) | {spec.target, LABEL}]
     sample = holdout_sample(holdout.select(*[F.col(f"`{c}`") for c in keep]), spec.training.seed)

@@ -14,6 +14,7 @@ from pyspark.ml.feature import Imputer, OneHotEncoder, SQLTransformer, StandardS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import feature_pipeline_dir, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -90,7 +91,7 @@ def fit_feature_pipeline(train: DataFrame, spec: DatasetSpec) -> PipelineModel:
 
 def build_feature_pipeline(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     """Fit on the version's train split and save beside it; returns what the asset shows."""
-    train = spark.read.parquet(store.uri(train_dir(spec, version)))
+    train = lake.read(spark, store.uri(train_dir(spec, version)))
     model = fit_feature_pipeline(train, spec)
     path = store.uri(feature_pipeline_dir(spec, version))
     model.write().overwrite().save(path)

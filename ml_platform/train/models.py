@@ -16,6 +16,7 @@ from pyspark.ml.tuning import CrossValidator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_artifact, model_result, oof_dir, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -64,9 +65,9 @@ def featurized(spark, store: Store, spec: DatasetSpec, version: str) -> tuple[Da
     """Train and holdout with the fitted feature pipeline applied; train is cached, since every fold of every
     parameter map of every model reads it."""
     fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
-    train = _nominal_label(fp.transform(spark.read.parquet(store.uri(train_dir(spec, version)))), spec).persist()
+    train = _nominal_label(fp.transform(lake.read(spark, store.uri(train_dir(spec, version)))), spec).persist()
     train.count()
-    holdout = fp.transform(spark.read.parquet(store.uri(holdout_dir(spec, version))))
+    holdout = fp.transform(lake.read(spark, store.uri(holdout_dir(spec, version))))
     return train, holdout
 
 
@@ -191,8 +192,8 @@ def train_algorithm(store: Store, spec: DatasetSpec, version: str, name: str, tr
     for p in parts[1:]:
         oof = oof.unionByName(p)
     oof_uri, model_uri = store.uri(oof_dir(spec, version, name)), store.uri(model_artifact(spec, version, name))
-    oof.write.mode("overwrite").parquet(oof_uri)
-    oof = train.sparkSession.read.parquet(oof_uri)
+    lake.overwrite(oof, oof_uri)
+    oof = lake.read(train.sparkSession, oof_uri)
     threshold = curves(oof, LABEL, "score")["threshold"] if spec.task == "classification" else None
     scored = cvm.bestModel.transform(holdout).withColumn("__score", model_score(spec, kind))
     hold = evaluate(spec, scored, "__score", threshold)

@@ -35,6 +35,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import (
     feature_pipeline_dir,
     holdout_dir,
@@ -96,7 +97,7 @@ def fit_recommend_pipeline(train: DataFrame, spec: DatasetSpec) -> PipelineModel
 
 def build_recommend_pipeline(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     """Fit on the version's train split and save it where the feature pipeline goes; returns what the asset shows."""
-    train = spark.read.parquet(store.uri(train_dir(spec, version)))
+    train = lake.read(spark, store.uri(train_dir(spec, version)))
     model = fit_recommend_pipeline(train, spec)
     path = store.uri(feature_pipeline_dir(spec, version))
     model.write().overwrite().save(path)
@@ -212,8 +213,8 @@ def estimator(spark, spec: DatasetSpec, name: str):
 
 def _indexed(spark, store: Store, spec: DatasetSpec, version: str) -> tuple[DataFrame, DataFrame]:
     fp = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
-    train = fp.transform(spark.read.parquet(store.uri(train_dir(spec, version))))
-    holdout = fp.transform(spark.read.parquet(store.uri(holdout_dir(spec, version))))
+    train = fp.transform(lake.read(spark, store.uri(train_dir(spec, version))))
+    holdout = fp.transform(lake.read(spark, store.uri(holdout_dir(spec, version))))
     return train, holdout
 
 
@@ -432,8 +433,8 @@ def evaluate_recommender(spark, spec: DatasetSpec, model: PipelineModel, holdout
     NaN predictions (`non_finite`), and the ranking metrics of its ALS top-N lists (items in train excluded)."""
     rec = _rec(spec)
     _, _, als = _parts(model)
-    train = _served_interactions(spec, model, spark.read.parquet(train_uri)).persist()
-    holdout = spark.read.parquet(holdout_uri)
+    train = _served_interactions(spec, model, lake.read(spark, train_uri)).persist()
+    holdout = lake.read(spark, holdout_uri)
     p, y = F.col("prediction"), F.col(LABEL)
     row = model.transform(holdout).agg(
         F.sqrt(F.avg((y - p) ** 2)).alias("rmse"), F.count(F.lit(1)).alias("n"),
@@ -464,7 +465,7 @@ def select_recommender(spark, store: Store, spec: DatasetSpec, version: str, res
     indexers = PipelineModel.load(store.uri(feature_pipeline_dir(spec, version)))
     als = PipelineModel.load(r["model"]).stages[0]
     train_uri, holdout_uri = store.uri(train_dir(spec, version)), store.uri(holdout_dir(spec, version))
-    train = interactions(spec, indexers.transform(spark.read.parquet(train_uri))).persist()
+    train = interactions(spec, indexers.transform(lake.read(spark, train_uri))).persist()
     model = PipelineModel(stages=list(indexers.stages) + [als, cold_start_fill(spec, train)])
     labels = indexers.stages[1].labels
     popular_items = [{"item": labels[x["item"]], "score": x["score"]}
@@ -572,7 +573,7 @@ def build_top_n(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     ALS's prediction, clamped as the served model clamps it; the rank follows the unclamped one."""
     _, model, _ = _served(store, spec, version)
     user_idx, item_idx, als = _parts(model)
-    train = _served_interactions(spec, model, spark.read.parquet(store.uri(train_dir(spec, version))))
+    train = _served_interactions(spec, model, lake.read(spark, store.uri(train_dir(spec, version))))
     score, bounds = F.col("x.score"), _bounds(model)
     if bounds:
         score = F.least(F.greatest(score, F.lit(bounds[0])), F.lit(bounds[1]))
@@ -581,8 +582,8 @@ def build_top_n(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     rows = IndexToString(inputCol=USER, outputCol="user", labels=user_idx.labels).transform(rows)
     rows = IndexToString(inputCol=ITEM, outputCol="item", labels=item_idx.labels).transform(rows)
     path = store.uri(recommendations_dir(spec, version))
-    rows.select("user", "rank", "item", "score").write.mode("overwrite").parquet(path)
-    out = spark.read.parquet(path).agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
+    lake.overwrite(rows.select("user", "rank", "item", "score"), path)
+    out = lake.read(spark, path).agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
     return {"users": int(out["users"]), "rows": int(out["rows"]), "path": path}
 
 
@@ -597,7 +598,7 @@ def top_n_for_user(spark, store: Store, spec: DatasetSpec, version: str, user, n
     index, rows = users.get(str(user)), []
     if index is not None:
         col = _rec(spec).user
-        mine = spark.read.parquet(store.uri(train_dir(spec, version))).where(
+        mine = lake.read(spark, store.uri(train_dir(spec, version))).where(
             F.col(f"`{col}`").cast("string") == str(user)).select(_rec(spec).item)
         seen = {int(r[0]) for r in item_idx.transform(mine).select(ITEM).distinct().collect()}
         rows = als.recommendForUserSubset(spark.createDataFrame([(index,)], f"{USER} int"), n + len(seen)).collect()

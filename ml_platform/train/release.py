@@ -17,6 +17,7 @@ import math
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import holdout_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -61,7 +62,7 @@ def stack_checks(spec: DatasetSpec, stack: dict, base: dict[str, dict]) -> list[
 
 
 def diagnostics(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str) -> dict[str, bytes]:
-    scored = stacked.transform(spark.read.parquet(holdout_uri))
+    scored = stacked.transform(lake.read(spark, holdout_uri))
     if spec.task == "regression":
         return regression_plots(scored, spec.target, "prediction", f"{spec.name} stack")
     scored = scored.withColumn("__p", score_column("probability"))
@@ -76,7 +77,7 @@ def diagnostics(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: s
 def _examples(spark, spec: DatasetSpec, stacked: PipelineModel, holdout_uri: str):
     """A few cleaned rows as the signature's input example, and the stack's prediction for them."""
     cols = [c for c in spec.cleaned_columns if c not in (spec.target,)]
-    rows = spark.read.parquet(holdout_uri).limit(5)
+    rows = lake.read(spark, holdout_uri).limit(5)
     pred = stacked.transform(rows).select("prediction").toPandas()
     example = rows.select(*[F.col(f"`{c}`") for c in cols]).toPandas()
     for c in example.columns:  # MLflow schemas have no date type; the scorer sends ISO strings anyway

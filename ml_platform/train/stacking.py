@@ -27,6 +27,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, stacked_model_dir, stacked_model_record, train_dir
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
@@ -188,10 +189,10 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
         raise TrainingError(f"{spec.name}: stacking needs at least 2 trained base models, have {sorted(results)}")
     names = sorted(results)
     metric, larger = primary(spec.task)
-    train = spark.read.parquet(store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, FOLD, spec.target)
+    train = lake.read(spark, store.uri(train_dir(spec, version))).select(ROW_ID, LABEL, FOLD, spec.target)
     for n in names:
         how = "identity" if spec.task == "multiclass" else _how(spec, results[n]["score"])  # arrays as they are
-        oof = spark.read.parquet(results[n]["oof"]).select(ROW_ID, F.col("score").alias(f"raw_{n}"), meta_input(
+        oof = lake.read(spark, results[n]["oof"]).select(ROW_ID, F.col("score").alias(f"raw_{n}"), meta_input(
             F.col("score"), how).alias(f"score_{n}"))
         train = train.join(oof.hint("merge"), ROW_ID)  # no broadcast: OOF tables grow with the data
     cols = [f"score_{n}" for n in names]
@@ -248,7 +249,7 @@ def fit_stack(spark, store: Store, spec: DatasetSpec, version: str, results: dic
               "stack_holdout": stack_hold, "holdout": hold, "best_member": hold_best,
               "best_member_holdout": hold_scores[hold_best], "fit_seconds": round(fit_seconds, 2), "path": path}
     if spec.task == "classification":
-        result["reliability"] = reliability(model.transform(spark.read.parquet(holdout_uri)), LABEL)
+        result["reliability"] = reliability(model.transform(lake.read(spark, holdout_uri)), LABEL)
     store.write_json(stacked_model_record(spec, version), result)
     return result
 
@@ -257,7 +258,7 @@ def evaluate_pipeline(spark, spec: DatasetSpec, model: PipelineModel, holdout_ur
                       threshold: float | None = None) -> dict:
     """Score a deployable model on a holdout and compute the same metrics as for base models (original scale);
     classification at `threshold`, by default the model's own (its last stage's)."""
-    scored = model.transform(spark.read.parquet(holdout_uri))
+    scored = model.transform(lake.read(spark, holdout_uri))
     last = model.stages[-1]
     if threshold is None and last.hasParam("threshold"):
         threshold = float(last.getOrDefault("threshold"))

@@ -1,9 +1,9 @@
-"""The gold layer's training set: accepted cleaned batches in the window, one row per key, a deterministic
+"""The gold layer's training set: the silver table's rows in the window (one row per key already), a deterministic
 train/holdout split and fold column, a label and class weights. Written once per version, read by every model.
 
 Layout under the store (`<v>` is a version: the Dagster run that built the training set):
-  gold/<dataset>/<v>/training_set.json              the summary: batches, rows, data hash, target stats
-  gold/<dataset>/<v>/train, holdout                 Parquet
+  gold/<dataset>/<v>/training_set.json              the summary: batches, rows, data hash, the silver version read
+  gold/<dataset>/<v>/train, holdout                 Delta tables
   gold/<dataset>/<v>/feature_pipeline               the fitted PipelineModel
   gold/<dataset>/<v>/models/<algorithm>/            model, oof (out-of-fold scores), result.json
 """
@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ml_platform import lake
+from ml_platform.data.silver import INGESTED, KEY, current_rows
 from ml_platform.layout import (
     FEEDBACK_PREFIX,
-    accepted_dir,
-    accepted_marker,
     batch_record_path,
     holdout_dir,
-    rejected_marker,
-    silver_dir,
+    silver_table,
     train_dir,
     training_set_record,
 )
@@ -37,30 +36,6 @@ ALL_COLUMNS_KEY = "__all_columns"
 
 class TrainingError(ValueError):
     """Training data or a model that cannot be used; the message says what and where."""
-
-
-def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict,
-                  why: list[str] | None = None) -> None:
-    """Cleaning records whether a batch passed its blocking checks; only accepted batches are trained on. A batch
-    not accepted gets its reasons (`why`) in silver/<dataset>/_rejected/, which batch accounting reads; the two
-    markers never both stand."""
-    if accepted:
-        store.write_json(accepted_marker(spec, key), {"partition": key, "cleaned": summary.get("cleaned")})
-        store.delete_tree(rejected_marker(spec, key))
-    else:
-        store.delete_tree(accepted_marker(spec, key))
-        store.write_json(rejected_marker(spec, key), {"partition": key, "why": list(why or ["not accepted"])})
-
-
-def accepted_batches(store: Store, spec: DatasetSpec) -> list[dict]:
-    """Accepted batches with their bronze records, oldest ingestion first."""
-    out = []
-    for f in store.list_files(accepted_dir(spec)):
-        key = f.name.removesuffix(".json")
-        record = store.read_json(batch_record_path(spec, key))
-        if record is not None and not record.get("duplicate_of") and store.exists(silver_dir(spec, key)):
-            out.append(record)
-    return sorted(out, key=lambda r: (r["ingested_at"], r["partition"]))
 
 
 def training_version(store: Store, spec: DatasetSpec, version: str) -> dict:
@@ -82,30 +57,27 @@ def _row_hash(df: DataFrame, spec: DatasetSpec, salt: int):
     return F.when(F.col(spec.key).isNotNull(), F.xxhash64(F.lit(salt), F.col(spec.key))).otherwise(by_row)
 
 
-def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
-    """Union the window's accepted batches, split them and write train/holdout and the summary."""
+def build_training_set(spark, store: Store, spec: DatasetSpec, version: str, silver_version: int | None = None) -> dict:
+    """The window's rows of the silver table, split, written as train/holdout with the summary. Silver already holds
+    one row per key (its MERGE applied the spec's rule across batches), so this is a read, not a dedup. It reads one
+    version of silver (`silver_version`, else the latest) and records it: `ml-platform reproduce` reads it again."""
     t = spec.training
-    batches = accepted_batches(store, spec)
-    if t.window:
-        batches = batches[-t.window:]
-    if not batches:
+    current = current_rows(spark, store, spec, silver_version)
+    if current is None:
         raise TrainingError(f"{spec.name}: no accepted cleaned batch to train on (a batch is accepted when its "
                             f"blocking checks pass)")
-    order = {b["partition"]: i for i, b in enumerate(batches)}
-    parts = [spark.read.parquet(store.uri(silver_dir(spec, b["partition"]))).withColumn(BATCH, F.lit(b["partition"]))
-             for b in batches]
-    df = parts[0]
-    for p in parts[1:]:
-        df = df.unionByName(p, allowMissingColumns=True)
+    df, silver_v = current
+    order = df.groupBy(lake.BATCH).agg(F.min(INGESTED).alias("t")).orderBy("t", lake.BATCH).collect()
+    names = [r[lake.BATCH] for r in order]
+    if t.window:
+        names = names[-t.window:]
+        df = df.where(F.col(lake.BATCH).isin(names))
+    if not names:
+        raise TrainingError(f"{spec.name}: silver version {silver_v} has no rows to train on")
+    batches = [store.read_json(batch_record_path(spec, n)) or {"partition": n} for n in names]
+    df = df.drop(KEY, INGESTED).withColumnRenamed(lake.BATCH, BATCH)
     if spec.target:  # clustering has no target
         df = df.where(F.col(spec.target).isNotNull())
-    if spec.key:
-        # a listing seen again in a later batch replaces the earlier row (its price may have changed)
-        rank = F.create_map(*[x for k, i in order.items() for x in (F.lit(k), F.lit(i))])[F.col(BATCH)]
-        w = Window.partitionBy(spec.key).orderBy(rank.desc())
-        # rows without a key are not versions of one listing: keep them all (cleaning already dropped exact repeats)
-        df = (df.withColumn("__rn", F.row_number().over(w))
-              .where((F.col("__rn") == 1) | F.col(spec.key).isNull()).drop("__rn"))
     h = _row_hash(df, spec, t.seed)
     target = F.col(spec.target).cast("double") if spec.target else F.lit(None).cast("double")
     df = (df.withColumn("__holdout", F.pmod(h, F.lit(1000)) < int(round(t.holdout * 1000)))
@@ -119,23 +91,27 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str) -> 
         weight = F.create_map(*[F.lit(x) for c, w in weights.items() for x in (float(c), float(w))])[F.col(LABEL)]
     df = df.withColumn(WEIGHT, F.coalesce(weight, F.lit(1.0)))
     train_uri, holdout_uri = store.uri(train_dir(spec, version)), store.uri(holdout_dir(spec, version))
-    df.where(~F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(train_uri)
-    df.where(F.col("__holdout")).drop("__holdout").write.mode("overwrite").parquet(holdout_uri)
-    n_train = spark.read.parquet(train_uri).count()
-    n_holdout = spark.read.parquet(holdout_uri).count()
+    read_from = {"silver": silver_v}
+    lake.overwrite(df.where(~F.col("__holdout")).drop("__holdout"), train_uri, {"training_set": version, **read_from})
+    lake.overwrite(df.where(F.col("__holdout")).drop("__holdout"), holdout_uri, {"training_set": version, **read_from})
+    n_train = lake.read(spark, train_uri).count()
+    n_holdout = lake.read(spark, holdout_uri).count()
     if n_train < t.folds * 2 or n_holdout == 0:
         raise TrainingError(f"{spec.name}: {n_train} train and {n_holdout} holdout rows are too few for "
                             f"{t.folds}-fold cross-validation")
     feedback = [b["partition"] for b in batches if b["partition"].startswith(FEEDBACK_PREFIX)]
     n_feedback = 0
     if feedback:  # labelled served requests (serve/feedback.py), after the one-row-per-key rule
-        n_feedback = sum(spark.read.parquet(u).where(F.col(BATCH).isin(feedback)).count()
+        n_feedback = sum(lake.read(spark, u).where(F.col(BATCH).isin(feedback)).count()
                          for u in (train_uri, holdout_uri))
     summary = {
         "version": version,
         "batches": [b["partition"] for b in batches], "feedback_batches": feedback, "feedback_rows": n_feedback,
-        "first_ingested_at": batches[0]["ingested_at"], "last_ingested_at": batches[-1]["ingested_at"],
-        "data_hash": hashlib.sha256(json.dumps(sorted(b["sha256"] for b in batches)).encode()).hexdigest()[:16],
+        "first_ingested_at": batches[0].get("ingested_at"), "last_ingested_at": batches[-1].get("ingested_at"),
+        "data_hash": hashlib.sha256(json.dumps(sorted(str(b.get("sha256")) for b in batches)).encode())
+        .hexdigest()[:16],
+        # the Delta versions read: time travel rebuilds this very training set (`ml-platform reproduce`)
+        "delta_versions": read_from, "silver_table": store.uri(silver_table(spec)),
         "rows": n_train + n_holdout, "train_rows": n_train, "holdout_rows": n_holdout,
         "target": stats, "class_weights": weights, "train": train_uri,
         "holdout": holdout_uri,
