@@ -97,6 +97,13 @@ def explain_aws(e: Exception) -> str:
     return str(e)
 
 
+# Every table is Delta: EMR ships its own Delta Lake (3.x on emr-7) and puts it on Spark's classpath when asked,
+# through the delta-defaults classification on EC2 or its jars' paths on Serverless. emr_job.session pins the table
+# protocol to what that Delta and ours both support.
+DELTA_CONFIGURATION = {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}}
+SERVERLESS_DELTA_JARS = "/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar"
+
+
 class EmrSparkResource(SparkResource):
     """Runs each layer's Spark job on EMR. The store must be on S3 (S3Storage). `mode` is "cluster" (a transient
     EMR-on-EC2 cluster per job, so nothing idles) or "serverless" (an existing EMR Serverless application)."""
@@ -135,6 +142,7 @@ class EmrSparkResource(SparkResource):
         return {"spark.pyspark.python": self.python, "spark.yarn.appMasterEnv.PYSPARK_PYTHON": self.python,
                 "spark.sql.shuffle.partitions": str(self.shuffle_partitions), **self.spark_submit_conf}
 
+
     def job_flow_params(self, job: str, dataset: str) -> dict:
         conf = [a for k, v in self.submit_conf().items() for a in ("--conf", f"{k}={v}")]
         params = {
@@ -155,6 +163,7 @@ class EmrSparkResource(SparkResource):
                        "HadoopJarStep": {"Jar": "command-runner.jar",
                                          "Args": ["spark-submit", "--deploy-mode", "cluster", *conf,
                                                   self.entry_point]}}],
+            "Configurations": [DELTA_CONFIGURATION],
             "ServiceRole": self.service_role,
             "JobFlowRole": self.job_flow_role,
             "VisibleToAllUsers": True,
@@ -171,7 +180,8 @@ class EmrSparkResource(SparkResource):
         if not (self.application_id and self.execution_role_arn):
             raise Failure(description="EMR Serverless needs ML_PLATFORM_EMR_APPLICATION_ID and "
                                       "ML_PLATFORM_EMR_EXECUTION_ROLE_ARN")
-        conf = " ".join(f"--conf {k}={v}" for k, v in self.submit_conf().items())
+        submit = {"spark.jars": SERVERLESS_DELTA_JARS} | self.submit_conf()
+        conf = " ".join(f"--conf {k}={v}" for k, v in submit.items())
         return {"applicationId": self.application_id, "executionRoleArn": self.execution_role_arn,
                 "name": f"ml-platform {dataset} {job}",
                 "jobDriver": {"sparkSubmit": {"entryPoint": self.entry_point, "sparkSubmitParameters": conf}},

@@ -32,12 +32,12 @@ def main() -> int:
                "--select", "used_cars/raw_batches,used_cars/cleaned_features", "--partition", key]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        silver = tmp / f"data/silver/used_cars/batch={key}"
-        parts = list(silver.glob("*.parquet"))
-        if not parts:
-            print(f"FAIL: no cleaned Parquet in {silver}", file=sys.stderr)
+        log = tmp / "data/silver/used_cars/rows/_delta_log"
+        commits = [p for p in sorted(log.glob("*.json")) if key in p.read_text()]
+        if not commits:
+            print(f"FAIL: no commit of batch {key} in the silver table's log {log}", file=sys.stderr)
             return 1
-        print(f"smoke: {key} materialized, {len(parts)} cleaned Parquet file(s) in {silver}")
+        print(f"smoke: {key} materialized, committed to the silver Delta table as {commits[0].name}")
     return 0
 
 

@@ -38,6 +38,15 @@ def _export_env(configurations: list[dict]) -> dict[str, str]:
     return env
 
 
+EMR_DELTA_LIB = "/usr/share/aws/delta/lib/"
+
+
+def _delta_enabled(configurations: list[dict]) -> bool:
+    return any((c.get("Classification") or c.get("classification")) == "delta-defaults"
+               and (c.get("Properties") or c.get("properties") or {}).get("delta.enabled") == "true"
+               for c in configurations)
+
+
 class EmrNodes(threading.Thread):
     def __init__(self, s3_client, s3_endpoint: str, region: str = "us-east-1", extra_env: dict | None = None):
         super().__init__(daemon=True, name="emr-nodes")
@@ -46,7 +55,11 @@ class EmrNodes(threading.Thread):
         self.spark_submit = ROOT / ".venv-emr" / "bin" / "spark-submit"
         if not self.spark_submit.exists():
             raise RuntimeError(f"{self.spark_submit} is missing: run `make tools` (the EMR node's pyspark 3.5.6)")
-        self.jars = sorted(str(p) for p in (ROOT / ".jars" / "emr-node").glob("*.jar"))
+        jars = sorted((ROOT / ".jars" / "emr-node").glob("*.jar"))
+        # EMR's Delta is on a node's classpath only when the request enables it (delta-defaults on EC2, spark.jars
+        # naming /usr/share/aws/delta/lib on Serverless): without it, a Delta table fails to load, as on EMR
+        self.jars = [str(p) for p in jars if not p.name.startswith("delta-")]
+        self.delta_jars = [str(p) for p in jars if p.name.startswith("delta-")]
         self.stop_event = threading.Event()
         self.handled: set[str] = set()
         self.ran: list[dict] = []  # what each step ran, for the tests
@@ -79,15 +92,17 @@ class EmrNodes(threading.Thread):
 
     def run_serverless(self, job) -> None:
         submit = job.job_driver["sparkSubmit"]
-        tokens, conf, env = (submit.get("sparkSubmitParameters") or "").split(), [], {}
+        tokens, conf, env, delta = (submit.get("sparkSubmitParameters") or "").split(), [], {}, False
         for i, t in enumerate(tokens):
             if t == "--conf" and i + 1 < len(tokens):
                 k, _, v = tokens[i + 1].partition("=")
                 if k.startswith("spark.emr-serverless.driverEnv."):
                     env[k.removeprefix("spark.emr-serverless.driverEnv.")] = v
+                elif k == "spark.jars" and all(j.startswith(EMR_DELTA_LIB) for j in v.split(",")):
+                    delta = True
                 else:
                     conf += ["--conf", f"{k}={v}"]
-        rc, out, err = self.run_step(["spark-submit", *conf, submit["entryPoint"]], self.node_env(env))
+        rc, out, err = self.run_step(["spark-submit", *conf, submit["entryPoint"]], self.node_env(env), delta)
         self.ran.append({"job_run": job.id, "args": [*conf, submit["entryPoint"]], "rc": rc})
         job.state = "SUCCESS" if rc == 0 else "FAILED"
         job.state_details = "" if rc == 0 else err.decode(errors="replace")[-500:]
@@ -108,13 +123,14 @@ class EmrNodes(threading.Thread):
 
     def run_cluster(self, cluster) -> None:
         env = self.node_env(_export_env(cluster.configurations))
+        delta = _delta_enabled(cluster.configurations)
         failed = None
         for step in cluster.steps:
             if failed:
                 step.state = "CANCELLED"
                 continue
             step.state, step.start_date_time = "RUNNING", utcnow()
-            rc, out, err = self.run_step(step.args, env)
+            rc, out, err = self.run_step(step.args, env, delta)
             self.ran.append({"cluster": cluster.id, "step": step.id, "args": list(step.args), "rc": rc})
             self.write_logs(cluster, step.id, out, err)
             step.end_date_time = utcnow()
@@ -129,7 +145,7 @@ class EmrNodes(threading.Thread):
         else:
             cluster.last_state_change_reason = "Steps completed"
 
-    def run_step(self, args: list[str], env: dict) -> tuple[int, bytes, bytes]:
+    def run_step(self, args: list[str], env: dict, delta: bool = False) -> tuple[int, bytes, bytes]:
         """command-runner.jar's `spark-submit --deploy-mode cluster … s3://…/entry.py` on this machine."""
         if not args or args[0] != "spark-submit":
             return 1, b"", f"the emulation runs spark-submit steps only, not {args[:1]}".encode()
@@ -147,7 +163,8 @@ class EmrNodes(threading.Thread):
             self.s3.download_file(bucket, key, str(local))
             cmd = [str(self.spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
                    "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
-                   "--conf", "spark.sql.shuffle.partitions=2", "--jars", ",".join(self.jars), *conf, str(local)]
+                   "--conf", "spark.sql.shuffle.partitions=2",
+                   "--jars", ",".join(self.jars + (self.delta_jars if delta else [])), *conf, str(local)]
             p = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
         return p.returncode, p.stdout, p.stderr
 

@@ -67,7 +67,7 @@ def test_accepted_superseded_and_not_accepted_come_from_the_store():
     assert (by["a"].state, by["a"].since, by["a"].reason) == ("accepted", NOW - 50, "accepted for training")
     assert by["b"].state == "superseded" and by["b"].reason == "same content as batch a"
     assert by["c"].state == "quarantined" and "cleaned_rows: 0 rows" in by["c"].reason
-    assert "quarantine/used_cars/rows/batch=c" in by["c"].reason
+    assert "quarantine/used_cars/rows where _batch = 'c'" in by["c"].reason
     assert all(b.next_layer is None for b in by.values())
 
 
@@ -216,7 +216,7 @@ def test_read_store_facts_from_a_local_store(tmp_path):
 
 
 def test_the_cleaning_verdict_is_one_marker_or_the_other(tmp_path):
-    from ml_platform.train.training_set import mark_accepted
+    from ml_platform.data.silver import mark_accepted
 
     store = open_store(str(tmp_path))
     mark_accepted(store, SPEC, "k", False, {}, why=["quarantine_share: 60% of rows"])

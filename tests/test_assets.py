@@ -4,6 +4,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from assets import build_dataset_assets
+from ml_platform import lake
 from resources import LocalSparkResource, LocalStorage
 
 
@@ -34,7 +35,12 @@ def _checks(result):
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def test_good_batch_flows_and_relanding_adds_nothing(run, landing, store, used_cars_csv):
+def _silver_batches(spark, store) -> dict[str, int]:
+    rows = lake.read(spark, store.uri("silver/used_cars/rows")).groupBy(lake.BATCH).count().collect()
+    return {r[lake.BATCH]: r["count"] for r in rows}
+
+
+def test_good_batch_flows_and_relanding_adds_nothing(run, landing, store, used_cars_csv, spark):
     landing("batch-00001.csv", used_cars_csv)
     r = run("batch-00001")
     assert r.success
@@ -45,8 +51,10 @@ def test_good_batch_flows_and_relanding_adds_nothing(run, landing, store, used_c
     checks = _checks(r)
     assert checks["raw_rows"] and checks["quarantine_share"] and checks["cleaned_schema"] and checks["label_range"]
     assert checks["all_null_columns"] is False  # the real data set never fills three columns; a warning
-    assert list(store.path("silver/used_cars/batch=batch-00001").glob("*.parquet"))
-    # the cleaning job, not the asset, decided and wrote the acceptance; the asset reports it
+    assert _silver_batches(spark, store) == {"batch-00001": cleaned["cleaned_rows"]}
+    # the cleaning job, not the asset, decided and committed the acceptance with the rows; the asset reports it
+    note = lake.history(spark, store.uri("silver/used_cars/rows"))[0]["note"]
+    assert note["batch"] == "batch-00001" and note["accepted"] is True and note["why"] == []
     assert cleaned["accepted_for_training"] is True and cleaned["not_accepted_because"] == ""
     assert store.path("silver/used_cars/_accepted/batch-00001.json").exists()
 
@@ -55,14 +63,18 @@ def test_good_batch_flows_and_relanding_adds_nothing(run, landing, store, used_c
     assert r2.success
     assert _metadata(r2, "raw_batches")["duplicate_of"] == "batch-00001"
     assert _metadata(r2, "cleaned_features")["cleaned_rows"] == 0
-    assert not store.path("silver/used_cars/batch=batch-00001-again").exists()
+    assert _silver_batches(spark, store) == {"batch-00001": cleaned["cleaned_rows"]}
+    # the same partition materialized again commits nothing to either table
+    versions = [lake.version(spark, store.uri(f"{t}/used_cars/rows")) for t in ("bronze", "silver")]
+    assert run("batch-00001").success
+    assert [lake.version(spark, store.uri(f"{t}/used_cars/rows")) for t in ("bronze", "silver")] == versions
 
 
-def test_bad_batches_fail_clearly_and_leave_earlier_partitions_alone(run, landing, store, used_cars_csv, specs):
+def test_bad_batches_fail_clearly_and_leave_earlier_partitions_alone(run, landing, store, used_cars_csv, specs, spark):
     landing("batch-00001.csv", used_cars_csv)
     assert run("batch-00001").success
-    silver = store.path("silver/used_cars/batch=batch-00001")
-    before = {p.name: p.stat().st_mtime_ns for p in silver.iterdir()}
+    silver = store.uri("silver/used_cars/rows")
+    before = (lake.version(spark, silver), _silver_batches(spark, store))
 
     header, _, body = used_cars_csv.partition("\n")
     landing("notarget.csv", header.replace("price", "cost") + "\n" + body)
@@ -84,7 +96,7 @@ def test_bad_batches_fail_clearly_and_leave_earlier_partitions_alone(run, landin
     assert refused["accepted_for_training"] is False and "quarantine_share" in refused["not_accepted_because"]
     assert not store.path("silver/used_cars/_accepted/wrongtype.json").exists()
 
-    assert {p.name: p.stat().st_mtime_ns for p in silver.iterdir()} == before
+    assert (lake.version(spark, silver), _silver_batches(spark, store)) == before  # a refused batch commits nothing
 
 
 def test_truncated_file_and_shifted_columns(run, landing, store, used_cars_csv):

@@ -11,6 +11,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
+from ml_platform import lake
 from ml_platform.layout import feature_pipeline_dir, holdout_dir, model_result, stacked_model_record, version_dir
 from ml_platform.spec import load_spec
 from ml_platform.stores import LocalStore
@@ -78,7 +79,7 @@ def test_the_served_pipeline_assigns_cleaned_rows_and_scores_as_recorded(spark, 
     spec, store, ts, results, selected, *_ = clustered
     model = PipelineModel.load(selected["path"])
     holdout_uri = store.uri(holdout_dir(spec, "v1"))
-    out = model.transform(spark.read.parquet(holdout_uri).drop("__fold", "__label", "__weight", "__row_id"))
+    out = model.transform(lake.read(spark, holdout_uri).drop("__fold", "__label", "__weight", "__row_id"))
     assert isinstance(out.schema["prediction"].dataType, IntegerType)
     row = out.agg(F.min("prediction"), F.max("prediction"), F.count("prediction"), F.count(F.lit(1))).first()
     assert row[0] == 0 and row[1] == selected["holdout"]["k"] - 1 and row[2] == row[3] == ts["holdout_rows"]
@@ -90,7 +91,7 @@ def test_the_served_pipeline_assigns_cleaned_rows_and_scores_as_recorded(spark, 
 def test_gmm_memberships_are_probabilities(spark, clustered):
     spec, store, ts, results, *_ = clustered
     features = PipelineModel.load(store.uri(feature_pipeline_dir(spec, "v1")))
-    holdout = features.transform(spark.read.parquet(store.uri(holdout_dir(spec, "v1"))))
+    holdout = features.transform(lake.read(spark, store.uri(holdout_dir(spec, "v1"))))
     out = PipelineModel.load(results["gmm"]["model"]).transform(holdout)
     p = vector_to_array(F.col("probability"))
     out = out.select(F.aggregate(p, F.lit(0.0), lambda a, x: a + x).alias("total"), F.array_max(p).alias("top"),

@@ -91,7 +91,7 @@ def test_cleaning_runs_as_emr_steps(platform, emr, spark, tmp_path):
     run_job("ingest", spark, local, spec, {"partition": key})
     mine = run_job("clean", spark, local, spec, {"partition": key})
     assert (mine["cleaned"], mine["quarantined"]) == (emr_meta["cleaned_rows"], emr_meta["quarantined_rows"])
-    assert storage.store().exists(f"silver/{spec.name}/batch={key}")
+    assert storage.store().exists(f"silver/{spec.name}/rows/_delta_log/00000000000000000000.json")
     # step logs are where EMR puts them
     s3 = storage.store().client
     assert s3.list_objects_v2(Bucket="platform", Prefix=f"emr-logs/{ran[0]['cluster']}/steps/")["KeyCount"] >= 2
@@ -161,46 +161,99 @@ def test_serverless_dry_run_prints_start_job_run(platform, capsys):
     assert "spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT=" in out
 
 
+def _on_emr_spark(script: str) -> dict:
+    """Run `script` under pyspark 3.5.6 (emr-7.13.0's Spark) with EMR's Delta (3.3, from .jars/emr-node) and the
+    platform's Delta settings, as emr_job.session builds them; returns the JSON its last line prints."""
+    import os
+    import subprocess
+
+    prelude = f"""
+import glob, json, sys
+from pyspark.sql import SparkSession
+from ml_platform.spark import delta_conf
+b = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+     .config("spark.sql.shuffle.partitions", "2").config("spark.driver.host", "127.0.0.1")
+     .config("spark.jars", ",".join(glob.glob("{ROOT}/.jars/emr-node/delta-*.jar"))))
+for k, v in delta_conf(2).items():
+    b = b.config(k, v)
+spark = b.getOrCreate()
+"""
+    python = str(ROOT / ".venv-emr" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_HOME"} | {
+        "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
+    r = subprocess.run([python, "-c", prelude + script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow  # pyspark 3.5.6 in a subprocess: no service fixture, but a JVM
 @pytest.mark.scenario  # 2-4 minutes: `make test-scenarios`, not CI
 def test_data_layers_run_on_the_spark_of_emr(tmp_path):
     """Ingest → clean → training set → feature pipeline under pyspark 3.5.6 (emr-7.13.0's Spark), with only what
     the bootstrap installs for those layers (no MLflow, no xgboost)."""
-    import subprocess
-
-    script = f"""
+    out = _on_emr_spark(f"""
 from pathlib import Path
-from pyspark.sql import SparkSession
 from ml_platform.jobs import run_job
 from ml_platform.data.landing import partition_key
 from ml_platform.local.simulate import SimConfig, write_batch
 from ml_platform.spec import builtin_specs
 from ml_platform.stores import LocalStore
-from ml_platform.train.training_set import mark_accepted
-import pyspark, json, sys
-spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
-         .config("spark.sql.shuffle.partitions", "2").config("spark.driver.host", "127.0.0.1").getOrCreate())
+import pyspark
 store, spec = LocalStore("{tmp_path}/data"), builtin_specs()["used_cars"]
 for b in (1, 2):
     p = write_batch(SimConfig("used_cars", rows_per_batch=300, seed=3), b, Path("{tmp_path}/data/landing/used_cars"),
                     None)
     k = partition_key(p.name)
     run_job("ingest", spark, store, spec, {{"partition": k}})
-    mark_accepted(store, spec, k, True, run_job("clean", spark, store, spec, {{"partition": k}}))
+    run_job("clean", spark, store, spec, {{"partition": k}})
 t = run_job("training_set", spark, store, spec, {{"version": "v1"}})
 f = run_job("feature_pipeline", spark, store, spec, {{"version": "v1"}})
 print(json.dumps({{"spark": pyspark.__version__, "rows": t["rows"], "stages": len(f["stages"]),
                   "mlflow": "mlflow" in sys.modules}}))
-"""
-    import os
-
-    python = str(ROOT / ".venv-emr" / "bin" / "python")
-    env = {k: v for k, v in os.environ.items() if k != "SPARK_HOME"} | {
-        "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
-    r = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+""")
     assert out["spark"] == "3.5.6" and out["rows"] > 500 and out["stages"] > 3 and out["mlflow"] is False
+
+
+@pytest.mark.slow
+def test_delta_tables_are_shared_with_the_delta_of_emr(spark, specs, tmp_path):
+    """The platform's Delta (4.4 on Spark 4.2) and EMR's (3.3 on Spark 3.5.6) write and read the same tables: batch 1
+    cleaned here, batch 2 MERGEd there into the table written here, and the training set EMR built read back here.
+    The pinned protocol (reader 1, writer 4: the change feed, no deletion vectors) is what makes that work."""
+    from ml_platform import lake
+    from ml_platform.data.layers import clean_stored_batch, ingest_batch
+
+    spec, store = specs["used_cars"], LocalStore(tmp_path / "data")
+    keys = [partition_key(write_batch(SimConfig(spec.name, rows_per_batch=120, seed=5), b,
+                                      store.path(f"landing/{spec.name}"), None).name) for b in (1, 2)]
+    ingest_batch(spark, store, spec, keys[0])
+    clean_stored_batch(spark, store, spec, keys[0])
+    silver = store.uri(f"silver/{spec.name}/rows")
+    log = (store.path(f"silver/{spec.name}/rows/_delta_log") / "00000000000000000000.json").read_text()
+    protocol = [json.loads(line)["protocol"] for line in log.splitlines() if '"protocol"' in line][0]
+    assert (protocol["minReaderVersion"], protocol["minWriterVersion"]) == (1, 4), protocol
+    out = _on_emr_spark(f"""
+from ml_platform import lake
+from ml_platform.jobs import run_job
+from ml_platform.spec import builtin_specs
+from ml_platform.stores import LocalStore
+import pyspark
+store, spec = LocalStore("{tmp_path}/data"), builtin_specs()["used_cars"]
+seen = lake.read(spark, "{silver}").count()
+run_job("ingest", spark, store, spec, {{"partition": "{keys[1]}"}})
+c = run_job("clean", spark, store, spec, {{"partition": "{keys[1]}"}})
+t = run_job("training_set", spark, store, spec, {{"version": "emr"}})
+print(json.dumps({{"spark": pyspark.__version__, "seen": seen, "accepted": c["accepted"], "rows": t["rows"],
+                  "silver": t["delta_versions"]["silver"]}}))
+""")
+    assert out["spark"] == "3.5.6" and out["accepted"] and out["seen"] > 100
+    # read back here: both batches in silver, at the version EMR's training set recorded, and EMR's gold table
+    both = lake.read(spark, silver, out["silver"]).groupBy(lake.BATCH).count().collect()
+    assert sorted(r[lake.BATCH] for r in both) == sorted(keys)
+    train = lake.read(spark, store.uri(f"gold/{spec.name}/emr/train")).count()
+    holdout = lake.read(spark, store.uri(f"gold/{spec.name}/emr/holdout")).count()
+    assert train + holdout == out["rows"] > 200
+    # and the history EMR's commits wrote carries the same notes
+    assert lake.history(spark, silver)[0]["note"]["batch"] == keys[1]
 
 
 def test_unreachable_emr_api_names_the_setting(platform):

@@ -4,8 +4,10 @@ writes hdfs:// through its own Hadoop client, the platform's file operations go 
 import getpass
 
 from dagster import AssetKey, DagsterInstance, materialize
+from pyspark.sql import functions as F
 
 from assets import build_dataset_assets
+from ml_platform import lake
 from ml_platform.data.landing import partition_key
 from ml_platform.local.simulate import SimConfig, write_batch
 from resources import HdfsStorage, LocalSparkResource
@@ -31,7 +33,7 @@ def test_cleaning_runs_on_hdfs(spark, hdfs, specs, tmp_path):
 
     meta, raw = meta("cleaned_features"), meta("raw_batches")
     assert meta["cleaned_rows"] > 150 and meta["path"].startswith(f"{hdfs.root}/platform/silver/")
-    rows = spark.read.parquet(store.uri(f"silver/{spec.name}/batch={key}")).count()
+    rows = lake.read(spark, store.uri(f"silver/{spec.name}/rows")).where(F.col(lake.BATCH) == key).count()
     assert rows == meta["cleaned_rows"]
     assert store.read_json(f"bronze/{spec.name}/_batches/{key}.json")["rows"] == raw["rows"] >= 200
 

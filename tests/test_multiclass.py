@@ -10,6 +10,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import train_dir
 from ml_platform.stores import LocalStore
 from ml_platform.train.explain import explain_models
@@ -53,7 +54,7 @@ def test_every_member_gives_class_probabilities_and_the_served_model_never_loses
     for name, r in results.items():
         h = r["holdout"]
         assert 0 <= h["macro_f1"] <= 1 and h["log_loss"] > 0 and sum(map(sum, h["confusion"])) > 0, name
-        oof = spark.read.parquet(r["oof"]).select(F.size("score").alias("k"), F.aggregate(
+        oof = lake.read(spark, r["oof"]).select(F.size("score").alias("k"), F.aggregate(
             "score", F.lit(0.0), lambda a, x: a + x).alias("s")).agg(F.min("k"), F.max("k"), F.min("s"),
                                                                       F.max("s")).first()
         assert oof[0] == oof[1] == 4 and oof[2] > 0.999 and oof[3] < 1.001, (name, oof)
@@ -65,7 +66,7 @@ def test_every_member_gives_class_probabilities_and_the_served_model_never_loses
     assert min(w.values()) >= 0 and sum(w.values()) == pytest.approx(1.0)
     assert stack["holdout"]["macro_f1"] >= stack["best_member_holdout"] - 1e-9
     served = PipelineModel.load(stack["path"])
-    out = served.transform(spark.read.parquet(ts["holdout"]))
+    out = served.transform(lake.read(spark, ts["holdout"]))
     row = out.select(F.min("prediction"), F.max("prediction"), F.min(F.aggregate(vector_to_array("probability"),
                      F.lit(0.0), lambda a, x: a + x)), F.count("*")).first()
     assert 0 <= row[0] and row[1] <= 3 and row[2] > 0.999 and row[3] == ts["holdout_rows"]
@@ -95,8 +96,8 @@ def test_a_class_seen_only_in_the_holdout_is_reported(spark, trained, tmp_path):
     # rewrite the training set so 'account' appears only in the holdout: its summary names it, training still runs
     from ml_platform.train.training_set import _class_stats
 
-    df = spark.read.parquet(store.uri(train_dir(spec, "v1"))).withColumn("__holdout", F.lit(False))
+    df = lake.read(spark, store.uri(train_dir(spec, "v1"))).withColumn("__holdout", F.lit(False))
     df = df.where(F.col("queue") != 3).unionByName(
-        spark.read.parquet(ts["holdout"]).withColumn("__holdout", F.lit(True)))
+        lake.read(spark, ts["holdout"]).withColumn("__holdout", F.lit(True)))
     stats = _class_stats(df, dataclasses.replace(spec))
     assert stats["holdout_only_classes"] == ["account"] and stats["train_by_class"]["account"] == 0

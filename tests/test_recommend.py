@@ -17,6 +17,7 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
+from ml_platform import lake
 from ml_platform.layout import (
     feature_pipeline_dir,
     holdout_dir,
@@ -65,7 +66,7 @@ def rec(spark, tmp_path_factory):
 
 def _pairs(spark, rec):
     """The train split's (user, movie) pairs with their mean rating, as the recommender trains on them."""
-    train = spark.read.parquet(rec.store.uri(train_dir(rec.spec, "v1")))
+    train = lake.read(spark, rec.store.uri(train_dir(rec.spec, "v1")))
     return train.groupBy("user_id", "movie_id").agg(F.avg("rating").alias("r"))
 
 
@@ -180,7 +181,7 @@ print("PRED", json.dumps([[r["prediction"], r["cold_start"]] for r in rows]))
 
 def test_top_n_lists_hold_n_unseen_items_per_user(spark, rec):
     summary = build_top_n(spark, rec.store, rec.spec, "v1")
-    top = spark.read.parquet(rec.store.uri(recommendations_dir(rec.spec, "v1")))
+    top = lake.read(spark, rec.store.uri(recommendations_dir(rec.spec, "v1")))
     assert top.columns == ["user", "rank", "item", "score"] and summary["path"].endswith("/recommendations")
     pairs = _pairs(spark, rec)
     users = pairs.select("user_id").distinct().count()
@@ -237,7 +238,7 @@ def test_implicit_counts_train(spark, rec):
     assert r["holdout"]["ndcg_at_k"] > r["popularity"]["ndcg_at_k"] > 0
     assert r["holdout"]["users"] > rec.results["als"]["holdout"]["users"]  # every interaction counts now
     indexers = PipelineModel.load(rec.store.uri(feature_pipeline_dir(spec, "v2")))
-    train = interactions(spec, indexers.transform(spark.read.parquet(rec.store.uri(train_dir(spec, "v2")))))
+    train = interactions(spec, indexers.transform(lake.read(spark, rec.store.uri(train_dir(spec, "v2")))))
     fill = cold_start_fill(spec, train)
     users = train.select(USER).distinct().count()
     first = train.where(F.col(ITEM) == fill.getOrDefault("items")[0]).count()
@@ -250,7 +251,7 @@ def test_implicit_counts_train(spark, rec):
 
 
 def test_bad_inputs_fail_clearly(spark, rec, specs):
-    train = spark.read.parquet(rec.store.uri(train_dir(rec.spec, "v1")))
+    train = lake.read(spark, rec.store.uri(train_dir(rec.spec, "v1")))
     with pytest.raises(FeatureError, match="movie_id"):
         fit_recommend_pipeline(train.drop("movie_id"), rec.spec)
     with pytest.raises(FeatureError, match="at least 2 distinct"):

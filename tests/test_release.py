@@ -9,6 +9,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import SQLTransformer
 
 from assets import build_dataset_assets
+from ml_platform import lake
 from ml_platform.cli import main as cli
 from ml_platform.data.landing import partition_key
 from ml_platform.layout import holdout_dir, landing_dir
@@ -179,7 +180,7 @@ def _register(spark, tracker, spec, store, model, checks="passed"):
     champion = tracker.version_for(spec.name, CHAMPION)
     cur = training_version(store, spec, tracker.version_tags(spec.name, champion)["training_version"])
     parent = tracker.parent_run(spec.name, cur, {})
-    rows = spark.read.parquet(store.uri(holdout_dir(spec, cur['version']))).limit(3)
+    rows = lake.read(spark, store.uri(holdout_dir(spec, cur['version']))).limit(3)
     example = rows.select("year", "mileage").toPandas()
     pred = model.transform(rows).select("prediction").toPandas()
     return tracker.register_stack(parent, spec.name, model, example, pred, {"rmse": 1.0},

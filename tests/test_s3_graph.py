@@ -8,6 +8,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from services import post_form
 
 from assets import build_dataset_assets
+from ml_platform import lake
 from ml_platform.data.landing import partition_key
 from ml_platform.layout import holdout_dir, stacked_model_dir
 from ml_platform.local.simulate import SimConfig, write_batch
@@ -72,7 +73,7 @@ def test_graph_runs_on_s3(minio, specs, tmp_path, s3_spark):
 
     spark = s3_spark
     stacked = _meta(run, AssetKey([spec.name, "stacked_model"]))
-    holdout = spark.read.parquet(store.uri(holdout_dir(spec, stacked["version"])))
+    holdout = lake.read(spark, store.uri(holdout_dir(spec, stacked["version"])))
     champion = registry.tracker().load(spec.name, serving["champion_after"])
     batch = PipelineModel.load(store.uri(stacked_model_dir(spec, stacked["version"])))
     served = champion.transform(holdout).select(ROW_ID, F.col("prediction").alias("served"))

@@ -8,7 +8,9 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.regression import LinearRegression
 from pyspark.sql import functions as F
 
-from ml_platform.layout import feature_pipeline_dir, holdout_dir
+from ml_platform import lake
+from ml_platform.data.silver import META, accept_rows
+from ml_platform.layout import feature_pipeline_dir, holdout_dir, silver_table
 from ml_platform.spec import ColumnSpec, SpecError, parse_spec
 from ml_platform.stores import LocalStore
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, beyond_edges, edge_notes
@@ -37,21 +39,21 @@ def trained(spark, specs, tmp_path_factory):
 
 def test_training_set_split_is_deterministic_and_disjoint(spark, trained):
     spec, store, ts, *_ = trained
-    train = spark.read.parquet(ts["train"])
-    holdout = spark.read.parquet(ts["holdout"])
+    train = lake.read(spark, ts["train"])
+    holdout = lake.read(spark, ts["holdout"])
     assert ts["batches"] == ["batch-00001", "batch-00002"] and ts["train_rows"] + ts["holdout_rows"] == ts["rows"]
     assert train.join(holdout, "listing_id").count() == 0
     assert 0.1 < ts["holdout_rows"] / ts["rows"] < 0.3
     assert {r[FOLD] for r in train.select(FOLD).distinct().collect()} == {0, 1, 2}
     again = build_training_set(spark, store, spec, "v2")
-    ids = lambda p: sorted(r[0] for r in spark.read.parquet(p).select("listing_id").collect())  # noqa: E731
+    ids = lambda p: sorted(r[0] for r in lake.read(spark, p).select("listing_id").collect())  # noqa: E731
     assert ids(again["holdout"]) == ids(ts["holdout"])
 
 
 def test_out_of_fold_scores_come_from_models_that_did_not_see_the_row(spark, trained):
     spec, store, ts, results, *_ = trained
     r = results["linear"]
-    oof = spark.read.parquet(r["oof"])
+    oof = lake.read(spark, r["oof"])
     train, _ = featurized(spark, store, spec, "v1")
     assert oof.count() == train.count() == oof.select(ROW_ID).distinct().count()
     # refit the best setting without fold 1 and score fold 1 by hand: the stored scores must match
@@ -75,7 +77,7 @@ def test_served_model_is_one_pipeline_never_worse_than_its_best_member_and_expla
     assert min(stack["meta_coefficients"].values()) >= 0 and stack["selected"]
     assert stack["served"] in {"stacked", *results} and stack["choice"].startswith(stack["served"])
     assert results["xgboost"]["holdout"]["r2"] > 0.3 and results["xgboost"]["best_params"]["max_depth"] == 3
-    out = PipelineModel.load(stack["path"]).transform(spark.read.parquet(ts["holdout"]))
+    out = PipelineModel.load(stack["path"]).transform(lake.read(spark, ts["holdout"]))
     lo, hi = spec.label_range
     if stack["served"] == "stacked":  # the blend of the members with a positive weight, clamped to the label range
         coef, b = stack["meta_coefficients"], stack["meta_intercept"]
@@ -111,15 +113,13 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
     store = LocalStore(tmp_path / "data")
     cols = ["Time"] + [f"V{i}" for i in range(1, 29)] + ["Amount", "Class"]
     rng = random.Random(3)
-    for b in ("b1", "b2"):
+    for n, b in enumerate(("b1", "b2")):
         rows = []
         for i in range(300):
             y = float(rng.random() < 0.2)
             v = [rng.gauss(1.5 * y if j < 3 else 0.0, 1.0) for j in range(28)]
             rows.append(tuple([float(i)] + v + [rng.expovariate(0.02), y]))
-        spark.createDataFrame(rows, cols).write.parquet(store.uri(f"silver/fraud/batch={b}"))
-        store.write_json(f"silver/fraud/_accepted/{b}.json", {})
-        store.write_json(f"bronze/fraud/_batches/{b}.json", {"partition": b, "ingested_at": b, "sha256": b})
+        accept_rows(spark, store, spec, b, spark.createDataFrame(rows, cols), f"2026-01-0{n + 1}T00:00:00")
     ts = build_training_set(spark, store, spec, "v1")
     build_feature_pipeline(spark, store, spec, "v1")
     results = train_models(spark, store, spec, "v1", list(spec.algorithms), 2)
@@ -129,7 +129,7 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
         assert r["holdout"]["pr_auc"] > 2 * base_rate, name
     # naive Bayes is scored by its log-odds: its probabilities round to 0 or 1, and would tie
     nb = results["naive_bayes"]
-    oof = spark.read.parquet(nb["oof"])
+    oof = lake.read(spark, nb["oof"])
     assert nb["score"] == "logOdds" and oof.select("score").distinct().count() > 0.95 * oof.count()
     features = list(PipelineModel.load(store.uri(feature_pipeline_dir(spec, "v1"))).stages)
     alone, _ = member_pipeline(spec, features, results, "naive_bayes")  # served alone: ranked the same way
@@ -142,7 +142,7 @@ def test_classification_stack_with_xgboost_and_naive_bayes(spark, specs, tmp_pat
     assert min(stack["meta_coefficients"].values()) >= 0 and 0 <= stack["holdout"]["brier"] <= 1
     if stack["served"] == "stacked":  # the meta-model is fitted unweighted, so its probabilities keep the base rate
         assert stack["holdout"]["brier"] < base_rate * (1 - base_rate)
-    out = PipelineModel.load(stack["path"]).transform(spark.read.parquet(ts["holdout"]))
+    out = PipelineModel.load(stack["path"]).transform(lake.read(spark, ts["holdout"]))
     assert out.where(F.col("probability").isNull()).count() == 0
     assert sum(b["n"] for b in stack["reliability"]) == out.count() == ts["holdout_rows"]
     assert all(0 <= b["mean_p"] <= 1 and 0 <= b["observed"] <= 1 for b in stack["reliability"])
@@ -209,11 +209,9 @@ def test_bad_training_inputs_fail_clearly(spark, trained, specs, tmp_path):
     spec, store, *_ = trained
     # constant target
     const = dataclasses.replace(spec, target="year", key="listing_id")
-    silver = spark.read.parquet(store.uri("silver/used_cars/batch=batch-00001"))
+    silver = lake.read(spark, store.uri(silver_table(spec))).drop(*META)
     year_store = LocalStore(tmp_path / "const")
-    silver.withColumn("year", F.lit(2015.0)).write.parquet(year_store.uri("silver/used_cars/batch=b1"))
-    year_store.write_json("silver/used_cars/_accepted/b1.json", {})
-    year_store.write_json("bronze/used_cars/_batches/b1.json", {"partition": "b1", "ingested_at": "x", "sha256": "0"})
+    accept_rows(spark, year_store, const, "b1", silver.withColumn("year", F.lit(2015.0)), "2026-01-01T00:00:00")
     with pytest.raises(TrainingError, match="constant"):
         build_training_set(spark, year_store, const, "v1")
     # an all-null feature not excluded by the spec
@@ -235,9 +233,7 @@ def test_single_class_window_fails_clearly(spark, specs, tmp_path):
     store = LocalStore(tmp_path / "data")
     rows = [tuple([float(i)] + [0.1] * 28 + [10.0, 0.0]) for i in range(40)]
     cols = ["Time"] + [f"V{i}" for i in range(1, 29)] + ["Amount", "Class"]
-    spark.createDataFrame(rows, cols).write.parquet(store.uri("silver/fraud/batch=b1"))
-    store.write_json("silver/fraud/_accepted/b1.json", {})
-    store.write_json("bronze/fraud/_batches/b1.json", {"partition": "b1", "ingested_at": "x", "sha256": "0"})
+    accept_rows(spark, store, spec, "b1", spark.createDataFrame(rows, cols), "2026-01-01T00:00:00")
     with pytest.raises(TrainingError, match="single class"):
         build_training_set(spark, store, spec, "v1")
 
@@ -266,8 +262,6 @@ def test_leaderboard_labels_the_scale_of_every_error_column(spark, trained):
 
 def test_rows_without_a_key_are_kept_across_batches(spark, tmp_path):
     """A null key is no identity: keyless rows of every batch stay (a keyed row is replaced by its latest batch)."""
-    from ml_platform.layout import accepted_marker, batch_record_path, silver_dir
-
     spec = parse_spec({"name": "keyless", "task": "regression", "target": "y", "key": "id", "columns": [
         {"name": "id", "parse": "string"}, {"name": "x", "parse": "number"}, {"name": "y", "parse": "number"}],
         "training": {"folds": 2}})
@@ -275,12 +269,10 @@ def test_rows_without_a_key_are_kept_across_batches(spark, tmp_path):
     batches = {"b1": [("1", 1.0, 10.0), ("2", 2.0, 20.0)] + [(None, float(i), float(i)) for i in range(3, 9)],
                "b2": [("1", 1.5, 11.0)] + [(None, float(i), float(i)) for i in range(9, 13)]}
     for n, (key, rows) in enumerate(batches.items()):
-        spark.createDataFrame(rows, "id string, x double, y double").write.parquet(store.uri(silver_dir(spec, key)))
-        store.write_json(batch_record_path(spec, key), {"partition": key, "ingested_at": f"2026-01-0{n + 1}",
-                                                       "sha256": key, "duplicate_of": None})
-        store.write_json(accepted_marker(spec, key), {"partition": key})
+        accept_rows(spark, store, spec, key, spark.createDataFrame(rows, "id string, x double, y double"),
+                    f"2026-01-0{n + 1}T00:00:00")
     ts = build_training_set(spark, store, spec, "v1")
-    rows = spark.read.parquet(ts["train"]).unionByName(spark.read.parquet(ts["holdout"]))
+    rows = lake.read(spark, ts["train"]).unionByName(lake.read(spark, ts["holdout"]))
     assert ts["rows"] == 2 + 6 + 4, ts  # id 1 once (its b2 version), id 2, and all ten keyless rows
     assert rows.where(F.col("id") == "1").first()["y"] == 11.0
     assert rows.where(F.col("id").isNull()).count() == 10

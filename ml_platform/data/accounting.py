@@ -166,7 +166,7 @@ def _decide(spec, file: str, key: str, landed: FileInfo | None, facts: StoreFact
         return b("superseded", last_ok("raw_batches"), f"same content as batch {facts.superseded[key]}")
     if key in facts.not_accepted:
         return b("quarantined", last_ok("cleaned_features"),
-                 f"{facts.not_accepted[key]} (rows: {quarantine_table(spec)}/, _batch = {key})")
+                 f"{facts.not_accepted[key]} (rows: {quarantine_table(spec)} where _batch = '{key}')")
     flying = [r for r in mine if r.status in IN_FLIGHT]
     if flying:
         r = flying[0]

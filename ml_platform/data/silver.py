@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ml_platform import lake
-from ml_platform.layout import accepted_marker, rejected_marker, silver_table
+from ml_platform.layout import accepted_marker, batch_record_path, rejected_marker, silver_table
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 
@@ -92,6 +92,14 @@ def commit_silver(spark, store: Store, spec: DatasetSpec, batch: str, cleaned: D
         committed = lake.find_commit(spark, uri, batch=batch, fingerprint=fingerprint)
     mark_accepted(store, spec, batch, accepted, summary, why, committed, fingerprint)
     return committed
+
+
+def accept_rows(spark, store: Store, spec: DatasetSpec, batch: str, rows: DataFrame, ingested_at: str) -> int | None:
+    """Commit rows cleaned elsewhere as an accepted batch, with its bronze record (tests, benchmarks, a migration
+    from an older layout). `ingested_at` is an ISO timestamp: the order of batches in silver's MERGE rule."""
+    record = {"partition": batch, "ingested_at": ingested_at, "sha256": f"imported:{batch}", "duplicate_of": None}
+    store.write_json(batch_record_path(spec, batch), record)
+    return commit_silver(spark, store, spec, batch, rows, record, {"cleaned": None}, [], f"imported:{batch}")
 
 
 def mark_accepted(store: Store, spec: DatasetSpec, key: str, accepted: bool, summary: dict,
