@@ -29,7 +29,7 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
     key = asset_key(spec, "cleaned_features")
 
     @asset(key=key, deps=[asset_key(spec, "raw_batches")], partitions_def=batch_partitions(spec),
-           group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "parquet"},
+           group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "delta"},
            description=f"Cleaned {spec.name} rows: units, sentinels, signs, booleans and dates parsed, features "
                        f"derived, one row per key. Rows that fail are quarantined with their reason. A batch "
                        f"is trained on only if its blocking checks pass (the cleaning job records that).")

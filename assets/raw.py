@@ -14,7 +14,7 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
     key = asset_key(spec, "raw_batches")
 
     @asset(key=key, partitions_def=batch_partitions(spec), group_name=spec.name,
-           check_specs=check_specs(spec, key, RAW_CHECKS), kinds={"spark", "parquet"},
+           check_specs=check_specs(spec, key, RAW_CHECKS), kinds={"spark", "delta"},
            description=f"Landed {spec.name} CSV batches, parsed by Spark and stored as Parquet with every value "
                        f"still a string. Malformed rows are kept and flagged; a re-landed file adds nothing.")
     def raw_batches(context: AssetExecutionContext, spark: SparkResource):

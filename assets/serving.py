@@ -58,7 +58,7 @@ def build_feedback(spec) -> AssetsDefinition:
 
 def build_recommendations(spec) -> AssetsDefinition:
     @asset(key=asset_key(spec, "recommendations"), deps=[asset_key(spec, "stacked_model")], group_name=spec.name,
-           kinds={"spark", "parquet"}, automation_condition=FOLLOW,
+           kinds={"spark", "delta"}, automation_condition=FOLLOW,
            description=f"Every known {spec.name} user's top {spec.recommend.top_n} items they have not seen, by the "
                        f"version's served recommender (user, rank, item, score).")
     def recommendations(context: AssetExecutionContext, spark: SparkResource):

@@ -37,7 +37,7 @@ FOLLOW = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_che
 
 def build_training_set_asset(spec: DatasetSpec) -> AssetsDefinition:
     @asset(key=asset_key(spec, "training_set"), deps=[asset_key(spec, "cleaned_features")], group_name=spec.name,
-           kinds={"spark", "parquet"}, automation_condition=retrain_condition(spec),
+           kinds={"spark", "delta"}, automation_condition=retrain_condition(spec),
            description=f"Every accepted cleaned {spec.name} batch in the training window, one row per key, split "
                        f"into train and holdout by a hash of the key.")
     def training_set(context: AssetExecutionContext, spark: SparkResource, registry: ModelRegistryResource):

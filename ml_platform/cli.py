@@ -167,6 +167,48 @@ def _upload_url(a) -> int:
     return 0
 
 
+def _reproduce(a) -> int:
+    """Rebuild a registered version's training set by time travel and train it again; exit 1 when a metric differs by
+    more than --tolerance."""
+    import json
+
+    from ml_platform.spark import local_session
+    from ml_platform.stores import open_store
+    from ml_platform.train.registry import Tracker
+    from ml_platform.train.reproduce import reproduce_training
+    from ml_platform.train.training_set import TrainingError
+
+    spec = _spec(a)
+    tracker = Tracker(a.tracking_uri)
+    try:
+        tags = tracker.version_tags(a.dataset, a.model_version)
+    except Exception as e:  # noqa: BLE001 - MLflow's own message names what is missing
+        print(f"reproduce: no registered version {a.model_version} of {a.dataset}: {e}", file=sys.stderr)
+        return 2
+    if "training_version" not in tags:
+        print(f"reproduce: version {a.model_version} of {a.dataset} has no training_version tag", file=sys.stderr)
+        return 2
+    run = tracker.client.get_run(tracker.client.get_model_version(a.dataset, a.model_version).run_id)
+    served = {k.removeprefix("stack_holdout_"): v for k, v in run.data.metrics.items()
+              if k.startswith("stack_holdout_")}
+    silver = int(tags["silver_version"]) if tags.get("silver_version", "").isdigit() else None
+    spark = local_session("ml-platform-reproduce", threads=a.threads, shuffle_partitions=a.threads * 2,
+                          driver_memory=a.driver_memory, jars_dir=a.jars, jar_groups=(
+                              ("spark", "aws") if _data_root(a).startswith("s3") else ("spark",)))
+    try:
+        out = reproduce_training(spark, open_store(_data_root(a)), spec, tags["training_version"], silver,
+                                 recorded_served=served, log=lambda line: print(line, file=sys.stderr))
+    except TrainingError as e:
+        print(f"reproduce refused: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=1, default=str))
+    same = out["max_abs_diff"] <= a.tolerance
+    print(f"{a.dataset} version {a.model_version}: rebuilt from silver version {out['silver_version']} as "
+          f"{out['reproduced_version']}; largest metric difference {out['max_abs_diff']:.3g} "
+          f"({'within' if same else 'over'} {a.tolerance:g})", file=sys.stderr)
+    return 0 if same else 1
+
+
 def _data_root(a) -> str:
     return a.data_root or str(Path(a.home) / "data")
 
@@ -304,6 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dataset")
     r.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
     r.set_defaults(func=_rollback)
+
+    rp = sub.add_parser("reproduce", help="rebuild a registered model version's training set from the silver table as "
+                                          "it was (Delta time travel) and retrain with its recorded settings")
+    rp.add_argument("dataset")
+    rp.add_argument("model_version")
+    rp.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
+    rp.add_argument("--home", default=home)
+    rp.add_argument("--data-root", default=os.environ.get("ML_PLATFORM_DATA"),
+                    help="the store: a folder, s3://bucket/prefix or hdfs://... (default: <home>/data)")
+    rp.add_argument("--jars", default=os.environ.get("ML_PLATFORM_JARS", str(REPO / ".jars")))
+    rp.add_argument("--threads", type=int, default=2)
+    rp.add_argument("--driver-memory", default="4g")
+    rp.add_argument("--tolerance", type=float, default=1e-9, help="largest metric difference that counts as the same")
+    rp.set_defaults(func=_reproduce)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")

@@ -103,6 +103,12 @@ def _stack(spark, store, spec, a, tracker, log):
     return stack_and_register(spark, store, tracker, spec, a["version"], a.get("tags", {}))
 
 
+def _maintain(spark, store, spec, a, tracker, log):
+    from ml_platform.data.maintenance import maintain
+
+    return maintain(spark, store, spec, float(a["retention_hours"]), [int(v) for v in a.get("pinned_silver", [])], log)
+
+
 def _top_n(spark, store, spec, a, tracker, log):
     from ml_platform.train.recommend import build_top_n
 
@@ -129,7 +135,8 @@ def _feedback(spark, store, spec, a, tracker, log):
 # imported on call: a job for the data layers runs where MLflow and xgboost are not installed
 JOBS: dict[str, Callable] = {"ingest": _ingest, "clean": _clean, "training_set": _training_set,
                              "feature_pipeline": _feature_pipeline, "models": _models, "stack": _stack,
-                             "promote": _promote, "top_n": _top_n, "feedback": _feedback}
+                             "promote": _promote, "top_n": _top_n, "feedback": _feedback,
+                             "maintain": _maintain}
 NEEDS_TRACKER = {"models", "stack", "promote"}
 
 

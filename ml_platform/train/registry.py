@@ -94,6 +94,7 @@ class Tracker:
         rid = run.info.run_id
         self.client.log_batch(rid, params=[_p(k, v) for k, v in _flat("data.", {
             "batches": ",".join(summary["batches"]), "data_hash": summary["data_hash"], "rows": summary["rows"],
+            "silver_version": (summary.get("delta_versions") or {}).get("silver"),
             "train_rows": summary["train_rows"], "holdout_rows": summary["holdout_rows"]}).items()])
         return rid
 
@@ -195,6 +196,14 @@ class Tracker:
 
     def version_tags(self, dataset: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(dataset, version).tags)
+
+    def pinned_silver_versions(self, dataset: str) -> list[int]:
+        """The silver versions every registered version of `dataset` was trained on: lake maintenance keeps them."""
+        try:
+            found = self.client.search_model_versions(f"name = '{dataset}'")
+        except MlflowException:
+            return []
+        return sorted({int(v.tags["silver_version"]) for v in found if v.tags.get("silver_version", "").isdigit()})
 
     def require_checked(self, dataset: str, version: str) -> None:
         checks = self.version_tags(dataset, str(version)).get(CHECKS_TAG)

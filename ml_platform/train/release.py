@@ -119,6 +119,8 @@ def stack_and_register(spark, store: Store, tracker: Tracker, spec: DatasetSpec,
     # a served challenger (shadow/split) is chosen by the gate, never by registering: failed checks must not serve
     mv = tracker.register_stack(parent, spec.name, stacked, example, pred, stack["holdout"], tags | {
         "training_version": version, "batches": ",".join(cur["batches"])[:4000], "data_hash": cur["data_hash"],
+        # the Delta version of silver the training set read: `ml-platform reproduce` travels back to it
+        "silver_version": str((cur.get("delta_versions") or {}).get("silver", "")),
         "served_model": stack["served"], CHECKS_TAG: "passed" if passed else "failed"},
         alias=CHALLENGER if spec.serving.challenger.mode == "off" else None)
     return stack | {"leaderboard": board, "rows": rows, "importance": importance, "checks": checks, "plots": plots,

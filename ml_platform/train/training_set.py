@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from ml_platform import lake
 from ml_platform.data.silver import INGESTED, KEY, current_rows
+from ml_platform.jobs import spec_to_wire
 from ml_platform.layout import (
     FEEDBACK_PREFIX,
     batch_record_path,
@@ -116,7 +117,8 @@ def build_training_set(spark, store: Store, spec: DatasetSpec, version: str, sil
         "target": stats, "class_weights": weights, "train": train_uri,
         "holdout": holdout_uri,
     }
-    store.write_json(training_set_record(spec, version), summary)
+    # the spec travels with the record: a reproduction trains with the settings of then, not of now
+    store.write_json(training_set_record(spec, version), summary | {"spec": spec_to_wire(spec)})
     return summary
 
 
@@ -138,7 +140,7 @@ def _target_stats(df: DataFrame, spec: DatasetSpec) -> dict:
         if not 0 < out["train_positives"] < out["train_n"]:
             raise TrainingError(f"{spec.name}: the train split holds a single class "
                                 f"({int(out['train_positives'])} positives of {int(out['train_n'])})")
-    elif not (out["std"] or 0) > 0:
+    elif out["distinct"] < 2:  # not std == 0: a constant's standard deviation comes out as 1e-13 in Spark's sums
         raise TrainingError(f"{spec.name}: the target {spec.target} is constant ({out['mean']}) in the training "
                             f"window; there is nothing to learn")
     return out
