@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from ml_platform.jobs import spec_from_wire
 from ml_platform.layout import stacked_model_record
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.kinds import kind
 from ml_platform.train.models import model_results
 from ml_platform.train.training_set import TrainingError, build_training_set, training_version
+from ml_platform.wire import spec_from_wire
 
 
 def _diff(before: dict, after: dict) -> dict:

@@ -18,7 +18,6 @@ from pyspark.sql import functions as F
 
 from ml_platform import lake
 from ml_platform.data.silver import INGESTED, KEY, current_rows
-from ml_platform.jobs import spec_to_wire
 from ml_platform.layout import (
     FEEDBACK_PREFIX,
     batch_record_path,
@@ -30,6 +29,7 @@ from ml_platform.layout import (
 from ml_platform.spec import DatasetSpec
 from ml_platform.stores.base import Store
 from ml_platform.train.algorithms import FOLD, LABEL, ROW_ID, WEIGHT
+from ml_platform.wire import spec_to_wire
 
 BATCH = "__batch"
 ALL_COLUMNS_KEY = "__all_columns"
