@@ -31,8 +31,9 @@ def build_cleaned_features(spec: DatasetSpec) -> AssetsDefinition:
     @asset(key=key, deps=[asset_key(spec, "raw_batches")], partitions_def=batch_partitions(spec),
            group_name=spec.name, check_specs=check_specs(spec, key, CLEANED_CHECKS), kinds={"spark", "delta"},
            description=f"Cleaned {spec.name} rows: units, sentinels, signs, booleans and dates parsed, features "
-                       f"derived, one row per key. Rows that fail are quarantined with their reason. A batch "
-                       f"is trained on only if its blocking checks pass (the cleaning job records that).")
+                       f"derived, one row per key. Rows that fail are quarantined with their reason. Only a "
+                       f"batch whose blocking checks pass is MERGEd into the silver Delta table, one row per key "
+                       f"across batches; its rows, acceptance and checks are one commit.")
     def cleaned_features(context: AssetExecutionContext, spark: SparkResource):
         s = run_job(context, spark, spec, "clean", {"partition": context.partition_key})
         why_not = "; ".join(s["not_accepted_because"])

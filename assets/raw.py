@@ -15,8 +15,9 @@ def build_raw_batches(spec: DatasetSpec) -> AssetsDefinition:
 
     @asset(key=key, partitions_def=batch_partitions(spec), group_name=spec.name,
            check_specs=check_specs(spec, key, RAW_CHECKS), kinds={"spark", "delta"},
-           description=f"Landed {spec.name} CSV batches, parsed by Spark and stored as Parquet with every value "
-                       f"still a string. Malformed rows are kept and flagged; a re-landed file adds nothing.")
+           description=f"Landed {spec.name} CSV batches, parsed by Spark and committed to the bronze Delta table "
+                       f"with every value still a string. Malformed rows are kept and flagged; a re-landed file "
+                       f"adds nothing.")
     def raw_batches(context: AssetExecutionContext, spark: SparkResource):
         # the sensor names the file; a run launched by hand (no tag) finds it by its partition key
         args = {"partition": context.partition_key, "file": context.run.tags.get(FILE_TAG)}

@@ -7,6 +7,7 @@
    newest row per key (before) against reading the silver table, which holds one row per key already (now).
 3. MERGE cost per batch as the silver table grows to N batches (each batch re-sends a fifth of the previous batch's
    keys with a newer listing date).
+4. Predictions as a Delta table (the prediction store's question): a lookup by request id and an analytic scan.
 
     .venv/bin/python bench/lake_bench.py --rows 1000000 --batches 50 --batch-rows 10000
 """
@@ -162,6 +163,50 @@ def bench_growth(spark, spec, batches: int, batch_size: int, read_rounds: int) -
             "silver_data_files": silver_files}
 
 
+def bench_prediction_lookup(spark, rows: int, lookups: int) -> dict:
+    """Predictions as a Delta table, for the prediction store's question: a lookup by request id (the store's hot
+    path) and an analytic scan (what Delta would add), on a table before and after OPTIMIZE ZORDER BY request_id."""
+    import random
+
+    from pyspark.sql import functions as F
+
+    from ml_platform import lake
+
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        uri = str(Path(tmp) / "predictions")
+        preds = (spark.range(rows).select(
+            F.sha2(F.col("id").cast("string"), 256).substr(1, 32).alias("request_id"),
+            (F.rand(1) * 50000).alias("prediction"), (F.col("id") % 3).cast("string").alias("model_version"),
+            F.current_timestamp().alias("scored_at")).repartition(16))
+        lake.overwrite(preds, uri)
+        ids = [r[0] for r in spark.read.format("delta").load(uri).sample(0.001, 3).limit(lookups).collect()]
+        random.Random(5).shuffle(ids)
+
+        def lookup_ms() -> list[float]:
+            out = []
+            for rid in ids:
+                t0 = time.perf_counter()
+                got = lake.read(spark, uri).where(F.col("request_id") == rid).collect()
+                out.append((time.perf_counter() - t0) * 1000)
+                assert len(got) == 1
+            return out
+
+        def scan_s() -> float:
+            t0 = time.perf_counter()
+            lake.read(spark, uri).groupBy("model_version").agg(F.avg("prediction"), F.count(F.lit(1))).collect()
+            return time.perf_counter() - t0
+
+        lookup_ms()  # warm
+        plain, plain_scan = lookup_ms(), scan_s()
+        spark.sql(f"OPTIMIZE {lake.sql_path(uri)} ZORDER BY (request_id)")
+        zordered, z_scan = lookup_ms(), scan_s()
+    q = statistics.quantiles
+    return {"rows": rows, "lookups": len(ids),
+            "lookup_ms_p50_p99": {"plain": [statistics.median(plain), q(plain, n=100)[98]],
+                                  "zorder": [statistics.median(zordered), q(zordered, n=100)[98]]},
+            "scan_by_model_version_s": {"plain": plain_scan, "zorder": z_scan}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -170,7 +215,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=50)
     ap.add_argument("--batch-rows", type=int, default=10_000)
     ap.add_argument("--read-rounds", type=int, default=3)
-    ap.add_argument("--only", choices=["ingest", "growth"])
+    ap.add_argument("--lookup-rows", type=int, default=1_000_000)
+    ap.add_argument("--lookups", type=int, default=40)
+    ap.add_argument("--only", choices=["ingest", "growth", "lookup"])
     a = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     from ingest_bench import make_csv
@@ -187,6 +234,9 @@ def main() -> None:
     if a.only in (None, "growth"):
         out["growth"] = bench_growth(spark, spec, a.batches, a.batch_rows, a.read_rounds)
         print(json.dumps(out["growth"], indent=1), flush=True)
+    if a.only in (None, "lookup"):
+        out["lookup"] = bench_prediction_lookup(spark, a.lookup_rows, a.lookups)
+        print(json.dumps(out["lookup"], indent=1), flush=True)
     (OUT / "lake_bench.json").write_text(json.dumps(out, indent=1))
 
 

@@ -142,12 +142,13 @@ def test_maintenance_keeps_the_versions_registered_models_need(spark, cars):
     uri = store.uri(silver_table(spec))
     pinned = lake.version(spark, uri)
     _batch(spark, store, spec, "b2", ["a,2026-02-01,11,150"])  # rewrites the file holding a's first row
-    out = maintain(spark, store, spec, retention_hours=0, pinned_silver=[pinned], log=lambda s: None)
+    out = maintain(spark, store, spec, retention_hours=0, pinned_silver=[pinned], log=lambda s: None,
+                   tables=("silver",))
     assert out["tables"]["silver"]["oldest_pinned_version"] == pinned
     assert out["tables"]["silver"]["retained_hours"] >= 1  # the pin lengthened a retention of 0
     assert _silver(spark, store, spec, pinned)["a"][1] == 100.0  # time travel to the pinned version still reads
     # unpinned, a retention of 0 does remove what only that old version used: the guarantee is the pin
-    maintain(spark, store, spec, retention_hours=0, pinned_silver=[], log=lambda s: None)
+    maintain(spark, store, spec, retention_hours=0, pinned_silver=[], log=lambda s: None, tables=("silver",))
     with pytest.raises(Exception):  # noqa: B017 - Spark raises its own file-not-found error class
         lake.read(spark, uri, pinned).collect()
     assert _silver(spark, store, spec)["a"][1] == 150.0
@@ -161,17 +162,37 @@ def test_a_training_set_rebuilt_by_time_travel_trains_to_the_same_metrics(spark,
     from ml_platform.train.training_set import build_training_set
     from tests.training_data import SMALL, land_batches, small
 
-    spec = small(specs["used_cars"], algorithms={k: SMALL[k] for k in ("linear", "gbt")}, folds=2)
+    spec = small(specs["used_cars"], algorithms={"linear": SMALL["linear"]}, folds=2)
     store = LocalStore(tmp_path / "data")
-    land_batches(spark, store, spec, [1, 2], rows=120)
+    land_batches(spark, store, spec, [1, 2], rows=100)
     first = build_training_set(spark, store, spec, "v1")
     k = kind(spec)
     k.features(spark, store, spec, "v1")
     results = k.train(spark, store, spec, "v1", list(spec.algorithms), 2, log=lambda s: None)
     k.select(spark, store, spec, "v1", results)
-    land_batches(spark, store, spec, [3], rows=120)  # silver moves on
+    land_batches(spark, store, spec, [3], rows=100)  # silver moves on
     out = reproduce_training(spark, store, spec, "v1", log=lambda s: None)
     assert out["silver_version"] == first["delta_versions"]["silver"] and out["same_rows"], out
-    assert set(out["models"]) == {"linear", "gbt"} and all(out["models"].values()) and out["served"], out
+    assert set(out["models"]) == {"linear"} and out["models"]["linear"]["rmse"] and out["served"], out
     assert out["max_abs_diff"] <= 1e-9, out
     assert build_training_set(spark, store, spec, "latest")["rows"] > first["rows"]  # the data did change
+
+
+def test_a_commit_that_loses_a_race_is_retried_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setattr(lake.time, "sleep", lambda s: None)
+    calls, lines = [], []
+
+    def racing():
+        calls.append(1)
+        if len(calls) < 3:  # how py4j surfaces Delta's conflict: the Java class name in the message
+            raise RuntimeError("io.delta.exceptions.ConcurrentAppendException: Files were added to the root of the "
+                               "table by a concurrent update")
+        return "committed"
+
+    assert lake.retrying(racing, log=lines.append) == "committed" and len(calls) == 3 and len(lines) == 2
+
+    def broken():
+        raise ValueError("DELTA_FAILED_TO_MERGE_FIELDS")
+
+    with pytest.raises(ValueError):
+        lake.retrying(broken)

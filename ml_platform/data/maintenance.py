@@ -35,15 +35,18 @@ def retention_for(spark, uri: str, hours: float, pinned: list[int]) -> tuple[flo
     return max(hours, math.ceil(age) + MARGIN_HOURS), oldest
 
 
+TABLES = ("bronze", "silver", "quarantine")
+
+
 def maintain(spark, store: Store, spec: DatasetSpec, retention_hours: float, pinned_silver: list[int],
-             log=print) -> dict:
-    """OPTIMIZE then VACUUM bronze, silver and quarantine. `pinned_silver`: the silver versions registered models
-    were trained on (their MLflow tag `silver_version`)."""
+             log=print, tables: tuple[str, ...] = TABLES) -> dict:
+    """OPTIMIZE then VACUUM bronze, silver and quarantine (or `tables` of them). `pinned_silver`: the silver versions
+    registered models were trained on (their MLflow tag `silver_version`)."""
     out: dict = {"retention_hours": retention_hours, "tables": {}}
     check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    for name, rel in (("bronze", bronze_table(spec)), ("silver", silver_table(spec)),
-                      ("quarantine", quarantine_table(spec))):
-        uri = store.uri(rel)
+    paths = {"bronze": bronze_table(spec), "silver": silver_table(spec), "quarantine": quarantine_table(spec)}
+    for name in tables:
+        uri = store.uri(paths[name])
         if not lake.is_table(spark, uri):
             continue
         hours, oldest = retention_for(spark, uri, retention_hours, pinned_silver if name == "silver" else [])

@@ -569,7 +569,7 @@ def _bounds(model: PipelineModel) -> tuple[float, float] | None:
 
 def build_top_n(spark, store: Store, spec: DatasetSpec, version: str) -> dict:
     """The top-N (spec.recommend.top_n) unseen items of every user in train, by the served model, with the
-    original user and item values: Parquet (user, rank, item, score) at layout.recommendations_dir. The score is
+    original user and item values: a Delta table (user, rank, item, score) at layout.recommendations_dir. The score is
     ALS's prediction, clamped as the served model clamps it; the rank follows the unclamped one."""
     _, model, _ = _served(store, spec, version)
     user_idx, item_idx, als = _parts(model)
