@@ -69,19 +69,29 @@ def ingest_batch(spark, store: Store, spec: DatasetSpec, key: str, name: str | N
     record = {"partition": key, "file": name, "bytes": size, "sha256": digest, "missing_columns": header.missing,
               "extra_columns": header.extra, "ingested_at": dt.datetime.now(dt.UTC).isoformat()}
     first = store.create_exclusive(content_hash_marker(spec, digest), key)
+    with store.commit_lock(bronze_table(spec)):
+        record = _commit_bronze(spark, store, spec, record, header, first, prev)
+    store.write_json(batch_record_path(spec, key), record)
+    return record
+
+
+def _commit_bronze(spark, store: Store, spec: DatasetSpec, record: dict, header, first: str | None,
+                   prev: dict | None) -> dict:
+    """The batch's bronze commit (its rows, or none when the same content came first as batch `first`)."""
+    key, digest, table = record["partition"], record["sha256"], store.uri(bronze_table(spec))
     if first is not None and first != key:
         if prev and prev.get("bronze_version") is not None:  # the key held other content before: it is gone now
             lake.run_sql(spark, f"DELETE FROM {lake.sql_path(table)} WHERE {lake.BATCH} = {lake.literal(key)}",
                          {"batch": key, "duplicate_of": first})
         record.update(rows=0, malformed_rows=0, duplicate_of=first, bronze_version=None)
     else:
-        rows = read_csv(spark, store.uri(rel), header, spec).withColumn(lake.BATCH, F.lit(key))
-        lake.replace_batch(rows, table, key, {"batch": key, "file": name, "sha256": digest})
+        rows = read_csv(spark, store.uri(landed_file(spec, record["file"])), header, spec).withColumn(
+            lake.BATCH, F.lit(key))
+        lake.replace_batch(rows, table, key, {"batch": key, "file": record["file"], "sha256": digest})
         stats = lake.read(spark, table).where(F.col(lake.BATCH) == key).agg(
             F.count(F.lit(1)).alias("rows"), F.count(CORRUPT).alias("malformed")).first()
         record.update(rows=int(stats["rows"]), malformed_rows=int(stats["malformed"]), duplicate_of=None,
                       bronze_version=lake.find_commit(spark, table, batch=key, sha256=digest))
-    store.write_json(batch_record_path(spec, key), record)
     return record
 
 
@@ -138,7 +148,7 @@ def clean_stored_batch(spark, store: Store, spec: DatasetSpec, key: str,
     bronze = lake.read(spark, store.uri(bronze_table(spec))).where(F.col(lake.BATCH) == key).drop(lake.BATCH)
     classified = classify(bronze, spec)
     quarantine = store.uri(quarantine_table(spec))
-    with per_operator_codegen(spark):
+    with per_operator_codegen(spark), store.commit_lock(quarantine_table(spec)):
         lake.replace_batch(quarantined_rows(classified).withColumn(lake.BATCH, F.lit(key)), quarantine, key,
                            {"batch": key})
         cleaned = cleaned_rows(classified, spec).persist()  # profiled, then merged: computed once

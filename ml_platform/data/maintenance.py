@@ -43,37 +43,46 @@ def maintain(spark, store: Store, spec: DatasetSpec, retention_hours: float, pin
     """OPTIMIZE then VACUUM bronze, silver and quarantine (or `tables` of them). `pinned_silver`: the silver versions
     registered models were trained on (their MLflow tag `silver_version`)."""
     out: dict = {"retention_hours": retention_hours, "tables": {}}
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
     paths = {"bronze": bronze_table(spec), "silver": silver_table(spec), "quarantine": quarantine_table(spec)}
     for name in tables:
         uri = store.uri(paths[name])
         if not lake.is_table(spark, uri):
             continue
-        hours, oldest = retention_for(spark, uri, retention_hours, pinned_silver if name == "silver" else [])
-        before = lake.version(spark, uri)
-        lake.run_sql(spark, f"OPTIMIZE {lake.sql_path(uri)}", {"maintenance": "optimize"})
-        days = math.ceil(hours / 24) + 1
-        # the log must reach back as far as the data: time travel to a version needs its commit (or a checkpoint)
-        lake.run_sql(spark, f"ALTER TABLE {lake.sql_path(uri)} SET TBLPROPERTIES ("
-                            f"'delta.logRetentionDuration' = 'interval {days} days', "
-                            f"'delta.deletedFileRetentionDuration' = 'interval {math.ceil(hours)} hours')",
-                     {"maintenance": "retention"})
-        # Delta refuses a retention under its 7-day default unless told the caller means it; the setting is the
-        # user's, and pinned versions only ever lengthen it
-        spark.conf.set(check, "false")
-        # VACUUM lists the table's folder in as many tasks as this says: Spark's default of 10,000 tasks took 47 s
-        # on a table of a few files here, against 7 s with a few tasks per core
-        listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
-        before_listing = spark.conf.get(listing)
-        spark.conf.set(listing, str(max(8, 4 * spark.sparkContext.defaultParallelism)))
-        try:
-            deleted = lake.run_sql(spark, f"VACUUM {lake.sql_path(uri)} RETAIN {math.ceil(hours)} HOURS")
-        finally:
-            spark.conf.unset(check)
-            spark.conf.set(listing, before_listing)
-        out["tables"][name] = {"version_before": before, "version_after": lake.version(spark, uri),
-                               "retained_hours": math.ceil(hours), "oldest_pinned_version": oldest,
-                               "vacuum": str(deleted[0][0]) if deleted else None}
-        log(f"{spec.name} {name}: optimized and vacuumed, keeping {math.ceil(hours)} h of history"
-            + (f" (silver version {oldest} is pinned by a registered model)" if oldest is not None else ""))
+        with store.commit_lock(paths[name]):
+            out["tables"][name] = _maintain_table(spark, uri, retention_hours,
+                                                  pinned_silver if name == "silver" else [])
+        t = out["tables"][name]
+        log(f"{spec.name} {name}: optimized and vacuumed, keeping {t['retained_hours']} h of history"
+            + (f" (silver version {t['oldest_pinned_version']} is pinned by a registered model)"
+               if t["oldest_pinned_version"] is not None else ""))
     return out
+
+
+def _maintain_table(spark, uri: str, retention_hours: float, pinned: list[int]) -> dict:
+    """OPTIMIZE, the retention settings, then VACUUM, on one table."""
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    hours, oldest = retention_for(spark, uri, retention_hours, pinned)
+    before = lake.version(spark, uri)
+    lake.run_sql(spark, f"OPTIMIZE {lake.sql_path(uri)}", {"maintenance": "optimize"})
+    days = math.ceil(hours / 24) + 1
+    # the log must reach back as far as the data: time travel to a version needs its commit (or a checkpoint)
+    lake.run_sql(spark, f"ALTER TABLE {lake.sql_path(uri)} SET TBLPROPERTIES ("
+                        f"'delta.logRetentionDuration' = 'interval {days} days', "
+                        f"'delta.deletedFileRetentionDuration' = 'interval {math.ceil(hours)} hours')",
+                 {"maintenance": "retention"})
+    # Delta refuses a retention under its 7-day default unless told the caller means it; the setting is the
+    # user's, and pinned versions only ever lengthen it
+    spark.conf.set(check, "false")
+    # VACUUM lists the table's folder in as many tasks as this says: Spark's default of 10,000 tasks took 47 s
+    # on a table of a few files here, against 7 s with a few tasks per core
+    listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+    before_listing = spark.conf.get(listing)
+    spark.conf.set(listing, str(max(8, 4 * spark.sparkContext.defaultParallelism)))
+    try:
+        deleted = lake.run_sql(spark, f"VACUUM {lake.sql_path(uri)} RETAIN {math.ceil(hours)} HOURS")
+    finally:
+        spark.conf.unset(check)
+        spark.conf.set(listing, before_listing)
+    return {"version_before": before, "version_after": lake.version(spark, uri),
+            "retained_hours": math.ceil(hours), "oldest_pinned_version": oldest,
+            "vacuum": str(deleted[0][0]) if deleted else None}

@@ -83,13 +83,15 @@ def commit_silver(spark, store: Store, spec: DatasetSpec, batch: str, cleaned: D
             "fingerprint": fingerprint}
     was_in = store.exists(accepted_marker(spec, batch))
     committed = None
-    if accepted and cleaned is not None:
-        merge_batch(spark, uri, silver_rows(cleaned, spec, batch, record["ingested_at"]), spec, batch, note,
-                    again=was_in)
-        committed = lake.find_commit(spark, uri, batch=batch, fingerprint=fingerprint)
-    elif was_in and lake.is_table(spark, uri):
-        lake.run_sql(spark, f"DELETE FROM {lake.sql_path(uri)} WHERE {lake.BATCH} = {lake.literal(batch)}", note)
-        committed = lake.find_commit(spark, uri, batch=batch, fingerprint=fingerprint)
+    with store.commit_lock(silver_table(spec)):
+        if accepted and cleaned is not None:
+            merge_batch(spark, uri, silver_rows(cleaned, spec, batch, record["ingested_at"]), spec, batch, note,
+                        again=was_in)
+            committed = lake.find_commit(spark, uri, batch=batch, fingerprint=fingerprint)
+        elif was_in and lake.is_table(spark, uri):
+            lake.run_sql(spark, f"DELETE FROM {lake.sql_path(uri)} WHERE {lake.BATCH} = {lake.literal(batch)}",
+                         note)
+            committed = lake.find_commit(spark, uri, batch=batch, fingerprint=fingerprint)
     mark_accepted(store, spec, batch, accepted, summary, why, committed, fingerprint)
     return committed
 

@@ -89,6 +89,8 @@ class UploadGrant:
 
 
 class S3Store(Store):
+    delta_excludes_writers = False  # S3 has no atomic rename: writers of one Delta table take turns (commit_lock)
+
     def __init__(self, root: str, endpoint_url: str | None = None, region: str | None = None,
                  connect_timeout: float = 5, read_timeout: float = 60, retries: int = 3, spark_scheme: str = "s3a"):
         import boto3
