@@ -162,7 +162,7 @@ def test_a_training_set_rebuilt_by_time_travel_trains_to_the_same_metrics(spark,
     from ml_platform.train.training_set import build_training_set
     from tests.training_data import SMALL, land_batches, small
 
-    spec = small(specs["used_cars"], algorithms={"linear": SMALL["linear"]}, folds=2)
+    spec = small(specs["used_cars"], algorithms={k: SMALL[k] for k in ("linear", "gbt")}, folds=2)
     store = LocalStore(tmp_path / "data")
     land_batches(spark, store, spec, [1, 2], rows=100)
     first = build_training_set(spark, store, spec, "v1")
@@ -173,7 +173,8 @@ def test_a_training_set_rebuilt_by_time_travel_trains_to_the_same_metrics(spark,
     land_batches(spark, store, spec, [3], rows=100)  # silver moves on
     out = reproduce_training(spark, store, spec, "v1", log=lambda s: None)
     assert out["silver_version"] == first["delta_versions"]["silver"] and out["same_rows"], out
-    assert set(out["models"]) == {"linear"} and out["models"]["linear"]["rmse"] and out["served"], out
+    assert set(out["models"]) == {"linear", "gbt"} and all(m["rmse"] for m in out["models"].values()), out
+    assert out["served"] and out["served_model"][0] == out["served_model"][1], out
     assert out["max_abs_diff"] <= 1e-9, out
     assert build_training_set(spark, store, spec, "latest")["rows"] > first["rows"]  # the data did change
 
