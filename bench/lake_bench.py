@@ -178,7 +178,14 @@ def bench_prediction_lookup(spark, rows: int, lookups: int) -> dict:
             F.sha2(F.col("id").cast("string"), 256).substr(1, 32).alias("request_id"),
             (F.rand(1) * 50000).alias("prediction"), (F.col("id") % 3).cast("string").alias("model_version"),
             F.current_timestamp().alias("scored_at")).repartition(16))
-        lake.overwrite(preds, uri)
+        # a lookup table wants the per-file statistics the platform's own tables go without (data skipping)
+        stats = "spark.databricks.delta.properties.defaults.dataSkippingNumIndexedCols"
+        before = spark.conf.get(stats, "0")
+        spark.conf.set(stats, "32")
+        try:
+            lake.overwrite(preds, uri)
+        finally:
+            spark.conf.set(stats, before)
         ids = [r[0] for r in spark.read.format("delta").load(uri).sample(0.001, 3).limit(lookups).collect()]
         random.Random(5).shuffle(ids)
 
